@@ -1,0 +1,40 @@
+"""The ``edgepanc`` command line: one click group, one module per subcommand.
+
+Heavy stages (training, quantization) are imported inside their commands, so ``run``,
+``evaluate`` and ``doctor`` work without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from edgepanc import __version__
+from edgepanc.errors import EdgepancError
+
+
+class _Group(click.Group):
+    """Turns an :class:`EdgepancError` into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):  # noqa: D102
+        try:
+            return super().invoke(ctx)
+        except EdgepancError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgepanc")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """Pancreas and lesion segmentation with subtype classification in CT."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+# One line per built subcommand; a command that is not built does not appear.

@@ -1,0 +1,1 @@
+"""The training stage: sampling, augmentation, losses, the loop, checkpoints, thermal pauses."""
