@@ -38,3 +38,5 @@ def main(verbose: bool) -> None:
 
 
 # One line per built subcommand; a command that is not built does not appear.
+from edgepanc.commands.doctor import doctor  # noqa: E402, I001
+main.add_command(doctor)
