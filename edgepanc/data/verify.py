@@ -1,0 +1,148 @@
+"""The integrity pass over a data set, in the spirit of nnU-Net's verify_dataset_integrity.
+
+Images are checked from their headers (plus a cheap completeness check of the file), so the pass
+stays fast; masks are read in full because their values must be checked. The first problem found
+raises :class:`~edgepanc.errors.DatasetError` with one line naming the file. NaN voxels in images
+are not looked for here (that needs the full read); :func:`edgepanc.io.volume.read_image` finds them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from edgepanc.data.cases import SPLITS, SUBTYPES, Case, discover_cases, raise_on_duplicates
+from edgepanc.errors import DatasetError, InputError
+from edgepanc.io.volume import ImageInfo, check_label_values, inspect_image, read_image
+
+T = TypeVar("T")
+
+GEOMETRY_TOLERANCE = 1e-4  # relative; scanners and converters round headers differently
+
+
+@dataclass
+class DatasetReport:
+    """What a verified data set holds: cases per split and per subtype, and the warnings."""
+
+    root: Path | None
+    cases_per_split: dict[str, int]
+    subtypes_per_split: dict[str, dict[str, int]]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_cases(self) -> int:
+        return sum(self.cases_per_split.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root) if self.root else None,
+            "cases_per_split": dict(self.cases_per_split),
+            "subtypes_per_split": {k: dict(v) for k, v in self.subtypes_per_split.items()},
+            "warnings": list(self.warnings),
+        }
+
+    def summary(self) -> str:
+        """One line per split, e.g. ``train: 252 cases (subtype0 62, subtype1 106, ...)``."""
+        lines = []
+        for split, count in self.cases_per_split.items():
+            per = ", ".join(
+                f"subtype{k} {n}" if k.isdigit() else f"{k} {n}"
+                for k, n in self.subtypes_per_split[split].items()
+            )
+            lines.append(f"{split}: {count} cases ({per})" if per else f"{split}: {count} cases")
+        return "\n".join(lines)
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def geometry_mismatch(image: ImageInfo, mask: ImageInfo) -> str | None:
+    """Describe the first geometric property in which ``mask`` differs from ``image``, or None."""
+    if image.size != mask.size:
+        return f"mask size {mask.size} differs from image size {image.size} ({image.path.name})"
+    for name in ("spacing", "origin", "direction"):
+        a = np.asarray(getattr(image, name), dtype=float)
+        b = np.asarray(getattr(mask, name), dtype=float)
+        scale = np.maximum(1.0, np.maximum(np.abs(a), np.abs(b)))
+        if (np.abs(a - b) > GEOMETRY_TOLERANCE * scale).any():
+            return f"mask {name} {_fmt(b)} differs from image {name} {_fmt(a)} ({image.path.name})"
+    return None
+
+
+def _info_of(path: Path, img: sitk.Image) -> ImageInfo:
+    return ImageInfo(
+        path=path,
+        size=tuple(img.GetSize()),
+        spacing=tuple(img.GetSpacing()),
+        origin=tuple(img.GetOrigin()),
+        direction=tuple(img.GetDirection()),
+        pixel_type=img.GetPixelIDTypeAsString(),
+        components=img.GetNumberOfComponentsPerPixel(),
+    )
+
+
+def verify_case(case: Case, check_geometry: bool = True) -> list[str]:
+    """Check one case; return its warnings, raise DatasetError on the first problem."""
+    if case.subtype is not None and case.subtype not in SUBTYPES:
+        raise DatasetError(case.image, f"subtype {case.subtype} of {case.case_id} is outside 0..2")
+    image = _as_dataset_error(inspect_image, case.image)
+    if case.label is None:
+        return []
+    mask_img = _as_dataset_error(read_image, case.label)
+    _, warning = _as_dataset_error(
+        check_label_values, sitk.GetArrayViewFromImage(mask_img), case.label
+    )
+    if check_geometry:
+        problem = geometry_mismatch(image, _info_of(case.label, mask_img))
+        if problem:
+            raise DatasetError(case.label, problem)
+    return [warning] if warning else []
+
+
+def _as_dataset_error(func: Callable[..., T], *args: Any) -> T:
+    # The volume readers raise InputError; within a data set the same problem is a DatasetError.
+    try:
+        return func(*args)
+    except DatasetError:
+        raise
+    except InputError as exc:
+        raise DatasetError(exc.path, exc.problem) from None
+
+
+def verify_dataset(
+    root_or_cases: str | Path | Iterable[Case], check_geometry: bool = True, progress: bool = False
+) -> DatasetReport:
+    """Verify every case of a data set (a folder or a list of cases) and report what it holds."""
+    if isinstance(root_or_cases, (str, Path)):
+        root: Path | None = Path(root_or_cases)
+        cases = discover_cases(root)
+    else:
+        cases = list(root_or_cases)
+        root = None
+    if not cases:
+        raise DatasetError(root or Path("<cases>"), "data set is empty: no cases found")
+    raise_on_duplicates(cases)
+    warnings: list[str] = []
+    for case in tqdm(cases, desc="verifying", unit="case", disable=not progress):
+        warnings += verify_case(case, check_geometry)
+    return DatasetReport(root, *_counts(cases), warnings=warnings)
+
+
+def _counts(cases: Sequence[Case]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    per_split = Counter(case.split for case in cases)
+    cases_per_split = {split: per_split[split] for split in SPLITS if per_split[split]}
+    subtypes: dict[str, dict[str, int]] = {}
+    for split in cases_per_split:
+        counter = Counter(
+            "unknown" if c.subtype is None else str(c.subtype) for c in cases if c.split == split
+        )
+        subtypes[split] = dict(sorted(counter.items()))
+    return cases_per_split, subtypes

@@ -1,0 +1,186 @@
+"""edgepanc.preprocessing: orientation, resampling, normalisation, the plan and its inverse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import make_image, tiny_pair, write
+
+from edgepanc.data.cases import Case, discover_cases
+from edgepanc.errors import DatasetError
+from edgepanc.io.volume import read_image, read_label
+from edgepanc.preprocessing import (
+    GridRecord,
+    PreprocessingPlan,
+    canonical_spacing,
+    ct_intensity_statistics,
+    from_canonical,
+    normalize_ct,
+    orientation_of,
+    plan_from_cases,
+    preprocess_image,
+    preprocess_label,
+    resample_to_spacing,
+    restore_label,
+    to_canonical,
+)
+
+# Real-CT target spacing (z, y, x): coarser than ts_dataset_s0009 in z, finer than ts_example_ct
+# everywhere, so both down- and up-sampling are exercised while the test stays fast.
+REAL_CT_SPACING = (2.0, 1.5, 1.5)
+PERMUTED = (0, 0, 1, 1, 0, 0, 0, -1, 0)  # axes swapped and flipped: "PIL"-like storage
+RAS = (-1, 0, 0, 0, -1, 0, 0, 0, 1)
+
+
+def plan(spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> PreprocessingPlan:
+    return PreprocessingPlan(spacing, -100.0, 300.0, 60.0, 50.0, (32, 32, 32))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_plan_round_trips_through_json() -> None:
+    original = plan((2.5, 0.8, 0.8))
+    restored = PreprocessingPlan.from_dict(json.loads(json.dumps(original.to_dict())))
+    assert restored == original and isinstance(restored.patch_size, tuple)
+    with pytest.raises(ValueError, match="missing keys \\['std'\\]"):
+        PreprocessingPlan.from_dict({k: v for k, v in original.to_dict().items() if k != "std"})
+    with pytest.raises(ValueError, match="target_spacing"):
+        PreprocessingPlan((0.0, 1.0, 1.0), 0, 1, 0, 1, (8, 8, 8))
+
+
+@pytest.mark.parametrize("direction", [RAS, PERMUTED])
+def test_canonical_orientation_is_exactly_invertible(direction: tuple[int, ...]) -> None:
+    values = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    img = make_image(values, spacing=(0.7, 0.8, 2.5), origin=(3.0, -4.0, 5.0), direction=direction)
+    canonical = to_canonical(img)
+    assert canonical.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    # The same physical point holds the same value in both frames.
+    point = img.TransformIndexToPhysicalPoint((1, 2, 3))
+    assert canonical[canonical.TransformPhysicalPointToIndex(point)] == img[1, 2, 3]
+    assert canonical_spacing(img.GetSpacing(), direction) == canonical.GetSpacing()[::-1]
+    back = from_canonical(canonical, orientation_of(direction))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), values)
+    np.testing.assert_allclose(back.GetOrigin(), img.GetOrigin(), atol=1e-9)
+
+
+def test_resampling_keeps_the_field_of_view() -> None:
+    _, mask = tiny_pair(spacing=(1.0, 1.0, 3.0), origin=(10.0, 20.0, 30.0))
+    out = resample_to_spacing(mask, (1.0, 0.5, 0.5), is_label=True)
+    assert out.GetSize() == (12, 12, 12) and out.GetPixelID() == sitk.sitkUInt8
+    corner = np.array(mask.GetOrigin()) - np.array(mask.GetSpacing()) / 2
+    np.testing.assert_allclose(np.array(out.GetOrigin()) - np.array(out.GetSpacing()) / 2, corner)
+    assert set(np.unique(sitk.GetArrayFromImage(out))) == {0, 1, 2}  # no interpolated labels
+    same = resample_to_spacing(mask, (3.0, 1.0, 1.0), is_label=True)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(same), sitk.GetArrayFromImage(mask))
+
+
+def test_image_resampling_is_linear_float() -> None:
+    ramp = np.tile(np.arange(6, dtype=np.int16) * 10, (4, 6, 1))  # rises along x
+    out = resample_to_spacing(make_image(ramp, spacing=(2.0, 1.0, 1.0)), (1.0, 1.0, 1.0), False)
+    assert out.GetPixelID() == sitk.sitkFloat32
+    row = sitk.GetArrayFromImage(out)[1, 2]
+    assert np.all(np.diff(row) >= 0) and row.min() >= 0 and row.max() <= 50
+
+
+def test_normalize_ct_clips_and_standardises_without_mutating() -> None:
+    values = np.array([-1000, -100, 60, 300, 2000], np.int16)
+    out = normalize_ct(values, plan())
+    assert out.dtype == np.float32 and values[0] == -1000
+    np.testing.assert_allclose(out, (np.clip(values, -100, 300) - 60) / 50)
+
+
+def test_intensity_statistics_ignore_rare_extremes() -> None:
+    tissue = np.random.default_rng(0).uniform(0, 100, 10_000)
+    stats = ct_intensity_statistics(np.concatenate([tissue, [3000.0, -1024.0]]))
+    assert -1 < stats.clip_low < 1 and 99 < stats.clip_high < 101
+    assert abs(stats.mean - 50) < 1 and abs(stats.std - 100 / np.sqrt(12)) < 1
+
+
+def _case_with_spacing(root: Path, name: str, z_spacing: float, split: str = "train") -> Case:
+    image, mask = tiny_pair(spacing=(0.8, 0.8, z_spacing), direction=RAS)
+    return Case(
+        name,
+        write(image, root / f"{name}_0000.nii.gz"),
+        write(mask, root / f"{name}.nii.gz"),
+        0,
+        split,
+    )
+
+
+def test_plan_from_cases_uses_median_spacing_and_foreground(tmp_path: Path) -> None:
+    cases = [_case_with_spacing(tmp_path, f"c{i}", z) for i, z in enumerate((2.0, 5.0, 3.0))]
+    # A validation case with odd spacing must not move the median.
+    cases.append(_case_with_spacing(tmp_path, "v", 9.0, split="validation"))
+    fitted = plan_from_cases(cases, patch_size=(16, 32, 32))
+    assert fitted.target_spacing == pytest.approx((3.0, 0.8, 0.8))
+    # Foreground voxels are soft tissue (30..150 HU); the -1000 HU background must not count.
+    assert 30 <= fitted.clip_low < fitted.mean < fitted.clip_high <= 150
+    assert plan_from_cases(cases, (16, 32, 32), target_spacing=(1, 1, 1)).target_spacing == (
+        1,
+        1,
+        1,
+    )
+    assert plan_from_cases(cases, (16, 32, 32)) == fitted  # seeded: same data, same plan
+
+
+def test_plan_from_cases_needs_training_cases(quiz_dataset: Path) -> None:
+    tests_only = [c for c in discover_cases(quiz_dataset) if c.split == "test"]
+    with pytest.raises(DatasetError, match="no labelled training cases"):
+        plan_from_cases(tests_only, (16, 16, 16))
+
+
+@pytest.mark.parametrize("direction", [RAS, PERMUTED])
+def test_label_forward_and_back_is_exact_on_a_finer_grid(direction: tuple[int, ...]) -> None:
+    image, mask = tiny_pair(spacing=(0.8, 0.8, 2.0), origin=(5.0, -7.0, 9.0), direction=direction)
+    # 0.4 mm divides every axis's spacing in both storage orders: pure whole-factor upsampling.
+    data, grid = preprocess_image(image, plan((0.4, 0.4, 0.4)))
+    assert data.dtype == np.float32 and data.shape == grid.resampled.shape
+    # Upsampling by whole factors and back with nearest neighbour loses nothing.
+    restored = restore_label(preprocess_label(mask, grid), grid)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(restored), sitk.GetArrayFromImage(mask))
+    assert restored.GetSize() == image.GetSize() and restored.GetSpacing() == image.GetSpacing()
+    assert restored.GetOrigin() == image.GetOrigin()
+    assert restored.GetDirection() == image.GetDirection()
+
+
+def test_grid_record_round_trips_through_json() -> None:
+    image, _ = tiny_pair(direction=PERMUTED)
+    _, grid = preprocess_image(image, plan((2.0, 2.0, 2.0)))
+    assert GridRecord.from_dict(json.loads(json.dumps(grid.to_dict()))) == grid
+
+
+def test_mismatched_inputs_are_refused() -> None:
+    image, mask = tiny_pair()
+    _, grid = preprocess_image(image, plan())
+    with pytest.raises(ValueError, match="does not match the image grid"):
+        preprocess_label(tiny_pair(spacing=(2.0, 1.0, 1.0))[1], grid)
+    with pytest.raises(ValueError, match="preprocessed shape"):
+        restore_label(np.zeros((1, 2, 3), np.uint8), grid)
+
+
+def test_real_ct_label_survives_the_round_trip(real_ct_cases: list[Case]) -> None:
+    fitted = plan_from_cases(real_ct_cases, (64, 64, 64), target_spacing=REAL_CT_SPACING)
+    assert -200 < fitted.mean < 250  # pancreas soft tissue in HU
+    for case in real_ct_cases:
+        image, label = read_image(case.image), read_label(case.label)
+        data, grid = preprocess_image(image, fitted)
+        assert grid.canonical.direction == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+        assert np.isfinite(data).all() and abs(float(data[label_mask(label, grid)].mean())) < 3
+        restored = restore_label(preprocess_label(label, grid), grid)
+        assert restored.GetSize() == image.GetSize()
+        assert restored.GetSpacing() == image.GetSpacing()
+        assert restored.GetOrigin() == image.GetOrigin()
+        assert restored.GetDirection() == image.GetDirection()
+        score = dice(sitk.GetArrayFromImage(restored) > 0, sitk.GetArrayFromImage(label) > 0)
+        print(f"{case.case_id}: round-trip Dice {score:.4f}")
+        assert score >= 0.95, f"{case.case_id}: Dice {score:.4f}"
+
+
+def label_mask(label: sitk.Image, grid: GridRecord) -> np.ndarray:
+    return preprocess_label(label, grid) > 0
