@@ -1,0 +1,286 @@
+"""Pick the predictor a bundle should run with on this machine, and say why.
+
+``auto`` prefers what the bundle's author chose (``default_artifact``), then the fastest artifact
+this machine can run by the latency the compression stage measured, then the bundle's own fp32
+weights in eager torch, which always run. Explicit choices narrow the candidates; when none is
+left the error says what each artifact lacked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgepanc.backends.base import BACKENDS, PRECISIONS, BackendUnavailable, Predictor
+from edgepanc.errors import BundleError
+
+log = logging.getLogger("edgepanc.backends")
+
+WEIGHTS_FILE = "weights.pt"
+TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """One way to run a bundle: ``artifact`` None means the bundle's fp32 weights in torch."""
+
+    backend: str
+    precision: str
+    device: str
+    artifact: str | None
+    reason: str
+
+    def describe(self) -> str:
+        source = f"artifact {self.artifact!r}" if self.artifact else "bundle weights"
+        return f"{self.backend} {self.precision} on {self.device} ({source}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class _Bundle:
+    """What selection needs from a bundle, whether a ModelBundle or a model.json-like dict."""
+
+    root: Path
+    artifacts: Mapping[str, Mapping[str, Any]]
+    default_artifact: str | None
+    source: Any
+
+
+def available_backends() -> list[str]:
+    """Backends this machine can run, in :data:`BACKENDS` order (torch always)."""
+    from edgepanc.backends.onnxruntime_backend import onnxruntime_providers
+    from edgepanc.backends.tensorrt_backend import tensorrt_problem
+
+    names = ["torch"]
+    if onnxruntime_providers():
+        names.append("onnxruntime")
+    if tensorrt_problem() is None:
+        names.append("tensorrt")
+    return names
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when torch sees a GPU, else cpu."""
+    if device == "auto":
+        return "cuda" if _cuda_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def artifact_problem(
+    record: Mapping[str, Any], device: str, root: Path, backends: list[str]
+) -> str | None:
+    """Why ``record`` cannot run on ``device`` here, or None when it can."""
+    backend = record.get("backend")
+    precision = record.get("precision")
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r}"
+    if precision not in PRECISIONS:
+        return f"unknown precision {precision!r}"
+    if backend not in backends:
+        return f"{backend} is not available on this machine"
+    recorded_device = record.get("device")
+    if recorded_device is not None and recorded_device != device:
+        return f"built for {recorded_device}, running on {device}"
+    if backend == "tensorrt" and device != "cuda":
+        return "TensorRT runs only on cuda"
+    if backend == "torch" and (precision == "int8" or (precision == "fp16" and device == "cpu")):
+        return f"torch {precision} is not offered on {device}"
+    if backend == "onnxruntime" and device == "cuda":
+        from edgepanc.backends.onnxruntime_backend import CUDA_PROVIDER, onnxruntime_providers
+
+        if CUDA_PROVIDER not in onnxruntime_providers():
+            return "onnxruntime has no CUDA provider here"
+    if backend == "torch" and device == "cuda" and not _cuda_available():
+        return "torch sees no CUDA device"
+    file = record.get("file")
+    if backend != "torch" and not file:
+        return "record names no file"
+    if file and not (root / file).is_file():
+        return f"file {file} is missing"
+    return None
+
+
+def choose_backend(
+    bundle: Any, backend: str = "auto", device: str = "auto", precision: str = "auto"
+) -> BackendChoice:
+    """Decide how to run ``bundle`` here (no model is loaded). See the module docstring."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
+    view = _view(bundle)
+    device = resolve_device(device)
+    backends = available_backends()
+    if backend != "auto" and backend not in backends:
+        raise BackendUnavailable(
+            f"backend {backend!r} is not available here (available: {', '.join(backends)})"
+        )
+
+    def wanted(record: Mapping[str, Any]) -> bool:
+        return (backend == "auto" or record.get("backend") == backend) and (
+            precision == "auto" or record.get("precision") == precision
+        )
+
+    problems: dict[str, str] = {}
+    runnable: list[tuple[str, Mapping[str, Any]]] = []
+    for name, record in view.artifacts.items():
+        if not wanted(record):
+            continue
+        problem = artifact_problem(record, device, view.root, backends)
+        if problem is None:
+            runnable.append((name, record))
+        else:
+            problems[name] = problem
+
+    def choice(name: str, record: Mapping[str, Any], reason: str) -> BackendChoice:
+        return BackendChoice(record["backend"], record["precision"], device, name, reason)
+
+    by_name = dict(runnable)
+    if view.default_artifact in by_name:
+        return choice(
+            view.default_artifact, by_name[view.default_artifact], "the bundle's default artifact"
+        )
+    timed = sorted(
+        (float(r["latency_ms"]), n) for n, r in runnable if r.get("latency_ms") is not None
+    )
+    if timed:
+        latency, name = timed[0]
+        reason = f"fastest runnable artifact by recorded latency ({latency:g} ms)"
+        if view.default_artifact:
+            default_problem = problems.get(view.default_artifact, "not what was asked for")
+            reason += f"; default {view.default_artifact!r}: {default_problem}"
+        return choice(name, by_name[name], reason)
+    if runnable:
+        name, record = runnable[0]
+        return choice(
+            name, record, "the only runnable artifact matching the request (no latency recorded)"
+        )
+    torch_precision = "fp32" if precision == "auto" else precision
+    weights_problem = artifact_problem(
+        {"backend": "torch", "precision": torch_precision}, device, view.root, backends
+    )
+    if (
+        backend in ("auto", "torch")
+        and torch_precision in TORCH_PRECISIONS
+        and weights_problem is None
+    ):
+        reason = "asked for torch" if backend == "torch" else "no runnable artifact"
+        if problems:
+            reason += " (" + "; ".join(f"{n}: {p}" for n, p in problems.items()) + ")"
+        return BackendChoice("torch", torch_precision, device, None, reason)
+    details = (
+        "; ".join(f"{n}: {p}" for n, p in problems.items()) or "the bundle has no such artifact"
+    )
+    if weights_problem and backend in ("auto", "torch"):
+        details += f"; bundle weights: {weights_problem}"
+    raise BundleError(
+        view.root,
+        f"nothing runs backend={backend} precision={precision} on {device}: {details}",
+    )
+
+
+def build_predictor(choice: BackendChoice, bundle: Any) -> Predictor:
+    """Load the model ``choice`` names and wrap it in its predictor."""
+    view = _view(bundle)
+    record = view.artifacts.get(choice.artifact, {}) if choice.artifact else {}
+    if choice.backend == "torch":
+        from edgepanc.backends.torch_backend import TorchPredictor
+
+        return TorchPredictor(
+            _torch_network(view, record), choice.device, choice.precision, artifact=choice.artifact
+        )
+    path = view.root / record["file"]
+    if choice.backend == "onnxruntime":
+        from edgepanc.backends.onnxruntime_backend import OnnxRuntimePredictor, default_providers
+
+        return OnnxRuntimePredictor(
+            path,
+            default_providers(choice.device),
+            precision=choice.precision,
+            artifact=choice.artifact,
+        )
+    from edgepanc.backends.tensorrt_backend import TensorRTPredictor
+
+    return TensorRTPredictor(path, precision=choice.precision, artifact=choice.artifact)
+
+
+def select_predictor(
+    bundle: Any, backend: str = "auto", device: str = "auto", precision: str = "auto"
+) -> Predictor:
+    """Choose (:func:`choose_backend`), log the choice in one line, and load the predictor."""
+    choice = choose_backend(bundle, backend, device, precision)
+    log.info("backend: %s", choice.describe())
+    return build_predictor(choice, bundle)
+
+
+def _view(bundle: Any) -> _Bundle:
+    if isinstance(bundle, _Bundle):
+        return bundle
+    get = (
+        bundle.get
+        if isinstance(bundle, Mapping)
+        else lambda key, default=None: getattr(bundle, key, default)
+    )
+    root = next(
+        (get(key) for key in ("root", "path", "directory", "dir") if get(key) is not None), None
+    )
+    if root is None:
+        raise ValueError("bundle gives no folder (expected a 'root' or 'path')")
+    return _Bundle(
+        root=Path(root),
+        artifacts=get("artifacts") or {},
+        default_artifact=get("default_artifact"),
+        source=bundle,
+    )
+
+
+def _torch_network(view: _Bundle, record: Mapping[str, Any]) -> Any:
+    """The fp32 network: a torch artifact's own weights (e.g. pruned), else the bundle's."""
+    import torch
+
+    from edgepanc.networks import build_network
+    from edgepanc.networks.unet import UNetConfig
+
+    source = view.source
+    if (
+        not record.get("file")
+        and not isinstance(source, Mapping)
+        and hasattr(source, "load_network")
+    ):
+        return source.load_network()
+    network = record.get("network") or (
+        source.get("network") if isinstance(source, Mapping) else getattr(source, "network", None)
+    )
+    if network is None:
+        raise BundleError(view.root, "model.json has no network description")
+    config = network if isinstance(network, UNetConfig) else UNetConfig.from_dict(network)
+    weights = view.root / (record.get("file") or WEIGHTS_FILE)
+    if not weights.is_file():
+        raise BundleError(weights, "weights file not found")
+    model = build_network(config)
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise BundleError(weights, f"cannot load the weights: {str(exc).splitlines()[0]}") from exc
+    return model.eval()
+
+
+__all__ = [
+    "BackendChoice",
+    "artifact_problem",
+    "available_backends",
+    "build_predictor",
+    "choose_backend",
+    "resolve_device",
+    "select_predictor",
+]

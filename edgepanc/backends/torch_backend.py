@@ -1,0 +1,84 @@
+"""Eager PyTorch predictor: fp32, or bf16/fp16 through ``torch.amp.autocast``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgepanc.backends.base import BackendUnavailable, check_batch
+
+_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_torch_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a CUDA device is visible, else ``"cpu"``; checks the rest."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable("device 'cuda' requested but torch sees no CUDA device")
+    return device
+
+
+class TorchPredictor:
+    """Run a :class:`~edgepanc.networks.MultiTaskUNet` (or any module with its outputs) eagerly.
+
+    bf16 and fp16 use autocast, so weights stay fp32 and numerically sensitive layers (norms,
+    softmax) keep fp32 where torch's autocast policy says so. The module is moved to ``device``
+    and evaluated in eval mode; its previous train/eval mode is restored after every call so the
+    training loop can use the predictor for validation on the live model.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str = "cpu",
+        precision: str = "fp32",
+        artifact: str | None = None,
+    ) -> None:
+        if precision not in _AUTOCAST_DTYPES:
+            raise ValueError(
+                f"torch precision must be one of {sorted(_AUTOCAST_DTYPES)}, got {precision!r}"
+            )
+        self.device = resolve_torch_device(device)
+        self.precision = precision
+        self.artifact = artifact
+        self.model = model.to(self.device)
+        self._autocast_dtype = _AUTOCAST_DTYPES[precision]
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inputs = torch.from_numpy(check_batch(batch)).to(self.device, non_blocking=True)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with (
+                torch.inference_mode(),
+                torch.amp.autocast(
+                    device_type=self.device,
+                    dtype=self._autocast_dtype,
+                    enabled=self._autocast_dtype is not None,
+                ),
+            ):
+                seg, cls = self.model(inputs)
+        finally:
+            self.model.train(was_training)
+        return _to_numpy(seg), _to_numpy(cls)
+
+    def __repr__(self) -> str:
+        return f"TorchPredictor(device={self.device!r}, precision={self.precision!r})"
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    # .numpy() of a CPU float32 tensor shares its memory: no copy on the fp32 CPU path.
+    return tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
+
+
+__all__ = ["TorchPredictor", "resolve_torch_device"]

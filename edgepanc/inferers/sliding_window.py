@@ -1,0 +1,357 @@
+"""Whole-volume sliding-window inference: the plain reference stitch.
+
+Tiles from :func:`~edgepanc.inferers.tiling.tile_plan` are predicted in batches; each tile's
+logits are weighted by the importance map and summed into logits for the whole volume, then
+divided by the summed weights and arg-maxed. It keeps ``[C, Z, Y, X]`` float32 logits in memory,
+which is what the streaming inferer (:mod:`edgepanc.inferers.streaming`) avoids. This module also
+holds what both inferers share: the window plan, the batch loop and the tile-level classification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from edgepanc.backends.base import Predictor
+from edgepanc.inferers.tiling import (
+    Corner,
+    constant_importance_map,
+    gaussian_importance_map,
+    pad_volume,
+    padding_for,
+    tile_plan,
+)
+
+LESION_LABEL = 2
+Importance = Literal["gaussian", "constant"]
+Region = tuple[slice, slice, slice]
+
+
+@dataclass
+class BatchPolicy:
+    """How many tiles go to the predictor at once; may be changed while a run is in progress.
+
+    The inferers read ``tile_batch`` before every batch, so a ``between_batches`` callback (thermal
+    back-off, memory pressure) can shrink or grow it mid-run.
+    """
+
+    tile_batch: int = 1
+
+    def next_batch_size(self) -> int:
+        if int(self.tile_batch) < 1:
+            raise ValueError(f"tile_batch must be at least 1, got {self.tile_batch}")
+        return int(self.tile_batch)
+
+
+@dataclass
+class SlidingWindowResult:
+    """What a sliding-window pass produces.
+
+    ``labels``: uint8 (z, y, x) of the input's shape, argmax of the blended logits (0 outside the
+    region). ``tile_cls_logits``: ``[T, S]`` subtype logits per tile. ``tile_lesion_mass``: ``[T]``
+    sum over each tile of the softmax lesion probability times the importance map (how much lesion
+    each tile saw, used to weight classification). ``tiles``: tile start corners in the input
+    volume's voxel coordinates (negative on an axis padded because it was smaller than the patch).
+    ``logits``: blended ``[C, z, y, x]`` float32 logits when asked for (whole-volume only).
+    """
+
+    labels: np.ndarray
+    tile_cls_logits: np.ndarray
+    tile_lesion_mass: np.ndarray
+    tiles: list[Corner]
+    logits: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Geometry of one sliding-window pass over ``region`` of a volume.
+
+    Tiles are laid out over the region padded up to the patch size (``padded_shape``);
+    ``pad_before`` is where the region starts inside that padded frame and ``tiles`` are corners
+    in the padded frame, z-major.
+    """
+
+    volume_shape: tuple[int, int, int]
+    region: Region
+    patch_size: tuple[int, int, int]
+    pad_before: tuple[int, int, int]
+    padded_shape: tuple[int, int, int]
+    tiles: list[Corner] = field(repr=False)
+
+    @property
+    def region_shape(self) -> tuple[int, int, int]:
+        return tuple(s.stop - s.start for s in self.region)  # type: ignore[return-value]
+
+    @property
+    def region_start(self) -> tuple[int, int, int]:
+        return tuple(s.start for s in self.region)  # type: ignore[return-value]
+
+    def volume_corner(self, padded_corner: Corner) -> Corner:
+        """A tile corner in the padded frame mapped to the input volume's voxel coordinates."""
+        return tuple(  # type: ignore[return-value]
+            c - p + r
+            for c, p, r in zip(padded_corner, self.pad_before, self.region_start, strict=True)
+        )
+
+
+def plan_sliding_window(
+    volume_shape: Sequence[int],
+    patch_size: Sequence[int],
+    step_fraction: float = 0.5,
+    region: Region | None = None,
+) -> WindowPlan:
+    """Lay out the tiles for ``region`` (default: the whole volume) of a ``volume_shape`` volume."""
+    if len(volume_shape) != 3 or len(patch_size) != 3:
+        raise ValueError(
+            f"expected a 3D volume and patch, got {list(volume_shape)} and {list(patch_size)}"
+        )
+    volume_shape = tuple(int(s) for s in volume_shape)
+    patch = tuple(int(p) for p in patch_size)
+    resolved = _resolve_region(region, volume_shape)
+    region_shape = tuple(s.stop - s.start for s in resolved)
+    pads = padding_for(region_shape, patch)
+    padded = tuple(
+        size + before + after for size, (before, after) in zip(region_shape, pads, strict=True)
+    )
+    return WindowPlan(
+        volume_shape=volume_shape,  # type: ignore[arg-type]
+        region=resolved,
+        patch_size=patch,  # type: ignore[arg-type]
+        pad_before=tuple(before for before, _ in pads),  # type: ignore[arg-type]
+        padded_shape=padded,  # type: ignore[arg-type]
+        tiles=tile_plan(padded, patch, step_fraction),
+    )
+
+
+def _resolve_region(region: Region | None, shape: tuple[int, ...]) -> Region:
+    if region is None:
+        return tuple(slice(0, s) for s in shape)  # type: ignore[return-value]
+    if len(region) != 3:
+        raise ValueError(f"region must have three slices, got {region!r}")
+    resolved = []
+    for axis, (sl, size) in enumerate(zip(region, shape, strict=True)):
+        start, stop, step = sl.indices(size)
+        if step != 1 or stop <= start:
+            raise ValueError(f"region slice on axis {axis} must be non-empty with step 1: {sl!r}")
+        resolved.append(slice(start, stop))
+    return tuple(resolved)  # type: ignore[return-value]
+
+
+def importance_map(patch_size: Sequence[int], importance: Importance | str) -> np.ndarray:
+    """The blending weights named ``importance`` ("gaussian" or "constant"), read-only float32."""
+    if importance == "gaussian":
+        return gaussian_importance_map(patch_size)
+    if importance == "constant":
+        return constant_importance_map(patch_size)
+    raise ValueError(f"importance must be 'gaussian' or 'constant', got {importance!r}")
+
+
+class TileSink(Protocol):
+    """Receives each tile's importance-weighted logits, in plan order."""
+
+    def add(self, corner: Corner, weighted_logits: np.ndarray) -> None: ...
+
+
+TileReader = Callable[[Corner, np.ndarray], None]
+
+
+def predict_tiles(
+    read_tile: TileReader,
+    plan: WindowPlan,
+    predictor: Predictor,
+    weights: np.ndarray,
+    sink: Callable[[int], TileSink],
+    policy: BatchPolicy,
+    between_batches: Callable[[], None] | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run every tile of ``plan`` through ``predictor`` and hand weighted logits to a sink.
+
+    ``read_tile(corner, out)`` fills ``out`` (one patch) with the input at a padded-frame corner.
+    ``sink(num_classes)`` is called once, after the first batch tells how many classes there are.
+    Returns the per-tile classification logits ``[T, S]`` and lesion mass ``[T]``.
+    """
+    tiles = plan.tiles
+    patch = plan.patch_size
+    cls_rows: list[np.ndarray] = []
+    lesion_mass = np.zeros(len(tiles), dtype=np.float32)
+    batch_buffer = np.empty((0, 1, *patch), dtype=np.float32)
+    target: TileSink | None = None
+    done = 0
+    with tqdm(total=len(tiles), disable=not progress, unit="tile", desc="sliding window") as bar:
+        while done < len(tiles):
+            size = min(policy.next_batch_size(), len(tiles) - done)
+            if batch_buffer.shape[0] < size:
+                # Grown only when the policy asks for more tiles than ever before: reused otherwise.
+                batch_buffer = np.empty((size, 1, *patch), dtype=np.float32)
+            batch = batch_buffer[:size]
+            corners = tiles[done : done + size]
+            for i, corner in enumerate(corners):
+                read_tile(corner, batch[i, 0])
+            seg, cls = predictor(batch)
+            seg, cls = _check_outputs(seg, cls, size, patch)
+            if target is None:
+                target = sink(seg.shape[1])
+            lesion_mass[done : done + size] = _lesion_mass(seg, weights)
+            for i, corner in enumerate(corners):
+                np.multiply(seg[i], weights, out=seg[i])  # in place: no per-tile temporaries
+                target.add(corner, seg[i])
+            cls_rows.append(cls)
+            done += size
+            bar.update(size)
+            if between_batches is not None and done < len(tiles):
+                between_batches()
+    return np.concatenate(cls_rows, axis=0), lesion_mass
+
+
+def _check_outputs(
+    seg: np.ndarray, cls: np.ndarray, size: int, patch: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    seg = np.asarray(seg)
+    cls = np.asarray(cls, dtype=np.float32)
+    if seg.ndim != 5 or seg.shape[0] != size or tuple(seg.shape[2:]) != patch:
+        raise ValueError(
+            f"predictor returned segmentation logits {list(seg.shape)}, expected [{size}, C, {', '.join(map(str, patch))}]"
+        )
+    if cls.ndim != 2 or cls.shape[0] != size:
+        raise ValueError(f"predictor returned class logits {list(cls.shape)}, expected [{size}, S]")
+    if seg.dtype != np.float32 or not seg.flags.writeable or not seg.flags.c_contiguous:
+        seg = np.array(seg, dtype=np.float32, order="C")
+    return seg, cls
+
+
+def _lesion_mass(seg: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Importance-weighted sum of the softmax lesion probability of each tile in ``seg [B, C, ...]``."""
+    if seg.shape[1] <= LESION_LABEL:
+        return np.zeros(seg.shape[0], dtype=np.float32)
+    # softmax_l = 1 / sum_k exp(z_k - z_l): stable without a max pass (overflow gives inf -> 0).
+    with np.errstate(over="ignore"):
+        lesion = seg[:, LESION_LABEL : LESION_LABEL + 1]
+        denominator = np.exp(seg - lesion).sum(axis=1)
+    probability = np.reciprocal(denominator, out=denominator)
+    return probability.reshape(len(seg), -1) @ weights.reshape(-1)
+
+
+class _VolumeAccumulator:
+    """Whole-volume sums of weighted logits and of weights in the padded frame."""
+
+    def __init__(
+        self,
+        padded_shape: tuple[int, ...],
+        patch: tuple[int, ...],
+        num_classes: int,
+        weights: np.ndarray,
+    ) -> None:
+        self.logits = np.zeros((num_classes, *padded_shape), dtype=np.float32)
+        self.weight_sum = np.zeros(padded_shape, dtype=np.float32)
+        self.patch = patch
+        self.weights = weights
+
+    def add(self, corner: Corner, weighted_logits: np.ndarray) -> None:
+        window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch, strict=True))
+        self.logits[(slice(None), *window)] += weighted_logits
+        self.weight_sum[window] += self.weights
+
+
+def sliding_window_inference(
+    volume: np.ndarray,
+    predictor: Predictor,
+    patch_size: Sequence[int],
+    step_fraction: float = 0.5,
+    tile_batch: int | BatchPolicy = 1,
+    importance: Importance = "gaussian",
+    keep_logits: bool = False,
+    progress: bool = False,
+    between_batches: Callable[[], None] | None = None,
+    region: Region | None = None,
+) -> SlidingWindowResult:
+    """Predict ``volume`` (z, y, x) tile by tile and stitch whole-volume logits (the baseline).
+
+    ``tile_batch`` is a fixed batch size or a :class:`BatchPolicy` whose ``tile_batch`` may change
+    between batches; ``between_batches`` runs after every batch but the last. ``region`` restricts
+    tiling to a box (labels are 0 outside it). ``keep_logits`` returns the blended logits of the
+    region (0 elsewhere) in ``result.logits``.
+    """
+    volume = _check_volume(volume)
+    policy = tile_batch if isinstance(tile_batch, BatchPolicy) else BatchPolicy(int(tile_batch))
+    plan = plan_sliding_window(volume.shape, patch_size, step_fraction, region)
+    weights = importance_map(plan.patch_size, importance)
+    padded, crop = pad_volume(volume[plan.region], plan.patch_size)
+    patch = plan.patch_size
+
+    def read_tile(corner: Corner, out: np.ndarray) -> None:
+        out[...] = padded[tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))]
+
+    holder: list[_VolumeAccumulator] = []
+
+    def make_sink(num_classes: int) -> _VolumeAccumulator:
+        holder.append(_VolumeAccumulator(plan.padded_shape, patch, num_classes, weights))
+        return holder[0]
+
+    cls_logits, lesion_mass = predict_tiles(
+        read_tile, plan, predictor, weights, make_sink, policy, between_batches, progress
+    )
+    acc = holder[0]
+    region_logits = acc.logits[(slice(None), *crop)]
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    # Dividing by the positive per-voxel weight sum cannot change the argmax, so labels come from
+    # the raw sums; the division is only paid for when the caller wants the logits themselves.
+    labels[plan.region] = region_logits.argmax(axis=0)
+    logits = None
+    if keep_logits:
+        np.divide(region_logits, acc.weight_sum[crop], out=region_logits)
+        logits = np.zeros((region_logits.shape[0], *volume.shape), dtype=np.float32)
+        logits[(slice(None), *plan.region)] = region_logits
+    return SlidingWindowResult(
+        labels=labels,
+        tile_cls_logits=cls_logits,
+        tile_lesion_mass=lesion_mass,
+        tiles=[plan.volume_corner(c) for c in plan.tiles],
+        logits=logits,
+    )
+
+
+def _check_volume(volume: np.ndarray) -> np.ndarray:
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D volume (z, y, x), got shape {list(volume.shape)}")
+    if volume.dtype != np.float32:
+        volume = volume.astype(np.float32)
+    return volume
+
+
+def classify_from_tiles(result: SlidingWindowResult) -> np.ndarray:
+    """Subtype probabilities ``[S]``: softmax of the lesion-mass-weighted mean tile logits.
+
+    Tiles that saw more lesion say more about its subtype. When no voxel is labelled lesion the
+    lesion mass is noise, so every tile counts the same.
+    """
+    logits = np.asarray(result.tile_cls_logits, dtype=np.float64)
+    if logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"expected tile class logits [T, S] with T > 0, got {list(logits.shape)}")
+    mass = np.asarray(result.tile_lesion_mass, dtype=np.float64)
+    has_lesion = bool(np.any(result.labels == LESION_LABEL))
+    if has_lesion and mass.sum() > 0:
+        weights = mass / mass.sum()
+    else:
+        weights = np.full(logits.shape[0], 1.0 / logits.shape[0])
+    mean = weights @ logits
+    exp = np.exp(mean - mean.max())
+    return (exp / exp.sum()).astype(np.float32)
+
+
+__all__ = [
+    "LESION_LABEL",
+    "BatchPolicy",
+    "SlidingWindowResult",
+    "WindowPlan",
+    "classify_from_tiles",
+    "importance_map",
+    "plan_sliding_window",
+    "predict_tiles",
+    "sliding_window_inference",
+]

@@ -1,0 +1,160 @@
+"""Tiling geometry shared by every sliding-window consumer (validation, streaming, baseline).
+
+Pure numpy functions: where tiles start, in which order they are visited, how much each voxel of
+a tile counts when overlapping predictions are blended, and how a volume smaller than the patch is
+padded. Arrays and sizes are in (z, y, x) order.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+Corner = tuple[int, int, int]
+
+
+def compute_steps_for_sliding_window(
+    image_size: Sequence[int], patch_size: Sequence[int], step_fraction: float
+) -> list[list[int]]:
+    """Tile start offsets per axis, evenly spread over the image.
+
+    The first tile starts at 0, the last ends exactly at the image end and consecutive starts are
+    at most ``step_fraction * patch`` apart (fewer, larger-overlap tiles are never used: the number
+    of tiles is the smallest that respects the step). Every image axis must be at least as large
+    as the patch; pad smaller volumes with :func:`pad_volume` first.
+    """
+    if len(image_size) != len(patch_size):
+        raise ValueError(
+            f"image size {list(image_size)} and patch size {list(patch_size)} differ in rank"
+        )
+    if not 0.0 < step_fraction <= 1.0:
+        raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction}")
+    steps = []
+    for image, patch in zip(image_size, patch_size, strict=True):
+        image, patch = int(image), int(patch)
+        if patch < 1:
+            raise ValueError(f"patch size must be positive, got {list(patch_size)}")
+        if image < patch:
+            raise ValueError(
+                f"image size {list(image_size)} is smaller than patch {list(patch_size)}; pad it first"
+            )
+        span = image - patch
+        target_step = step_fraction * patch
+        num_steps = math.ceil(span / target_step) + 1
+        if num_steps == 1:
+            steps.append([0])
+            continue
+        actual_step = span / (num_steps - 1)
+        steps.append([int(round(actual_step * i)) for i in range(num_steps)])
+    return steps
+
+
+def tile_plan(
+    image_size: Sequence[int], patch_size: Sequence[int], step_fraction: float
+) -> list[Corner]:
+    """Start corners of every tile, z-major (z slowest, x fastest).
+
+    The z-major order is what lets the streaming accumulator finish and free a z-range as soon as
+    no later tile reaches back into it.
+    """
+    steps = compute_steps_for_sliding_window(image_size, patch_size, step_fraction)
+    if len(steps) != 3:
+        raise ValueError(f"tile_plan needs a 3D size, got {list(image_size)}")
+    return [(int(z), int(y), int(x)) for z, y, x in itertools.product(*steps)]
+
+
+def gaussian_importance_map(
+    patch_size: Sequence[int], sigma_scale: float = 1.0 / 8, value_scaling_factor: float = 10.0
+) -> np.ndarray:
+    """Per-voxel blending weight of a tile: a Gaussian centred on the patch, float32.
+
+    Predictions near a tile's border see less context and are less reliable, so they count less
+    where tiles overlap. The map peaks at ``value_scaling_factor`` and has no zeros (the smallest
+    values are raised to the smallest positive one) so that every voxel keeps a positive weight.
+    The returned array is read-only and shared between calls; copy it before changing it.
+    """
+    return _gaussian_importance_map(
+        tuple(int(p) for p in patch_size), float(sigma_scale), float(value_scaling_factor)
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_importance_map(
+    patch_size: tuple[int, ...], sigma_scale: float, value_scaling_factor: float
+) -> np.ndarray:
+    if any(p < 1 for p in patch_size):
+        raise ValueError(f"patch size must be positive, got {list(patch_size)}")
+    if sigma_scale <= 0 or value_scaling_factor <= 0:
+        raise ValueError("sigma_scale and value_scaling_factor must be positive")
+    # Separable: the 3D Gaussian is the outer product of one 1D Gaussian per axis, which is exact
+    # and avoids filtering a full volume.
+    profiles = []
+    for size in patch_size:
+        sigma = size * sigma_scale
+        offsets = np.arange(size, dtype=np.float64) - size // 2
+        profiles.append(np.exp(-0.5 * (offsets / sigma) ** 2))
+    weights = functools.reduce(np.multiply.outer, profiles)
+    weights *= value_scaling_factor / weights.max()
+    weights = weights.astype(np.float32)
+    positive = weights[weights > 0]
+    smallest = positive.min() if positive.size else np.float32(value_scaling_factor)
+    np.maximum(weights, smallest, out=weights)
+    weights.setflags(write=False)
+    return weights
+
+
+def constant_importance_map(patch_size: Sequence[int]) -> np.ndarray:
+    """Uniform blending weight (plain averaging of overlapping tiles), float32, read-only."""
+    weights = np.ones(tuple(int(p) for p in patch_size), dtype=np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+def padding_for(image_size: Sequence[int], patch_size: Sequence[int]) -> list[tuple[int, int]]:
+    """(before, after) padding per axis that brings every axis up to at least the patch size.
+
+    Padding is split evenly (the odd voxel goes after) so that a small volume sits in the middle
+    of the patch, where the importance map is highest.
+    """
+    if len(image_size) != len(patch_size):
+        raise ValueError(
+            f"image size {list(image_size)} and patch size {list(patch_size)} differ in rank"
+        )
+    pads = []
+    for image, patch in zip(image_size, patch_size, strict=True):
+        missing = max(int(patch) - int(image), 0)
+        pads.append((missing // 2, missing - missing // 2))
+    return pads
+
+
+def pad_volume(
+    volume: np.ndarray, patch_size: Sequence[int], value: float = 0.0
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Pad the axes of ``volume`` smaller than the patch with ``value``.
+
+    Returns the padded volume (``volume`` itself, not a copy, when no axis needs padding) and the
+    slices that crop an array of the padded shape back to the original extent:
+    ``padded[slices]`` equals ``volume``.
+    """
+    pads = padding_for(volume.shape, patch_size)
+    crop = tuple(
+        slice(before, before + size) for (before, _), size in zip(pads, volume.shape, strict=True)
+    )
+    if not any(before or after for before, after in pads):
+        return volume, crop
+    return np.pad(volume, pads, mode="constant", constant_values=value), crop
+
+
+__all__ = [
+    "Corner",
+    "compute_steps_for_sliding_window",
+    "constant_importance_map",
+    "gaussian_importance_map",
+    "pad_volume",
+    "padding_for",
+    "tile_plan",
+]

@@ -1,0 +1,278 @@
+"""Whole-volume and streaming sliding windows: same labels, regions, batching, classification."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from edgepanc.inferers.sliding_window import (
+    BatchPolicy,
+    SlidingWindowResult,
+    classify_from_tiles,
+    sliding_window_inference,
+)
+from edgepanc.inferers.streaming import (
+    SlabAccumulator,
+    slab_memory_bytes,
+    streaming_sliding_window_inference,
+    whole_volume_memory_bytes,
+)
+from edgepanc.inferers.tiling import gaussian_importance_map
+
+PATCH = (16, 16, 16)
+
+
+class FieldPredictor:
+    """Deterministic per-voxel logits from the input (and its tile position via the batch size).
+
+    Per-voxel functions make every tile batch size give bit-identical outputs, so any difference
+    between two runs comes from the stitching alone.
+    """
+
+    name, precision, device = "field", "fp32", "cpu"
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.batch_sizes.append(len(batch))
+        seg = np.concatenate([0.3 - batch, batch, np.sin(4 * batch)], axis=1)
+        cls = np.stack(
+            [
+                batch.mean(axis=(1, 2, 3, 4)),
+                batch.std(axis=(1, 2, 3, 4)),
+                batch.max(axis=(1, 2, 3, 4)),
+            ],
+            axis=1,
+        )
+        return seg.astype(np.float32), cls.astype(np.float32)
+
+
+def phantom(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """A bright ellipsoid with a brighter blob inside, plus noise: CT-like after normalisation."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    organ = sum((g / 0.6) ** 2 for g in grid) < 1
+    lesion = sum(((g - 0.15) / 0.2) ** 2 for g in grid) < 1
+    volume = -1.0 + 1.5 * organ + 1.0 * lesion + 0.3 * rng.standard_normal(shape)
+    return volume.astype(np.float32)
+
+
+def tiny_predictor():
+    from edgepanc.backends.torch_backend import TorchPredictor
+    from edgepanc.networks import build_network
+
+    torch.manual_seed(0)
+    return TorchPredictor(build_network("tiny"), device="cpu", precision="fp32")
+
+
+def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
+    a, b = a == label, b == label
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+CASES = [
+    # shape, step, tile_batch, region
+    ((40, 37, 29), 0.5, 1, None),
+    ((40, 37, 29), 0.25, 3, None),
+    ((10, 50, 20), 0.5, 3, None),  # z smaller than the patch: padded
+    ((45, 40, 33), 0.5, 2, (slice(5, 38), slice(3, 14), slice(0, 33))),  # y box smaller than patch
+    ((33, 33, 33), 0.25, 1, (slice(1, 30), slice(2, 31), slice(4, 28))),
+]
+
+
+@pytest.mark.parametrize("shape,step,tile_batch,region", CASES)
+def test_streaming_matches_whole_volume_exactly(shape, step, tile_batch, region):
+    volume = phantom(shape)
+    whole = sliding_window_inference(
+        volume, FieldPredictor(), PATCH, step, tile_batch, region=region
+    )
+    streamed = streaming_sliding_window_inference(
+        volume, FieldPredictor(), PATCH, step, tile_batch, region=region
+    )
+    np.testing.assert_array_equal(streamed.labels, whole.labels)
+    np.testing.assert_array_equal(streamed.tile_cls_logits, whole.tile_cls_logits)
+    np.testing.assert_array_equal(streamed.tile_lesion_mass, whole.tile_lesion_mass)
+    assert streamed.tiles == whole.tiles
+    assert whole.labels.shape == shape and whole.labels.dtype == np.uint8
+    assert len(np.unique(whole.labels)) == 3  # the phantom exercises every class
+
+
+def test_streaming_matches_whole_volume_on_random_tiny_network():
+    volume = phantom((36, 40, 24), seed=1)
+    region = (slice(2, 36), slice(0, 40), slice(3, 21))
+    whole = sliding_window_inference(volume, tiny_predictor(), PATCH, 0.5, 2, region=region)
+    streamed = streaming_sliding_window_inference(
+        volume, tiny_predictor(), PATCH, 0.5, 2, region=region
+    )
+    np.testing.assert_array_equal(streamed.labels, whole.labels)
+    assert len(np.unique(whole.labels)) > 1
+    # a different batch size only changes float rounding inside the network
+    rebatched = streaming_sliding_window_inference(
+        volume, tiny_predictor(), PATCH, 0.5, 3, region=region
+    )
+    for label in (0, 1, 2):
+        assert dice(rebatched.labels, whole.labels, label) >= 0.999
+
+
+def test_region_is_tiled_alone_and_outside_is_background():
+    volume = phantom((40, 40, 40))
+    region = (slice(8, 30), slice(10, 33), slice(5, 40))
+    result = streaming_sliding_window_inference(volume, FieldPredictor(), PATCH, region=region)
+    outside = np.ones(volume.shape, dtype=bool)
+    outside[region] = False
+    assert not result.labels[outside].any()
+    # the field predictor is translation-invariant: the box gives what the cropped volume gives
+    cropped = sliding_window_inference(volume[region].copy(), FieldPredictor(), PATCH)
+    np.testing.assert_array_equal(result.labels[region], cropped.labels)
+    starts = np.array(result.tiles)
+    assert starts.min(axis=0).tolist() == [8, 10, 5]
+    assert (starts + PATCH).max(axis=0).tolist() == [30, 33, 40]
+
+
+def test_keep_logits_returns_weighted_mean():
+    class Constant:
+        name, precision, device = "constant", "fp32", "cpu"
+
+        def __call__(self, batch):
+            seg = np.empty((len(batch), 3, *PATCH), dtype=np.float32)
+            seg[:] = np.array([1.0, -2.0, 0.5], dtype=np.float32)[:, None, None, None]
+            return seg, np.zeros((len(batch), 3), dtype=np.float32)
+
+    result = sliding_window_inference(
+        phantom((30, 20, 20)), Constant(), PATCH, 0.5, keep_logits=True
+    )
+    # a weighted mean of one constant is that constant, whatever the overlap
+    np.testing.assert_allclose(result.logits[0], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(result.logits[1], -2.0, rtol=1e-5)
+    assert not result.labels.any()
+
+
+def test_keep_logits_labels_are_their_argmax():
+    result = sliding_window_inference(
+        phantom((24, 30, 20)), FieldPredictor(), PATCH, keep_logits=True
+    )
+    np.testing.assert_array_equal(result.logits.argmax(axis=0), result.labels)
+
+
+def test_streaming_refuses_keep_logits():
+    with pytest.raises(ValueError, match="keeps no whole-volume logits"):
+        streaming_sliding_window_inference(
+            phantom((16, 16, 16)), FieldPredictor(), PATCH, keep_logits=True
+        )
+
+
+def test_batch_policy_can_shrink_between_batches():
+    volume = phantom((40, 40, 24))
+    policy = BatchPolicy(tile_batch=4)
+    calls = []
+
+    def back_off():
+        calls.append(policy.tile_batch)
+        policy.tile_batch = max(1, policy.tile_batch - 1)
+
+    predictor = FieldPredictor()
+    result = streaming_sliding_window_inference(
+        volume, predictor, PATCH, 0.5, policy, between_batches=back_off
+    )
+    assert predictor.batch_sizes[:4] == [4, 3, 2, 1]
+    assert sum(predictor.batch_sizes) == len(result.tiles)
+    assert len(calls) == len(predictor.batch_sizes) - 1  # not after the last batch
+    fixed = streaming_sliding_window_inference(volume, FieldPredictor(), PATCH, 0.5, 1)
+    np.testing.assert_array_equal(result.labels, fixed.labels)
+
+
+def test_lesion_mass_is_importance_weighted_lesion_probability():
+    class HalfLesion:
+        name, precision, device = "half", "fp32", "cpu"
+
+        def __call__(self, batch):
+            # softmax([0, 0, log 2]) = [1/4, 1/4, 1/2]
+            seg = np.zeros((len(batch), 3, *PATCH), dtype=np.float32)
+            seg[:, 2] = np.log(2.0)
+            return seg, np.zeros((len(batch), 3), dtype=np.float32)
+
+    result = sliding_window_inference(phantom((16, 16, 32)), HalfLesion(), PATCH, 0.5)
+    expected = 0.5 * gaussian_importance_map(PATCH).sum(dtype=np.float64)
+    np.testing.assert_allclose(result.tile_lesion_mass, expected, rtol=1e-4)
+    assert len(result.tile_lesion_mass) == len(result.tiles) == 3
+
+
+def _result(labels_have_lesion: bool) -> SlidingWindowResult:
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    labels[0, 0, 0] = 2 if labels_have_lesion else 1
+    return SlidingWindowResult(
+        labels=labels,
+        # tile 0 saw the lesion and says subtype 1; two lesion-free tiles say subtype 2
+        tile_cls_logits=np.array([[0.0, 4.0, 0.0], [0.0, 0.0, 3.0], [0.0, 0.0, 3.0]], np.float32),
+        tile_lesion_mass=np.array([50.0, 0.5, 0.5], np.float32),
+        tiles=[(0, 0, 0), (0, 0, 1), (0, 0, 2)],
+    )
+
+
+def test_classification_weights_tiles_by_lesion_mass():
+    probs = classify_from_tiles(_result(labels_have_lesion=True))
+    assert probs.shape == (3,) and probs.sum() == pytest.approx(1.0)
+    assert probs.argmax() == 1
+    mean = (50 * np.array([0, 4, 0]) + 0.5 * np.array([0, 0, 3]) * 2) / 51
+    np.testing.assert_allclose(probs, np.exp(mean) / np.exp(mean).sum(), rtol=1e-5)
+
+
+def test_classification_without_lesion_uses_uniform_weights():
+    probs = classify_from_tiles(_result(labels_have_lesion=False))
+    mean = np.array([0.0, 4.0, 6.0]) / 3
+    np.testing.assert_allclose(probs, np.exp(mean) / np.exp(mean).sum(), rtol=1e-5)
+    assert probs.argmax() == 2
+
+
+def test_slab_accumulator_refuses_tiles_out_of_z_order():
+    out = np.zeros((32, 16, 16), dtype=np.uint8)
+    acc = SlabAccumulator((32, 16, 16), PATCH, 3, out)
+    tile = np.zeros((3, *PATCH), dtype=np.float32)
+    acc.add((0, 0, 0), tile)
+    acc.add((8, 0, 0), tile)  # rows 0..8 are final now and emitted
+    with pytest.raises(ValueError, match="z-major"):
+        acc.add((0, 0, 0), tile)
+
+
+def test_slab_accumulator_refuses_rows_no_tile_covered():
+    out = np.zeros((40, 16, 16), dtype=np.uint8)
+    acc = SlabAccumulator((40, 16, 16), PATCH, 3, out)
+    tile = np.zeros((3, *PATCH), dtype=np.float32)
+    acc.add((0, 0, 0), tile)
+    with pytest.raises(ValueError, match="never covered"):
+        acc.add((24, 0, 0), tile)  # rows 16..24 would silently be background
+
+
+def test_streaming_holds_a_slab_not_the_volume():
+    shape = (96, 64, 64)
+    volume = phantom(shape)
+    estimate = slab_memory_bytes(shape, PATCH, 0.5)
+    whole_estimate = whole_volume_memory_bytes(shape)
+    assert estimate * 4 < whole_estimate
+
+    def traced_peak(infer) -> int:
+        tracemalloc.start()
+        try:
+            infer(volume, FieldPredictor(), PATCH, 0.5, 4)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    labels_bytes = volume.size  # uint8 output
+    batch_bytes = 4 * 16**3 * 4 * 8  # input, logits and softmax temporaries of one batch, generous
+    streaming_peak = traced_peak(streaming_sliding_window_inference)
+    assert streaming_peak <= estimate + labels_bytes + batch_bytes
+    assert traced_peak(sliding_window_inference) > 3 * volume.nbytes  # [3, Z, Y, X] float32 logits
