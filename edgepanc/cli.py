@@ -38,5 +38,9 @@ def main(verbose: bool) -> None:
 
 
 # One line per built subcommand; a command that is not built does not appear.
-from edgepanc.commands.doctor import doctor  # noqa: E402, I001
+from edgepanc.commands.doctor import doctor  # noqa: E402
 main.add_command(doctor)
+from edgepanc.commands.run import run  # noqa: E402
+main.add_command(run)
+from edgepanc.commands.evaluate import evaluate  # noqa: E402
+main.add_command(evaluate)

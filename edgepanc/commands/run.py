@@ -1,0 +1,235 @@
+"""``edgepanc run``: segment pancreas and lesion and name the subtype, scan by scan."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from edgepanc.errors import BundleError, EdgepancError, InputError
+from edgepanc.memory import parse_size
+from edgepanc.runtime.postprocess import PostprocessConfig
+from edgepanc.runtime.report import SUBTYPE_CSV, CaseReport, subtype_csv_text, summary_table
+from edgepanc.runtime.roi import RoiConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_bundle_path(model: Path | None) -> Path:
+    """``--model``, else the newest bundle under the default root; BundleError if there is none."""
+    from edgepanc.bundle import default_bundle_root, find_latest_bundle
+
+    if model is not None:
+        return model
+    root = default_bundle_root()
+    latest = find_latest_bundle(root)
+    if latest is None:
+        raise BundleError(
+            root,
+            "no model bundle found; pass --model BUNDLE, or make one with "
+            "`edgepanc train --data DATA --out RUN` (a demo data set: `edgepanc synth --out DATA`)",
+        )
+    return latest
+
+
+def load_model(bundle_path: Path, backend: str, device: str, precision: str):  # -> LoadedModel
+    """Load the bundle, measure the network's activation footprint, pick the predictor."""
+    from edgepanc.backends import select_predictor
+    from edgepanc.bundle import load_bundle
+    from edgepanc.networks import build_network
+    from edgepanc.preprocessing import PreprocessingPlan
+    from edgepanc.runtime.budget import measure_activation_bytes_per_voxel
+    from edgepanc.runtime.pipeline import LoadedModel, measure_baseline_rss
+
+    bundle = load_bundle(bundle_path)
+    plan = PreprocessingPlan.from_dict(bundle.preprocessing)
+    # activations do not depend on the weights: measure on a fresh copy, then let it go
+    probe_network = build_network(bundle.network).eval()
+    probe = tuple(min(int(p), 2 * bundle.network.min_divisor) for p in plan.patch_size)
+    activation = measure_activation_bytes_per_voxel(probe_network, probe)
+    del probe_network
+    predictor = select_predictor(bundle, backend=backend, device=device, precision=precision)
+    return LoadedModel(
+        predictor=predictor,
+        plan=plan,
+        activation_bytes_per_voxel=activation,
+        baseline_rss=measure_baseline_rss(),
+        artifact=getattr(predictor, "artifact", None),
+    )
+
+
+def merged_subtype_rows(out_dir: Path, reports: list[CaseReport]) -> list[tuple[str, int]]:
+    """This run's rows plus earlier rows in ``out_dir`` whose masks are still there."""
+    rows: dict[str, int] = {}
+    existing = out_dir / SUBTYPE_CSV
+    if existing.is_file():
+        with open(existing, newline="") as fh:
+            for row in csv.DictReader(fh):
+                name, subtype = row.get("Names"), row.get("Subtype")
+                if name and subtype is not None and (out_dir / name).is_file():
+                    rows[name] = int(subtype)
+    rows.update({r.name: r.subtype for r in reports})
+    return sorted(rows.items())
+
+
+def _tile_batch(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        batch = int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a positive integer or 'auto', got {value!r}") from None
+    if batch < 1:
+        raise click.BadParameter(f"must be at least 1, got {batch}")
+    return batch
+
+
+@click.command("run")
+@click.argument("scan", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    help="Model bundle folder (default: newest under the bundle root).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("edgepanc_out"),
+    show_default=True,
+    help="Output folder.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--step",
+    type=click.FloatRange(0.05, 1.0),
+    default=0.5,
+    show_default=True,
+    help="Tile step as a fraction of the patch.",
+)
+@click.option(
+    "--tile-batch",
+    default="auto",
+    show_default=True,
+    help="Tiles per predictor call, or 'auto' (the largest the memory budget allows).",
+)
+@click.option(
+    "--memory-budget", default=None, help="Bound on peak resident memory, e.g. 1.5GB or 2GiB."
+)
+@click.option(
+    "--max-temp",
+    type=float,
+    default=None,
+    help="Back off above this temperature (C); default: CPU 68, GPU 72.",
+)
+@click.option("--require-thermal", is_flag=True, help="Fail when no temperature sensor is found.")
+@click.option(
+    "--roi",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Coarse-to-fine: tile only around the pancreas.",
+)
+@click.option("--no-largest-component", is_flag=True, help="Keep every pancreas component.")
+@click.option(
+    "--no-lesion-in-pancreas", is_flag=True, help="Keep lesion voxels outside the pancreas."
+)
+@click.option("--preview", is_flag=True, help="Write <name>_preview.png overlays.")
+@click.option("--overwrite", is_flag=True, help="Replace existing masks.")
+def run(
+    scan: Path,
+    model_path: Path | None,
+    out_dir: Path,
+    backend: str,
+    device: str,
+    precision: str,
+    step: float,
+    tile_batch: str,
+    memory_budget: str | None,
+    max_temp: float | None,
+    require_thermal: bool,
+    roi: str,
+    no_largest_component: bool,
+    no_lesion_in_pancreas: bool,
+    preview: bool,
+    overwrite: bool,
+) -> None:
+    """Segment SCAN (an image file or DICOM series folder) or every scan in a folder."""
+    from edgepanc.io.atomic import write_text_atomic
+    from edgepanc.runtime.pipeline import (
+        RunConfig,
+        check_output_folder,
+        discover_scans,
+        mask_name_for,
+        run_cases,
+    )
+    from edgepanc.thermal import ThermalGuard, ThermalLimits
+
+    try:
+        batch = _tile_batch(tile_batch)
+    except click.BadParameter as exc:
+        raise click.BadParameter(str(exc), param_hint="--tile-batch") from None
+    budget = parse_size(memory_budget) if memory_budget else None
+    scans = discover_scans(scan)
+    _check_unique_names(scans, mask_name_for)
+    check_output_folder(out_dir)
+    limits = ThermalLimits.from_max_temp(max_temp) if max_temp is not None else ThermalLimits()
+    guard = ThermalGuard.discover(limits, require=require_thermal)
+    loaded = load_model(resolve_bundle_path(model_path), backend, device, precision)
+    config = RunConfig(
+        out_dir=out_dir,
+        step=step,
+        tile_batch=batch,
+        memory_budget=budget,
+        roi=RoiConfig(mode=roi),
+        postprocess=PostprocessConfig(
+            largest_component=not no_largest_component,
+            lesion_in_pancreas=not no_lesion_in_pancreas,
+        ),
+        preview=preview,
+        overwrite=overwrite,
+        progress=sys.stderr.isatty(),
+    )
+    outcome = run_cases(scans, loaded, config, guard)
+    if outcome.reports:
+        write_text_atomic(
+            out_dir / SUBTYPE_CSV, subtype_csv_text(merged_subtype_rows(out_dir, outcome.reports))
+        )
+    if len(scans) == 1 and outcome.failures:  # a single scan: its one line is the error
+        raise _SingleFailure(outcome.failures[0].message)
+    click.echo(summary_table(outcome.reports, outcome.failures))
+    if outcome.failures:
+        sys.exit(1)
+
+
+class _SingleFailure(EdgepancError):
+    """Re-raises a single case's message so the CLI prints it as ``error: ...``."""
+
+
+def _check_unique_names(scans: list[Path], name_of) -> None:
+    seen: dict[str, Path] = {}
+    for scan in scans:
+        name = name_of(scan)
+        if name in seen:
+            raise InputError(
+                scan, f"would write the same mask {name} as {seen[name]}; rename one of them"
+            )
+        seen[name] = scan

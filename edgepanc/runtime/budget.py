@@ -1,0 +1,216 @@
+"""Memory-budget planning for ``edgepanc run --memory-budget``.
+
+The peak resident memory of a run is the process's baseline (interpreter, torch, the model:
+measured with :func:`edgepanc.memory.current_rss` once the predictor is loaded) plus the
+largest of three phases, because the pipeline frees each phase's buffers before the next:
+
+- **preprocess**: the image as read (int16 stays int16), its reoriented copy, the resampled
+  float32 volume and its normalised float32 copy;
+- **infer**: the preprocessed float32 volume, its uint8 label map, the streaming slab of logits
+  still in play (:func:`edgepanc.inferers.streaming.slab_memory_bytes`) and one batch of tiles
+  through the network (input, activations, logits);
+- **restore**: the uint8 labels on the preprocessed grid and their image copy, the resampled
+  and the reoriented uint8 labels on the input grid.
+
+Network activations are measured, not guessed: :func:`measure_activation_bytes_per_voxel` runs
+one forward pass on a small probe patch and records the largest total size of intermediate
+tensors alive at once, per input voxel; the planner scales it to the patch and multiplies by
+``ACTIVATION_SAFETY`` to cover convolution workspaces and allocator slack.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from edgepanc.errors import BudgetError
+
+FLOAT32 = 4
+UINT8 = 1
+NUM_CLASSES = 3
+ACTIVATION_SAFETY = 2.0
+MAX_AUTO_TILE_BATCH = 8
+
+
+@dataclass(frozen=True)
+class VolumeSizes:
+    """Voxel counts and input dtype size that set the data buffers of one case."""
+
+    input_voxels: int
+    input_itemsize: int
+    preprocessed_voxels: int
+
+    @classmethod
+    def from_shapes(
+        cls, input_shape: Sequence[int], input_itemsize: int, preprocessed_shape: Sequence[int]
+    ) -> VolumeSizes:
+        return cls(math.prod(input_shape), input_itemsize, math.prod(preprocessed_shape))
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated bytes per phase on top of ``baseline``; ``peak`` is what the budget bounds."""
+
+    baseline: int
+    preprocess: int
+    infer_data: int  # preprocessed volume, labels, slab
+    tile_batch_bytes: int  # one batch of tiles through the network
+    restore: int
+
+    @property
+    def infer(self) -> int:
+        return self.infer_data + self.tile_batch_bytes
+
+    @property
+    def peak(self) -> int:
+        return self.baseline + max(self.preprocess, self.infer, self.restore)
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "infer": self.infer, "peak": self.peak}
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """The chosen tile batch and the estimate it was chosen by."""
+
+    tile_batch: int
+    budget: int | None
+    estimate: MemoryEstimate
+
+    def to_dict(self) -> dict[str, object]:
+        return {"tile_batch": self.tile_batch, "budget": self.budget, **self.estimate.to_dict()}
+
+
+def preprocess_phase_bytes(sizes: VolumeSizes) -> int:
+    """Image as read + reoriented copy + resampled float32 + its normalised float32 copy."""
+    return 2 * sizes.input_voxels * sizes.input_itemsize + 2 * sizes.preprocessed_voxels * FLOAT32
+
+
+def restore_phase_bytes(sizes: VolumeSizes) -> int:
+    """Labels (array and image) on the preprocessed grid + two uint8 copies on the input grid."""
+    return 2 * sizes.preprocessed_voxels * UINT8 + 2 * sizes.input_voxels * UINT8
+
+
+def tile_batch_bytes(
+    tile_batch: int, patch_size: Sequence[int], activation_per_voxel: float
+) -> int:
+    """One batch of tiles: the tiler's buffers plus measured activations (with safety factor)."""
+    from edgepanc.inferers.streaming import tile_batch_memory_bytes
+
+    activation_per_tile = int(ACTIVATION_SAFETY * activation_per_voxel * math.prod(patch_size))
+    return tile_batch_memory_bytes(patch_size, tile_batch, NUM_CLASSES, activation_per_tile)
+
+
+def estimate_memory(
+    baseline: int,
+    sizes: VolumeSizes,
+    slab_bytes: int,
+    patch_size: Sequence[int],
+    activation_per_voxel: float,
+    tile_batch: int,
+) -> MemoryEstimate:
+    """Peak-memory estimate for one case at a given tile batch."""
+    # the volume, the raw and the post-processed labels, the slab; the coarse pass (1/8 the
+    # voxels) runs before the fine pass and is smaller than its slab and labels
+    infer_data = sizes.preprocessed_voxels * (FLOAT32 + 2 * UINT8) + slab_bytes
+    return MemoryEstimate(
+        baseline=baseline,
+        preprocess=preprocess_phase_bytes(sizes),
+        infer_data=infer_data,
+        tile_batch_bytes=tile_batch_bytes(tile_batch, patch_size, activation_per_voxel),
+        restore=restore_phase_bytes(sizes),
+    )
+
+
+def plan_tile_batch(
+    budget: int | None,
+    baseline: int,
+    sizes: VolumeSizes,
+    slab_bytes: int,
+    patch_size: Sequence[int],
+    activation_per_voxel: float,
+    requested_tile_batch: int | None,
+    source: str = "input",
+) -> BudgetPlan:
+    """The largest tile batch (up to the request, or ``MAX_AUTO_TILE_BATCH`` for auto) in budget.
+
+    Raises :class:`BudgetError` naming the smallest budget that would work when even one tile
+    at a time does not fit. Without a budget: the requested batch, or 2 for auto.
+    """
+
+    def estimate(batch: int) -> MemoryEstimate:
+        return estimate_memory(baseline, sizes, slab_bytes, patch_size, activation_per_voxel, batch)
+
+    ceiling = requested_tile_batch or MAX_AUTO_TILE_BATCH
+    if budget is None:
+        batch = requested_tile_batch or 2
+        return BudgetPlan(batch, None, estimate(batch))
+    smallest = estimate(1)
+    if smallest.peak > budget:
+        raise BudgetError(
+            f"{source}: memory budget {_fmt(budget)} is too small; this case needs at least "
+            f"{_fmt(smallest.peak)} with one tile at a time (process baseline "
+            f"{_fmt(baseline)}, preprocessing {_fmt(smallest.preprocess)}, inference "
+            f"{_fmt(smallest.infer)}, restore {_fmt(smallest.restore)})"
+        )
+    batch = 1
+    while batch < ceiling and estimate(batch + 1).peak <= budget:
+        batch += 1
+    return BudgetPlan(batch, budget, estimate(batch))
+
+
+def _fmt(n_bytes: int) -> str:
+    # Budgets are given in SI units ("1.5GB"), so answer in the same units. Rounded up: a
+    # minimum printed here must be enough when passed back as --memory-budget.
+    if n_bytes >= 1e8:
+        return f"{math.ceil(n_bytes / 1e7) / 100:.2f} GB"
+    return f"{math.ceil(n_bytes / 1e6)} MB"
+
+
+def measure_activation_bytes_per_voxel(model: object, probe_size: Sequence[int]) -> float:
+    """Peak bytes of intermediate tensors alive at once during one forward pass, per voxel.
+
+    Forward hooks register every module's output; a weak-reference finaliser subtracts a
+    tensor's bytes when it is freed, so the running total follows what inference actually keeps
+    (skip connections, decoder outputs) rather than the sum of everything ever produced.
+    """
+    import torch
+    from torch import nn
+
+    assert isinstance(model, nn.Module)
+    live = 0
+    peak = 0
+    seen: set[int] = set()
+
+    def release(key: int, n_bytes: int) -> None:
+        nonlocal live
+        live -= n_bytes
+        seen.discard(key)
+
+    def track(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal live, peak
+        tensors = output if isinstance(output, tuple | list) else (output,)
+        for tensor in tensors:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            key = tensor.untyped_storage().data_ptr()
+            if key in seen:  # in-place ops and views share the storage already counted
+                continue
+            n_bytes = tensor.untyped_storage().nbytes()
+            seen.add(key)
+            live += n_bytes
+            weakref.finalize(tensor, release, key, n_bytes)
+        peak = max(peak, live)
+
+    handles = [m.register_forward_hook(track) for m in model.modules() if m is not model]
+    try:
+        parameter = next(model.parameters())
+        probe = torch.zeros((1, 1, *probe_size), dtype=torch.float32, device=parameter.device)
+        with torch.inference_mode():
+            model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return peak / math.prod(probe_size)

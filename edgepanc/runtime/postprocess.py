@@ -1,0 +1,93 @@
+"""Post-processing of predicted label maps (0 background, 1 pancreas, 2 lesion).
+
+Pure functions on uint8 ``(z, y, x)`` arrays, built on :mod:`scipy.ndimage`:
+
+- :func:`keep_main_components` treats pancreas and lesion together as one organ (labels 1 + 2)
+  and keeps its largest 26-connected component plus every other component of at least
+  ``min_fraction`` of the largest's size *and* at least ``min_volume_ml`` (a pancreas split by a
+  thin gap or a partial-volume break keeps both halves; specks of false positives go).
+- :func:`restrict_lesion_to_pancreas` removes lesion components that neither lie inside nor touch
+  a pancreas voxel: a lesion of the pancreas always borders pancreatic tissue in the reference
+  labels of this data set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+PANCREAS = 1
+LESION = 2
+
+# 26-connectivity: diagonal neighbours belong together, as in the reference annotations
+_FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Which clean-up steps run, and the component size thresholds.
+
+    A secondary organ component survives only if it is at least ``min_fraction`` of the largest
+    component *and* at least ``min_volume_ml`` millilitres.
+    """
+
+    largest_component: bool = True
+    lesion_in_pancreas: bool = True
+    min_fraction: float = 0.1
+    min_volume_ml: float = 1.0
+
+
+def voxel_volume_ml(spacing_zyx: Sequence[float]) -> float:
+    """Volume of one voxel in millilitres (spacing in mm)."""
+    return float(np.prod(np.asarray(spacing_zyx, dtype=np.float64))) / 1000.0
+
+
+def keep_main_components(
+    labels: np.ndarray,
+    spacing_zyx: Sequence[float],
+    min_fraction: float = 0.1,
+    min_volume_ml: float = 1.0,
+) -> np.ndarray:
+    """Zero every organ component (labels 1+2) except the largest and the large-enough others."""
+    organ = labels > 0
+    components, count = ndimage.label(organ, structure=_FULL_CONNECTIVITY)
+    if count <= 1:
+        return labels.copy()
+    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+    largest = int(sizes.max())
+    min_voxels = max(min_fraction * largest, min_volume_ml / voxel_volume_ml(spacing_zyx))
+    keep = sizes >= min_voxels
+    keep[int(sizes.argmax())] = True  # the largest always stays, whatever the thresholds
+    keep_lut = np.concatenate(([False], keep))
+    return np.where(keep_lut[components], labels, 0).astype(labels.dtype, copy=False)
+
+
+def restrict_lesion_to_pancreas(labels: np.ndarray) -> np.ndarray:
+    """Set lesion components that neither touch nor lie inside the pancreas to background."""
+    lesion = labels == LESION
+    if not lesion.any():
+        return labels.copy()
+    components, count = ndimage.label(lesion, structure=_FULL_CONNECTIVITY)
+    # a lesion component touches the pancreas when its one-voxel dilation meets label 1
+    near_pancreas = ndimage.binary_dilation(labels == PANCREAS, structure=_FULL_CONNECTIVITY)
+    touching = np.unique(components[near_pancreas & lesion])
+    keep_lut = np.zeros(count + 1, dtype=bool)
+    keep_lut[touching[touching > 0]] = True
+    out = labels.copy()
+    out[lesion & ~keep_lut[components]] = 0
+    return out
+
+
+def postprocess_labels(
+    labels: np.ndarray, spacing_zyx: Sequence[float], config: PostprocessConfig
+) -> np.ndarray:
+    """Apply the steps ``config`` switches on; the input array is never modified."""
+    out = labels
+    if config.largest_component:
+        out = keep_main_components(out, spacing_zyx, config.min_fraction, config.min_volume_ml)
+    if config.lesion_in_pancreas:
+        out = restrict_lesion_to_pancreas(out)
+    return out if out is not labels else labels.copy()

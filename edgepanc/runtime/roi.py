@@ -1,0 +1,115 @@
+"""Coarse-to-fine: find the pancreas at half resolution, then tile only its box at full.
+
+The pancreas fills a few percent of an abdominal CT. A cheap pass over the preprocessed volume
+downsampled by ``factor`` per axis (``factor**3`` times fewer voxels, tiles without overlap)
+finds the organ; the full-resolution pass then tiles only its bounding box grown by a margin
+(default 15 mm, and at least half a patch, so the fine tiles still see context around the organ
+edge). When the coarse pass finds nothing the caller tiles the whole volume and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+Box = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class RoiConfig:
+    """When and how the coarse pass runs.
+
+    ``mode``: "on", "off" or "auto" (on when the volume holds more than ``auto_min_patches``
+    patches' worth of voxels at target spacing).
+    """
+
+    mode: str = "auto"
+    factor: int = 2
+    margin_mm: float = 15.0
+    coarse_step: float = 1.0  # no overlap: the coarse pass only needs to find the organ
+    auto_min_patches: float = 8.0
+
+
+def should_use_roi(
+    volume_shape: Sequence[int], patch_size: Sequence[int], config: RoiConfig
+) -> bool:
+    """Whether the coarse pass pays off for a volume of this shape."""
+    if config.mode == "on":
+        return True
+    if config.mode == "off":
+        return False
+    if config.mode != "auto":
+        raise ValueError(f"roi mode must be auto, on or off, got {config.mode!r}")
+    patches = math.prod(volume_shape) / math.prod(patch_size)
+    return patches > config.auto_min_patches
+
+
+def downsample(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Linear downsampling by ``factor`` per axis, float32 (the coarse pass's input)."""
+    if factor == 1:
+        return volume
+    zoom = [1.0 / factor] * volume.ndim
+    # prefilter off: order 1 does not need it, and it would cost a full float64 copy; edges
+    # repeat the border voxel (the default fills with 0, which reads as tissue once normalised)
+    return ndimage.zoom(volume, zoom, order=1, output=np.float32, prefilter=False, mode="nearest")
+
+
+def bounding_box(mask: np.ndarray) -> Box | None:
+    """The tightest box holding every True voxel, or None when the mask is empty."""
+    if not mask.any():
+        return None
+    slices = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return tuple(slices)  # type: ignore[return-value]
+
+
+def scale_box(box: Box, from_shape: Sequence[int], to_shape: Sequence[int]) -> Box:
+    """Map a box on a coarse grid onto a finer grid covering the same extent (rounded outward)."""
+    out = []
+    for sl, n_from, n_to in zip(box, from_shape, to_shape, strict=True):
+        ratio = n_to / n_from
+        start = max(0, math.floor(sl.start * ratio))
+        stop = min(n_to, math.ceil(sl.stop * ratio))
+        out.append(slice(start, stop))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def expand_box(
+    box: Box,
+    shape: Sequence[int],
+    spacing_zyx: Sequence[float],
+    margin_mm: float,
+    patch_size: Sequence[int],
+) -> Box:
+    """Grow ``box`` by ``margin_mm`` (at least half a patch) per side, clipped to ``shape``.
+
+    The result is also at least one patch long per axis where the volume allows, so the fine
+    pass never tiles a box smaller than the network's input.
+    """
+    out = []
+    for sl, n, spacing, patch in zip(box, shape, spacing_zyx, patch_size, strict=True):
+        margin = max(math.ceil(margin_mm / spacing), patch // 2)
+        start, stop = max(0, sl.start - margin), min(n, sl.stop + margin)
+        short = min(patch, n) - (stop - start)
+        if short > 0:  # widen towards whichever side has room
+            grow_left = min(start, (short + 1) // 2)
+            start -= grow_left
+            stop = min(n, stop + short - grow_left)
+            start = max(0, stop - min(patch, n))
+        out.append(slice(start, stop))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def box_to_list(box: Box | None) -> list[list[int]] | None:
+    """``[[start, stop], ...]`` per axis (z, y, x) for the case JSON."""
+    if box is None:
+        return None
+    return [[int(sl.start), int(sl.stop)] for sl in box]
+
+
+def box_fraction(box: Box, shape: Sequence[int]) -> float:
+    """Share of the volume's voxels inside the box."""
+    return math.prod(sl.stop - sl.start for sl in box) / math.prod(shape)

@@ -1,0 +1,90 @@
+"""Post-processing of label maps: component filtering and lesion-in-pancreas."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepanc.runtime.postprocess import (
+    PostprocessConfig,
+    keep_main_components,
+    postprocess_labels,
+    restrict_lesion_to_pancreas,
+    voxel_volume_ml,
+)
+
+SPACING = (1.0, 1.0, 1.0)  # 1 mm^3 voxels: 1000 voxels = 1 ml
+
+
+def _volume() -> np.ndarray:
+    labels = np.zeros((20, 40, 40), dtype=np.uint8)
+    labels[2:18, 2:22, 2:22] = 1  # main pancreas: 6400 voxels
+    labels[8:12, 8:12, 8:12] = 2  # lesion inside it
+    return labels
+
+
+def test_voxel_volume_ml() -> None:
+    assert voxel_volume_ml((2.0, 1.0, 0.5)) == 0.001
+
+
+def test_second_large_component_kept() -> None:
+    labels = _volume()
+    labels[2:18, 26:38, 26:38] = 1  # second large part: 2304 voxels, > 10 % and > 1 ml
+    out = keep_main_components(labels, SPACING, min_fraction=0.1, min_volume_ml=1.0)
+    assert out[10, 30, 30] == 1  # the second large part survives
+    assert np.array_equal(out[:, :24, :24], labels[:, :24, :24])  # main part untouched
+
+
+def test_isolated_speck_removed() -> None:
+    labels = _volume()
+    labels[15:17, 35:37, 35:37] = 1  # 8 voxels, not touching anything
+    out = keep_main_components(labels, SPACING)
+    assert out[15:17, 35:37, 35:37].sum() == 0
+    assert (out == 2).sum() == (labels == 2).sum()
+
+
+def test_absolute_threshold_removes_component_above_fraction() -> None:
+    labels = np.zeros((10, 30, 30), dtype=np.uint8)
+    labels[0:10, 0:10, 0:10] = 1  # 1000 voxels
+    labels[0:5, 20:25, 20:28] = 1  # 200 voxels: 20 % of the largest but only 0.2 ml
+    kept = keep_main_components(labels, SPACING, min_fraction=0.1, min_volume_ml=0.0)
+    dropped = keep_main_components(labels, SPACING, min_fraction=0.1, min_volume_ml=0.5)
+    assert kept[2, 22, 22] == 1
+    assert dropped[2, 22, 22] == 0
+
+
+def test_lesion_and_pancreas_count_as_one_organ() -> None:
+    labels = np.zeros((10, 30, 30), dtype=np.uint8)
+    labels[0:10, 0:10, 0:10] = 1
+    labels[0:10, 10:14, 0:10] = 2  # lesion touching the pancreas: same component
+    out = keep_main_components(labels, SPACING, min_fraction=0.9, min_volume_ml=100.0)
+    assert np.array_equal(out, labels)
+
+
+def test_lesion_outside_pancreas_removed_touching_kept() -> None:
+    labels = _volume()
+    labels[2:6, 24:28, 24:28] = 2  # touches nothing (pancreas ends at x=21)
+    labels[10:12, 10:12, 22:24] = 2  # touches the pancreas face at x=21
+    out = restrict_lesion_to_pancreas(labels)
+    assert out[3, 25, 25] == 0
+    assert out[10, 10, 22] == 2
+    assert out[9, 9, 9] == 2  # inside lesion kept
+
+
+def test_switches_and_input_untouched() -> None:
+    labels = _volume()
+    labels[15:17, 35:37, 35:37] = 2  # isolated lesion speck
+    before = labels.copy()
+    off = postprocess_labels(
+        labels, SPACING, PostprocessConfig(largest_component=False, lesion_in_pancreas=False)
+    )
+    assert np.array_equal(off, before)
+    on = postprocess_labels(labels, SPACING, PostprocessConfig())
+    assert on[16, 36, 36] == 0
+    only_lesion = postprocess_labels(labels, SPACING, PostprocessConfig(largest_component=False))
+    assert only_lesion[16, 36, 36] == 0
+    assert np.array_equal(labels, before)
+
+
+def test_empty_prediction_stays_empty() -> None:
+    labels = np.zeros((4, 5, 6), dtype=np.uint8)
+    assert not postprocess_labels(labels, SPACING, PostprocessConfig()).any()

@@ -1,0 +1,118 @@
+"""Coarse-to-fine ROI geometry and the auto switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgepanc.runtime.roi import (
+    RoiConfig,
+    bounding_box,
+    box_to_list,
+    downsample,
+    expand_box,
+    scale_box,
+    should_use_roi,
+)
+
+
+def test_auto_switch_by_patch_count() -> None:
+    patch = (16, 16, 16)
+    config = RoiConfig(mode="auto", auto_min_patches=8)
+    assert not should_use_roi((32, 32, 32), patch, config)  # exactly 8 patches
+    assert should_use_roi((32, 32, 48), patch, config)  # 12 patches
+    assert should_use_roi((8, 8, 8), patch, RoiConfig(mode="on"))
+    assert not should_use_roi((512, 512, 512), patch, RoiConfig(mode="off"))
+    with pytest.raises(ValueError, match="roi mode"):
+        should_use_roi((8, 8, 8), patch, RoiConfig(mode="sometimes"))
+
+
+def test_bounding_box() -> None:
+    mask = np.zeros((10, 12, 14), dtype=bool)
+    assert bounding_box(mask) is None
+    mask[2:5, 3, 7:10] = True
+    assert box_to_list(bounding_box(mask)) == [[2, 5], [3, 4], [7, 10]]
+
+
+def test_scale_box_rounds_outward() -> None:
+    box = (slice(1, 3), slice(0, 5), slice(2, 4))
+    full = scale_box(box, (5, 5, 5), (11, 10, 10))
+    assert box_to_list(full) == [[2, 7], [0, 10], [4, 8]]
+
+
+def test_expand_box_margin_clip_and_minimum_patch() -> None:
+    shape = (100, 100, 100)
+    box = (slice(40, 50), slice(0, 10), slice(95, 100))
+    grown = expand_box(
+        box, shape, spacing_zyx=(2.0, 1.0, 1.0), margin_mm=10.0, patch_size=(8, 8, 8)
+    )
+    # 10 mm is 5 voxels at 2 mm, 10 at 1 mm; half a patch (4) is smaller, so the margin wins
+    assert box_to_list(grown) == [[35, 55], [0, 20], [85, 100]]
+    tiny = expand_box(
+        (slice(50, 51),) * 3, shape, (1.0, 1.0, 1.0), margin_mm=0.0, patch_size=(32, 32, 32)
+    )
+    assert all(sl.stop - sl.start >= 32 for sl in tiny)
+    edge = expand_box(
+        (slice(0, 1),) * 3, (20, 20, 20), (1.0,) * 3, margin_mm=0.0, patch_size=(32, 32, 32)
+    )
+    assert box_to_list(edge) == [[0, 20]] * 3  # never beyond the volume
+
+
+def test_downsample_halves_and_stays_float32() -> None:
+    volume = np.random.default_rng(0).normal(size=(20, 31, 40)).astype(np.float32)
+    coarse = downsample(volume, 2)
+    assert coarse.dtype == np.float32
+    assert coarse.shape == (10, 16, 20)
+    assert downsample(volume, 1) is volume
+    constant = np.full((15, 9, 7), -2.5, np.float32)
+    assert np.all(downsample(constant, 2) == -2.5)  # no made-up values at the borders
+
+
+# --- the coarse-to-fine pipeline with a deterministic predictor --------------------------------
+
+
+def _run(tmp_path, scan, mode: str):
+    import SimpleITK as sitk
+    from runtime_support import threshold_model
+
+    from edgepanc.runtime.pipeline import RunConfig, run_case
+    from edgepanc.thermal import ThermalGuard
+
+    out = tmp_path / mode
+    out.mkdir()
+    report = run_case(
+        scan, threshold_model(), RunConfig(out_dir=out, roi=RoiConfig(mode=mode)), ThermalGuard([])
+    )
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / report.name)))
+    return report, mask
+
+
+def test_roi_tiles_fewer_and_gives_the_same_mask(tmp_path) -> None:
+    from runtime_support import phantom, write_image
+
+    scan = write_image(
+        phantom(shape_zyx=(60, 160, 160), spacing_xyz=(2.0, 2.0, 2.0)),
+        tmp_path / "wide_0000.nii.gz",
+    )
+    fine_only, full_mask = _run(tmp_path, scan, "off")
+    roi, roi_mask = _run(tmp_path, scan, "on")
+    assert roi.roi["used"] and roi.roi["coarse_tiles"] > 0
+    assert roi.roi["fraction"] < 0.5
+    assert roi.tile_count < fine_only.tile_count
+    assert np.count_nonzero(full_mask == 1) > 0 and np.count_nonzero(full_mask == 2) > 0
+    assert np.array_equal(roi_mask, full_mask)
+    assert roi.subtype == fine_only.subtype == 1
+    assert abs(roi.lesion_volume_ml - fine_only.lesion_volume_ml) < 1e-9
+
+
+def test_roi_falls_back_to_full_tiling_when_nothing_found(tmp_path) -> None:
+    import SimpleITK as sitk
+    from runtime_support import write_image
+
+    air = sitk.GetImageFromArray(np.full((40, 60, 60), -1000, np.int16))
+    air.SetSpacing((2.0, 2.0, 2.0))
+    scan = write_image(air, tmp_path / "air_0000.nii.gz")
+    report, mask = _run(tmp_path, scan, "on")
+    assert not report.roi["used"] and "whole volume" in report.roi["fallback"]
+    assert any("whole volume" in note for note in report.notes)
+    assert not mask.any()
