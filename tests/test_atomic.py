@@ -1,0 +1,39 @@
+"""Atomic writes leave either the old file or the complete new one, never a partial file."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from edgepanc.io.atomic import atomic_path, write_json_atomic, write_text_atomic
+
+
+def test_write_replaces_whole_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "report.json"
+    write_json_atomic(target, {"a": 1})
+    write_json_atomic(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_failure_keeps_old_content_and_removes_temporary(tmp_path):
+    target = tmp_path / "mask.nii.gz"
+    write_text_atomic(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.name.endswith(".nii.gz")  # format chosen by extension must survive
+        tmp.write_text("partial")
+        raise RuntimeError("writer crashed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.nii.gz"]
+
+
+def test_written_file_follows_umask_not_mkstemp_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
