@@ -1,0 +1,304 @@
+"""What the bench suites share: phantom cases on disk, the bench bundle, timed subprocess runs.
+
+End-to-end runs are separate processes (``edgepanc run`` for the optimised runtime,
+``python -m edgepanc.runtime.baseline`` for the baseline) so that their wall time includes
+start-up and model loading, and their peak resident memory is measured from outside with
+:class:`edgepanc.memory.PeakMemoryMonitor`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from edgepanc.io.atomic import atomic_path
+from edgepanc.memory import PeakMemoryMonitor
+
+BUNDLE_ENV = "EDGEPANC_BENCH_BUNDLE"
+ROUNDS_ENV = "EDGEPANC_BENCH_ROUNDS"
+FULL_SHAPE = (300, 512, 512)  # (z, y, x): the product contract's whole abdominal CT
+MEMORY_BUDGET = "1.5GB"  # the product contract: a 512 x 512 x 300 CT fits in 1.5 GB
+
+
+def rounds(default: int) -> int:
+    """Repetitions per measurement: ``$EDGEPANC_BENCH_ROUNDS`` or ``default`` (CI keeps it small)."""
+    value = os.environ.get(ROUNDS_ENV)
+    return max(1, int(value)) if value else default
+
+
+# --- phantom cases -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One scan on disk with its reference mask."""
+
+    name: str  # "quiz" or "full"
+    image: Path
+    label: Path
+    shape: tuple[int, int, int]  # (z, y, x)
+
+
+def _write_nifti(image: sitk.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return path
+
+
+def full_size_spec(seed: int, slices: int = FULL_SHAPE[0], tries: int = 400) -> Any:
+    """A full-size PhantomSpec whose grid has exactly ``slices`` slices (or None if none found).
+
+    The synth draws 200-400 slices per case; replaying its cheap sampling steps (anatomy, lesion,
+    scanner, grid) finds a case index with the contract's 300 without rendering any voxel.
+    """
+    from edgepanc.synth.phantom import (
+        PhantomSpec,
+        full_grid,
+        sample_anatomy,
+        sample_lesion,
+        sample_scanner,
+    )
+
+    for index in range(1, tries + 1):
+        spec = PhantomSpec(seed=seed, split="test", subtype=index % 3, index=index, size="full")
+        rng = spec.rng()
+        anatomy = sample_anatomy(rng)
+        sample_lesion(rng, anatomy.pancreas, spec.subtype)
+        grid, _ = full_grid(rng, anatomy, sample_scanner(rng, "full"))
+        if grid.shape[0] == slices:
+            return spec
+    return None
+
+
+def make_phantom_case(folder: Path, size: str, seed: int = 7) -> BenchCase:
+    """Generate one ``size`` ("quiz" or "full") phantom and write image and mask as NIfTI."""
+    from edgepanc.synth.phantom import PhantomSpec, generate_phantom
+
+    if size == "full":
+        spec = full_size_spec(seed) or PhantomSpec(seed, "test", 0, 1, "full")
+    else:
+        spec = PhantomSpec(seed=seed, split="test", subtype=2, index=1, size="quiz")
+    phantom = generate_phantom(spec)
+    image = _write_nifti(phantom.image_sitk(), folder / f"bench_{size}_0000.nii.gz")
+    label = _write_nifti(phantom.label_sitk(), folder / f"bench_{size}_label.nii.gz")
+    return BenchCase(size, image, label, tuple(int(s) for s in phantom.image.shape))  # type: ignore[arg-type]
+
+
+# --- end-to-end runs in a subprocess -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimedRun:
+    """Wall seconds and peak RSS (whole process tree) of one subprocess, and its case JSON."""
+
+    seconds: float
+    peak_rss_bytes: int
+    case: dict[str, Any]
+
+
+def edgepanc_executable() -> list[str]:
+    """``edgepanc`` of this interpreter's environment (the venv's console script)."""
+    script = Path(sys.executable).with_name("edgepanc")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "edgepanc.cli"]
+
+
+def optimised_command(
+    scan: Path, bundle: Path, out: Path, memory_budget: str | None = MEMORY_BUDGET
+) -> list[str]:
+    """``edgepanc run`` with the runtime's defaults (auto backend, ROI auto, streaming)."""
+    cmd = [
+        *edgepanc_executable(),
+        "run",
+        str(scan),
+        "--model",
+        str(bundle),
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
+    return cmd + (["--memory-budget", memory_budget] if memory_budget else [])
+
+
+def baseline_command(scan: Path, bundle: Path, out: Path) -> list[str]:
+    """The baseline (:mod:`edgepanc.runtime.baseline`) as its own process."""
+    return [
+        sys.executable,
+        "-m",
+        "edgepanc.runtime.baseline",
+        str(scan),
+        "--model",
+        str(bundle),
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
+
+
+def mask_stem(scan: Path) -> str:
+    """``bench_quiz_0000.nii.gz`` -> ``bench_quiz`` (the runtime's mask naming)."""
+    from edgepanc.runtime.pipeline import mask_name_for
+
+    return mask_name_for(scan)[: -len(".nii.gz")]
+
+
+def timed_run(cmd: Sequence[str], scan: Path, out: Path, timeout_s: float = 900.0) -> TimedRun:
+    """Run ``cmd`` once from a clean ``out``; wall time, peak RSS from outside, the case JSON."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with PeakMemoryMonitor(proc.pid, interval_s=0.02) as monitor:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited {proc.returncode}:\n{stdout[-2000:]}\n{stderr[-4000:]}"
+        )
+    case_json = out / f"{mask_stem(scan)}.json"
+    case = json.loads(case_json.read_text()) if case_json.is_file() else {}
+    return TimedRun(seconds, monitor.peak_bytes, case)
+
+
+def alternate(
+    commands: dict[str, list[str]], scan: Path, outs: dict[str, Path], n: int
+) -> dict[str, list[TimedRun]]:
+    """Run each command ``n`` times, interleaved (A B A B ...), so drift hits both alike."""
+    runs: dict[str, list[TimedRun]] = {name: [] for name in commands}
+    for _ in range(n):
+        for name, cmd in commands.items():
+            runs[name].append(timed_run(cmd, scan, outs[name]))
+    return runs
+
+
+# Gate verdicts of this session, printed in the terminal summary (bench/conftest.py).
+GATE_LINES: list[str] = []
+
+
+# --- timing in-process ---------------------------------------------------------------------------
+
+
+def time_calls(fn: Any, arg: Any, n: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of ``n`` calls ``fn(arg)`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn(arg)
+    seconds = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn(arg)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+# --- the physical limit: one large 3D convolution ---------------------------------------------
+
+CONV_CHANNELS = 32
+CONV_SIZE = 64
+# multiply-adds of a 3x3x3 conv with 'same' padding: every output voxel of every output channel
+# is a dot product over in_channels x 27 weights; 2 FLOPs per multiply-add
+CONV_FLOPS = 2 * CONV_CHANNELS * CONV_CHANNELS * 27 * CONV_SIZE**3
+
+
+def _conv_module() -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Conv3d(CONV_CHANNELS, CONV_CHANNELS, 3, padding=1).eval()
+
+
+def _conv_input() -> Any:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((1, CONV_CHANNELS, *(CONV_SIZE,) * 3), dtype=np.float32)
+
+
+def _export_conv(folder: Path, precision: str) -> Path:
+    """The convolution as ONNX (fp32), or statically quantized to INT8 QDQ (per channel)."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32 = folder / "conv_fp32.onnx"
+    if not fp32.is_file():
+        with atomic_path(fp32) as tmp:
+            torch.onnx.export(
+                _conv_module(),
+                (torch.from_numpy(_conv_input()),),
+                str(tmp),
+                input_names=["x"],
+                output_names=["y"],
+                opset_version=17,
+                dynamo=False,
+            )
+    if precision == "fp32":
+        return fp32
+    int8 = folder / "conv_int8.onnx"
+    if not int8.is_file():
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter([{"x": _conv_input()}])
+
+            def get_next(self) -> dict | None:
+                return next(self.batches, None)
+
+        with atomic_path(int8) as tmp:
+            quantize_static(
+                str(fp32),
+                str(tmp),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+            )
+    return int8
+
+
+def conv_limit_seconds(backend: str, precision: str, folder: Path, n: int) -> list[float]:
+    """Seconds per run of the reference convolution through ``backend`` at ``precision``."""
+    x = _conv_input()
+    if backend == "torch":
+        import torch
+
+        module = _conv_module()
+        dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+        tensor = torch.from_numpy(x)
+
+        def run(inp: Any) -> Any:
+            with (
+                torch.inference_mode(),
+                torch.amp.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None),
+            ):
+                return module(inp)
+
+        return time_calls(run, tensor, n)
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(
+            str(_export_conv(folder, precision)), providers=["CPUExecutionProvider"]
+        )
+        return time_calls(lambda inp: session.run(None, {"x": inp}), x, n)
+    raise ValueError(f"unknown backend {backend!r}")

@@ -1,0 +1,78 @@
+"""Peers (optional): nnU-Net v2's and MONAI's sliding windows on our network, against ours.
+
+Each peer runs as its own process (bench/peers.py) with the same preprocessing, post-processing
+and restore; we report its wall time, peak memory, and the Dice between its mask and
+``edgepanc run``'s (whole pancreas and lesion). The peers are not dependencies of edgepanc: a
+peer whose package is absent is skipped with the reason (``pip install --no-deps nnunetv2`` and
+its light dependencies, ``pip install --no-deps monai``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+from harness import BenchCase, optimised_command, rounds, timed_run
+from peers import PEER_PACKAGES, PEERS
+from results import Recorder, Spread
+
+from edgepanc.metrics import segmentation_metrics
+
+PEERS_SCRIPT = Path(__file__).with_name("peers.py")
+
+
+@pytest.fixture(scope="module")
+def our_masks(bench_bundle, bench_dir: Path):
+    """``edgepanc run``'s mask per case, made once for the comparisons."""
+    masks: dict[str, Path] = {}
+
+    def mask_for(case: BenchCase) -> Path:
+        if case.name not in masks:
+            out = bench_dir / f"peers_ours_{case.name}"
+            timed_run(optimised_command(case.image, bench_bundle.path, out), case.image, out)
+            masks[case.name] = out / f"{case.image.name[: -len('_0000.nii.gz')]}.nii.gz"
+        return masks[case.name]
+
+    return mask_for
+
+
+@pytest.mark.parametrize("peer", PEERS)
+@pytest.mark.parametrize("case_name", ["quiz", "full"])
+def test_peer(
+    peer: str, case_name: str, request, our_masks, bench_bundle, bench_dir: Path, recorder: Recorder
+) -> None:
+    package = PEER_PACKAGES[peer]
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (optional peer comparison)")
+    case: BenchCase = request.getfixturevalue(f"{case_name}_case")
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(our_masks(case))))
+    out = bench_dir / f"peer_{peer}_{case_name}"
+    cmd = [
+        sys.executable,
+        str(PEERS_SCRIPT),
+        peer,
+        str(case.image),
+        "--model",
+        str(bench_bundle.path),
+        "--out",
+        str(out),
+    ]
+    runs = [timed_run(cmd, case.image, out) for _ in range(rounds(1))]
+    theirs = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(out / f"{case.image.name[: -len('_0000.nii.gz')]}.nii.gz"))
+    )
+    assert theirs.shape == ours.shape
+    agreement = segmentation_metrics(theirs, ours)
+    recorder.record(
+        "peers",
+        peer=peer,
+        case=case_name,
+        seconds=Spread.of([r.seconds for r in runs]),
+        peak_rss_bytes=max(r.peak_rss_bytes for r in runs),
+        whole_dsc=agreement["whole_dsc"],
+        lesion_dsc=agreement["lesion_dsc"],
+    )
+    print(f"{peer} on {case_name}: {runs[-1].seconds:.2f} s, agreement {agreement}")
