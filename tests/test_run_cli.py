@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from runtime_support import make_tiny_bundle, phantom, run_cli, write_image
 
 from edgepanc.data.cases import Case
+from edgepanc.errors import InputError
 from edgepanc.io.volume import write_dicom_series
 from edgepanc.runtime.pipeline import discover_scans, mask_name_for
 
@@ -48,6 +49,23 @@ def test_discover_scans_skips_reference_masks(tmp_path: Path) -> None:
     found = [p.name for p in discover_scans(tmp_path)]
     assert found == ["other.mha", "quiz_1_002_0000.nii.gz", "dicom_case"]
     assert discover_scans(tmp_path / "dicom_case") == [tmp_path / "dicom_case"]
+
+
+def test_discover_scans_recurses_into_split_folders(tmp_path: Path) -> None:
+    small = phantom(shape_zyx=(8, 8, 8))
+    for sub, name in (("subtype0", "quiz_0_001"), ("subtype2", "quiz_2_004")):
+        write_image(small, tmp_path / "validation" / sub / f"{name}_0000.nii.gz")
+        write_image(small, tmp_path / "validation" / sub / f"{name}.nii.gz")
+    found = [p.name for p in discover_scans(tmp_path / "validation")]
+    assert found == ["quiz_0_001_0000.nii.gz", "quiz_2_004_0000.nii.gz"]
+
+
+def test_discover_scans_refuses_two_scans_with_one_mask_name(tmp_path: Path) -> None:
+    small = phantom(shape_zyx=(8, 8, 8))
+    write_image(small, tmp_path / "a" / "case_0000.nii.gz")
+    write_image(small, tmp_path / "b" / "case_0000.nii.gz")
+    with pytest.raises(InputError, match="same mask case.nii.gz"):
+        discover_scans(tmp_path)
 
 
 def test_real_ct_masks_keep_the_input_grid(

@@ -120,22 +120,36 @@ def mask_name_for(scan: Path) -> str:
 
 
 def discover_scans(path: Path) -> list[Path]:
-    """The scans to run: ``path`` itself, or the images and DICOM series folders inside it.
+    """The scans to run: ``path`` itself, or the images and DICOM series folders below it.
 
-    In a folder, a file ``X.nii.gz`` beside ``X_0000.nii.gz`` is that image's reference mask
-    (quiz and nnU-Net layouts) and is not run.
+    Folders are searched recursively, so a data set split such as ``validation/`` with its
+    ``subtype0..2/`` folders runs as one batch. In a folder, a file ``X.nii.gz`` beside
+    ``X_0000.nii.gz`` is that image's reference mask (quiz and nnU-Net layouts) and is not run.
+    Two scans that would write the same mask name are an error, since one would overwrite the other.
     """
     if not path.exists():
         raise InputError(path, "no such file or folder")
     if path.is_file() or is_dicom_folder(path):
         return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and _image_stem(p) is not None)
-    stems = {_image_stem(p) for p in files}
-    images = [p for p in files if f"{_image_stem(p)}{CHANNEL_SUFFIX}" not in stems]
-    series = sorted(p for p in path.iterdir() if p.is_dir() and is_dicom_folder(p))
-    scans = images + series
+    scans = _scans_below(path)
     if not scans:
         raise InputError(path, "no scans found (NIfTI, NRRD, MHA files or DICOM series folders)")
+    seen: dict[str, Path] = {}
+    for scan in scans:
+        name = mask_name_for(scan)
+        if name in seen:
+            raise InputError(scan, f"would write the same mask {name} as {seen[name]}")
+        seen[name] = scan
+    return scans
+
+
+def _scans_below(folder: Path) -> list[Path]:
+    entries = sorted(folder.iterdir())
+    files = [p for p in entries if p.is_file() and _image_stem(p) is not None]
+    stems = {_image_stem(p) for p in files}
+    scans = [p for p in files if f"{_image_stem(p)}{CHANNEL_SUFFIX}" not in stems]
+    for sub in (p for p in entries if p.is_dir() and not p.name.startswith(".")):
+        scans.extend([sub] if is_dicom_folder(sub) else _scans_below(sub))
     return scans
 
 
