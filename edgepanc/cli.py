@@ -44,3 +44,5 @@ from edgepanc.commands.run import run  # noqa: E402
 main.add_command(run)
 from edgepanc.commands.evaluate import evaluate  # noqa: E402
 main.add_command(evaluate)
+from edgepanc.commands.synth import synth  # noqa: E402
+main.add_command(synth)
