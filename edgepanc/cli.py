@@ -44,5 +44,10 @@ from edgepanc.commands.run import run  # noqa: E402
 main.add_command(run)
 from edgepanc.commands.evaluate import evaluate  # noqa: E402
 main.add_command(evaluate)
+from edgepanc.commands.train import train  # noqa: E402
+main.add_command(train)
 from edgepanc.commands.synth import synth  # noqa: E402
 main.add_command(synth)
+from edgepanc.commands.quantize import quantize  # noqa: E402
+main.add_command(quantize)
+

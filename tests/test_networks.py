@@ -1,4 +1,5 @@
-"""The multi-task UNet: shapes, configs, presets, BN folding, cost counting, ONNX and bf16."""
+"""The multi-task UNet: shapes, configs, presets, BN folding, cost counting, ONNX, bf16, and the
+classifier's lesion-attention pooling."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgepanc.networks import (
@@ -20,6 +22,12 @@ from edgepanc.networks import (
     estimate_flops,
     estimate_macs,
     fold_batchnorm,
+)
+from edgepanc.networks.unet import (
+    ClassificationHead,
+    attention_pool,
+    normalized_attention,
+    region_pooled_features,
 )
 
 ORIGINAL_MODEL_PARAMETERS = 22_970_150
@@ -35,9 +43,17 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+POOLINGS = ("lesion_attention", "global")
+
+
 @pytest.fixture
 def tiny() -> MultiTaskUNet:
     return build_network("tiny").eval()
+
+
+@pytest.fixture(params=POOLINGS)
+def tiny_any_pooling(request) -> MultiTaskUNet:
+    return build_network(PRESETS["tiny"].replace(classifier_pooling=request.param)).eval()
 
 
 def test_default_parameter_count_matches_original_model():
@@ -52,10 +68,14 @@ def test_cpu_preset_is_small():
     assert PRESETS["cpu"].min_divisor == 16
 
 
-def test_forward_shapes_on_non_cubic_input(tiny):
+def test_presets_default_to_lesion_attention():
+    assert all(c.classifier_pooling == "lesion_attention" for c in PRESETS.values())
+
+
+def test_forward_shapes_on_non_cubic_input(tiny_any_pooling):
     x = torch.randn(2, 1, 16, 32, 24)
     with torch.no_grad():
-        seg, cls = tiny(x)
+        seg, cls = tiny_any_pooling(x)
     assert seg.shape == (2, 3, 16, 32, 24)
     assert cls.shape == (2, 3)
     assert torch.isfinite(seg).all() and torch.isfinite(cls).all()
@@ -93,19 +113,48 @@ def test_deep_supervision_only_in_training():
     assert seg_eval.shape == (1, 3, 16, 16, 16)
 
 
-def test_every_parameter_receives_a_gradient(tiny):
-    tiny.train()
-    seg, cls = tiny(torch.randn(2, 1, 8, 8, 8))
+def test_every_parameter_receives_a_gradient(tiny_any_pooling):
+    model = tiny_any_pooling.train()
+    seg, cls = model(torch.randn(2, 1, 8, 8, 8))
     (seg.square().mean() + cls.square().mean()).backward()
-    no_grad = [name for name, p in tiny.named_parameters() if p.grad is None or not p.grad.any()]
+    no_grad = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert no_grad == []
 
 
-def test_config_round_trips_through_json():
-    config = UNetConfig(features=(8, 16, 32), norm="batch", deep_supervision=True, dropout=0.1)
+def test_classification_loss_does_not_move_the_segmentation_head():
+    # The attention weights are detached (see ClassificationHead.forward); the decoder features
+    # the head pools still learn from it.
+    model = build_network("tiny").train()
+    _, cls = model(torch.randn(2, 1, 8, 8, 8))
+    cls.square().mean().backward()
+    assert model.seg_head.weight.grad is None or not model.seg_head.weight.grad.any()
+    last_decoder_conv = model.decoder.stages[-1].blocks[-1].conv
+    assert last_decoder_conv.weight.grad is not None and last_decoder_conv.weight.grad.any()
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_config_round_trips_through_json(pooling):
+    config = UNetConfig(
+        features=(8, 16, 32),
+        norm="batch",
+        deep_supervision=True,
+        dropout=0.1,
+        classifier_pooling=pooling,
+    )
     restored = UNetConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
     assert isinstance(restored.features, tuple)
+
+
+def test_config_without_pooling_field_is_an_older_global_head():
+    # model.json files written before the field existed hold the weights of a global-pooling head.
+    global_head = PRESETS["tiny"].replace(classifier_pooling="global")
+    older = global_head.to_dict()
+    del older["classifier_pooling"]
+    restored = UNetConfig.from_dict(older)
+    assert restored == global_head
+    state = MultiTaskUNet(global_head).state_dict()
+    MultiTaskUNet(restored).load_state_dict(state)
 
 
 @pytest.mark.parametrize(
@@ -116,6 +165,8 @@ def test_config_round_trips_through_json():
         ({"kernel_size": 2}, "kernel_size"),
         ({"classifier_scales": 9}, "classifier_scales"),
         ({"dropout": 1.0}, "dropout"),
+        ({"classifier_pooling": "attention"}, "classifier_pooling must be one of"),
+        ({"num_classes": 2}, "'lesion_attention' needs label 2"),
     ],
 )
 def test_invalid_config_is_rejected(changes, message):
@@ -142,8 +193,9 @@ def test_structure_is_addressable_for_pruning(tiny):
     assert tiny.cls_head.fc2.out_features == 3
 
 
-def test_fold_batchnorm_is_numerically_equivalent():
-    model = build_network(PRESETS["tiny"].replace(norm="batch"))
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_fold_batchnorm_is_numerically_equivalent(pooling):
+    model = build_network(PRESETS["tiny"].replace(norm="batch", classifier_pooling=pooling))
     # Non-trivial running statistics and affine parameters, as after training.
     model.train()
     with torch.no_grad():
@@ -197,8 +249,9 @@ def test_estimate_macs_follows_network_width():
     assert narrow.training, "estimate_macs must restore the training mode"
 
 
-def test_onnx_export_matches_pytorch(tiny, tmp_path):
+def test_onnx_export_matches_pytorch(tiny_any_pooling, tmp_path):
     ort = pytest.importorskip("onnxruntime")
+    tiny = tiny_any_pooling
     path = tmp_path / "tiny.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -232,3 +285,83 @@ def test_bf16_autocast_on_cpu(tiny):
     agreement = (seg16.float().argmax(1) == seg32.argmax(1)).float().mean()
     assert agreement > 0.9
     torch.testing.assert_close(cls16.float(), cls32, rtol=0.1, atol=0.1)
+
+
+def test_normalized_attention_sums_to_one_per_sample():
+    probability = torch.rand(3, 4, 5, 6)
+    probability[1] *= 1e-4  # a patch with next to no lesion still gets a proper average
+    weights = normalized_attention(probability)
+    assert weights.shape == (3, 1, 4, 5, 6)
+    sums = weights.sum(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(sums[[0, 2]], torch.ones(2), rtol=0, atol=1e-5)
+    # Total lesion mass 6e-3 against eps 1e-6: the weights still sum to 1 within 0.1%.
+    assert 0.999 < float(sums[1]) <= 1.0
+    torch.testing.assert_close(weights[0, 0], probability[0] / probability[0].sum())
+
+
+def test_attention_pool_is_the_weighted_mean():
+    features = torch.zeros(1, 2, 2, 2, 2)
+    features[0, 0] = torch.arange(8.0).reshape(2, 2, 2)
+    features[0, 1] = 5.0
+    probability = torch.zeros(1, 2, 2, 2)
+    probability[0, 0, 0, 0] = 0.75  # voxel 0 (value 0) and voxel 7 (value 7), weighted 3:1
+    probability[0, 1, 1, 1] = 0.25
+    pooled = attention_pool(features, normalized_attention(probability))
+    torch.testing.assert_close(
+        pooled, torch.tensor([[0.75 * 0 + 0.25 * 7, 5.0]]), atol=1e-5, rtol=0
+    )
+
+
+def test_region_pooled_features_average_lesion_and_pancreas_voxels():
+    features = torch.randn(2, 3, 4, 4, 4)
+    labels = torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    labels[:, 1:3, 1:3, :] = 1
+    labels[:, 1, 1, 1:3] = 2
+    # Confident logits: the softmax is one-hot up to e^-30.
+    seg_logits = 30.0 * F.one_hot(labels, 3).permute(0, 4, 1, 2, 3).float()
+    pooled = region_pooled_features(features, seg_logits)
+    lesion_mean = features[:, :, 1, 1, 1:3].mean(dim=-1)
+    pancreas_mean = features.permute(0, 2, 3, 4, 1)[labels > 0].reshape(2, -1, 3).mean(dim=1)
+    torch.testing.assert_close(pooled, torch.cat((lesion_mean, pancreas_mean), dim=1))
+
+
+def test_attention_head_reads_the_lesion_not_the_background():
+    config = PRESETS["tiny"]
+    head = ClassificationHead(config).eval()
+    skips = [torch.randn(1, c, 4, 4, 4) for c in config.features]
+    decoder_features = torch.randn(1, config.features[0], 8, 8, 8)
+    seg_logits = torch.zeros(1, 3, 8, 8, 8)
+    seg_logits[:, 0] = 20.0  # background everywhere ...
+    seg_logits[:, 0, 2:5, 2:5, 2:5] = 0.0
+    seg_logits[:, 2, 2:5, 2:5, 2:5] = 20.0  # ... except a lesion cube
+    far, inside = decoder_features.clone(), decoder_features.clone()
+    far[..., 6:, 6:, 6:] += 5.0
+    inside[..., 3, 3, 3] += 5.0
+    with torch.no_grad():
+        reference = head(skips, decoder_features, seg_logits)
+        change_far = (head(skips, far, seg_logits) - reference).abs().max()
+        change_inside = (head(skips, inside, seg_logits) - reference).abs().max()
+    assert change_far < 1e-5
+    assert change_inside > 1e-3
+
+
+def test_global_head_ignores_the_decoder():
+    head = ClassificationHead(PRESETS["tiny"].replace(classifier_pooling="global")).eval()
+    skips = [torch.randn(1, c, 4, 4, 4) for c in PRESETS["tiny"].features]
+    seg_logits = torch.randn(1, 3, 8, 8, 8)
+    with torch.no_grad():
+        first = head(skips, torch.randn(1, 4, 8, 8, 8), seg_logits)
+        second = head(skips, torch.randn(1, 4, 8, 8, 8), seg_logits)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_region_weights_are_squared_probabilities():
+    # Squaring keeps a faint probability spread over the background from outweighing the lesion.
+    features = torch.tensor([10.0, 20.0]).reshape(1, 1, 1, 1, 2)
+    probability = torch.tensor([[0.2, 0.6], [0.2, 0.2], [0.6, 0.2]])  # [class, voxel]
+    seg_logits = probability.log().reshape(1, 3, 1, 1, 2)
+    lesion, pancreas = region_pooled_features(features, seg_logits)[0]
+    # Lesion 0.6 and 0.2 -> weights 0.36 : 0.04; pancreas (1 - background) 0.8 and 0.4 -> 4 : 1.
+    # rtol 1e-5: eps 1e-6 against a total weight of 0.4 shifts the result by 2.5e-6 relatively.
+    torch.testing.assert_close(lesion, torch.tensor(0.9 * 10 + 0.1 * 20), rtol=1e-5, atol=0)
+    torch.testing.assert_close(pancreas, torch.tensor(0.8 * 10 + 0.2 * 20), rtol=1e-5, atol=0)

@@ -1,1 +1,14 @@
-"""The training stage: sampling, augmentation, losses, the loop, checkpoints, thermal pauses."""
+"""The training stage behind ``edgepanc train``.
+
+One concept per module; the public entry point is :func:`train.runner.run_training`.
+
+- ``config``: :class:`TrainConfig`, every CLI flag, and the identity a resume must match.
+- ``dataset``: each case preprocessed once per run and kept in memory.
+- ``sampling`` / ``augmentation``: class-balanced cases, lesion-heavy patch centres, one affine
+  interpolation per patch plus intensity augmentation.
+- ``losses``: batch soft Dice + cross-entropy, lesion-patch subtype cross-entropy.
+- ``schedule``: linear warm-up, cosine decay.
+- ``loop``: :class:`Trainer` (AMP, clipping, thermal pauses, validation, checkpoints, bundle).
+- ``validation``: the runtime's sliding window, scored on the original grid.
+- ``checkpoint``, ``logs``, ``distributed``, ``kfold``, ``runner``.
+"""

@@ -3,8 +3,9 @@
 A plain-convolution encoder-decoder in the style of nnU-Net: the first encoder stage keeps the
 input resolution, every further stage halves it with a stride-2 convolution; the decoder
 upsamples with ConvTranspose3d, concatenates the encoder skip and convolves. A classification
-head pools several of the deepest encoder stages (average and max) and maps them to subtype
-logits through a small MLP.
+head pools several of the deepest encoder stages (average and max) and, by default, the final
+full-resolution decoder features weighted by the predicted lesion (and pancreas) probability, and
+maps them to subtype logits through a small MLP.
 
 Attributes are named for the later compression stage: ``encoder.stages``, ``decoder.upsamples``,
 ``decoder.stages``, ``seg_head``, ``ds_heads`` and ``cls_head``.
@@ -33,6 +34,9 @@ class UNetConfig:
     ``dropout`` is channel dropout inside every conv block (0 disables it);
     ``classifier_dropout`` is the dropout before the last classifier layer.
     ``classifier_scales`` is how many of the deepest encoder stages feed the classifier.
+    ``classifier_pooling``: ``"global"`` pools only those encoder stages over the whole patch;
+    ``"lesion_attention"`` also pools the final decoder features weighted by the (squared,
+    detached) predicted lesion probability and pancreas (pancreas + lesion) probability.
     """
 
     in_channels: int = 1
@@ -49,6 +53,8 @@ class UNetConfig:
     classifier_hidden: int = 256
     classifier_scales: int = 3
     classifier_dropout: float = 0.3
+    # The subtype is a property of the lesion, which global pooling of a patch dilutes.
+    classifier_pooling: str = "lesion_attention"
 
     def __post_init__(self) -> None:
         # JSON gives lists; a tuple keeps the frozen config hashable and comparable.
@@ -74,16 +80,36 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UNetConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults.
+
+        Keys added after bundles were first written take the value that reproduces those older
+        networks (see ``_FIELDS_ABSENT_FROM_OLD_BUNDLES``), so their weights still load.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown UNetConfig keys: {', '.join(unknown)}")
-        return cls(**dict(data))
+        return cls(**{**_FIELDS_ABSENT_FROM_OLD_BUNDLES, **dict(data)})
 
     def replace(self, **changes: Any) -> UNetConfig:
         """A copy with ``changes`` applied (validated like a new config)."""
         return dataclasses.replace(self, **changes)
+
+
+CLASSIFIER_POOLINGS: tuple[str, ...] = ("global", "lesion_attention")
+
+# Label indices the attention pooling reads from the segmentation output (labels are fixed by the
+# product: 0 background, 1 pancreas, 2 lesion).
+BACKGROUND_LABEL = 0
+LESION_LABEL = 2
+
+# The weights are p ** 2, not p: a low lesion probability spread over the many background voxels
+# of a patch otherwise holds much of the attention mass (about 40% at lesion Dice 0.7 on
+# phantoms), and that tail grows with the patch volume. Squaring suppresses it.
+ATTENTION_POWER = 2
+
+# A model.json written before ``classifier_pooling`` existed describes a global-pooling head.
+_FIELDS_ABSENT_FROM_OLD_BUNDLES: dict[str, Any] = {"classifier_pooling": "global"}
 
 
 def _config_problems(config: UNetConfig) -> list[str]:
@@ -100,6 +126,13 @@ def _config_problems(config: UNetConfig) -> list[str]:
         problems.append("convs_per_stage must be at least 1")
     if not 1 <= config.classifier_scales <= len(config.features):
         problems.append(f"classifier_scales must be in 1..{len(config.features)}")
+    if config.classifier_pooling not in CLASSIFIER_POOLINGS:
+        problems.append(
+            f"classifier_pooling must be one of {CLASSIFIER_POOLINGS}, "
+            f"got {config.classifier_pooling!r}"
+        )
+    elif config.classifier_pooling == "lesion_attention" and config.num_classes <= LESION_LABEL:
+        problems.append(f"classifier_pooling 'lesion_attention' needs label {LESION_LABEL}")
     for name in ("dropout", "classifier_dropout"):
         if not 0.0 <= getattr(config, name) < 1.0:
             problems.append(f"{name} must be in [0, 1)")
@@ -183,27 +216,86 @@ class Decoder(nn.Module):
         return outputs
 
 
-class ClassificationHead(nn.Module):
-    """Global average + max pooling of several encoder scales, concatenated, then an MLP.
+def normalized_attention(probability: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``probability`` [B, D, H, W] scaled to sum to 1 per sample -> weights [B, 1, D, H, W].
 
-    Average pooling summarises the organ context; max pooling keeps a small, strongly
-    responding lesion from being diluted by the large background of a patch.
+    ``eps`` only guards an all-zero map; a patch with next to no lesion still gets weights that
+    sum to about 1, concentrated on its most lesion-like voxels.
+    """
+    total = probability.sum(dim=(1, 2, 3), keepdim=True)
+    return (probability / (total + eps)).unsqueeze(1)
+
+
+def attention_pool(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over space: features [B, C, D, H, W], weights [B, 1, D, H, W] -> [B, C].
+
+    Written as mul + ReduceSum rather than a matmul so that INT8 post-training quantization,
+    which quantizes MatMul, leaves the tiny per-voxel weights in floating point.
+    """
+    return (features * weights).sum(dim=(2, 3, 4))
+
+
+def region_pooled_features(features: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
+    """[lesion-weighted mean, pancreas-weighted mean] of ``features`` -> [B, 2 * C].
+
+    The weights are the softmax probabilities of the lesion label and of pancreas + lesion
+    (one minus background), raised to ``ATTENTION_POWER`` and normalised per sample. Computed in
+    float32: under fp16 autocast a sum over a whole patch of probabilities overflows.
+    """
+    features = features.float()
+    probability = torch.softmax(seg_logits.float(), dim=1)
+    lesion = probability[:, LESION_LABEL] ** ATTENTION_POWER
+    pancreas = (1.0 - probability[:, BACKGROUND_LABEL]) ** ATTENTION_POWER
+    lesion = normalized_attention(lesion)
+    pancreas = normalized_attention(pancreas)
+    return torch.cat((attention_pool(features, lesion), attention_pool(features, pancreas)), dim=1)
+
+
+class ClassificationHead(nn.Module):
+    """Pooled features -> MLP -> subtype logits.
+
+    Always: global average + max pooling of the ``classifier_scales`` deepest encoder stages
+    (average summarises the organ context; max keeps a small, strongly responding lesion from
+    vanishing entirely). With ``classifier_pooling="lesion_attention"`` also the final decoder
+    features averaged under the predicted lesion probability and under the pancreas probability
+    (:func:`region_pooled_features`): the subtype is a property of the lesion (its intensity, rim
+    and texture), and these vectors describe exactly the voxels the segmentation calls lesion.
+
+    fc1's input is laid out as [avg, max] per encoder scale (shallowest first), then
+    [lesion-pooled, pancreas-pooled] decoder channels; channel pruning relies on this order.
     """
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.scales = config.classifier_scales
+        self.lesion_attention = config.classifier_pooling == "lesion_attention"
         pooled = 2 * sum(config.features[-self.scales :])
+        if self.lesion_attention:
+            pooled += 2 * config.features[0]
         self.fc1 = nn.Linear(pooled, config.classifier_hidden)
         self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.fc2 = nn.Linear(config.classifier_hidden, config.num_subtypes)
 
-    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        skips: Sequence[torch.Tensor],
+        decoder_features: torch.Tensor,
+        seg_logits: torch.Tensor,
+    ) -> torch.Tensor:
+        """``skips``: encoder outputs; ``decoder_features``: what feeds ``seg_head``."""
         pooled = []
         for feature in skips[-self.scales :]:
             pooled.append(F.adaptive_avg_pool3d(feature, 1).flatten(1))
             pooled.append(F.adaptive_max_pool3d(feature, 1).flatten(1))
+        if self.lesion_attention:
+            # Detached weights: the classifier then looks where the segmentation says the lesion
+            # is and cannot move the mask to suit itself (e.g. onto a lesion-like structure
+            # outside the pancreas). Its gradient still reaches the decoder features it pools.
+            # On a small phantom run, not detaching cost lesion Dice (0.80 vs 0.84 at 400 steps)
+            # and spread the weights more outside the lesion, with no gain in subtype F1.
+            region = region_pooled_features(decoder_features, seg_logits.detach())
+            pooled.append(region.to(pooled[0].dtype))
         return self.fc2(self.dropout(self.act(self.fc1(torch.cat(pooled, dim=1)))))
 
 
@@ -235,8 +327,8 @@ class MultiTaskUNet(nn.Module):
             check_input_shape(x.shape, self.config)
         skips = self.encoder(x)
         decoded = self.decoder(skips)
-        cls_logits = self.cls_head(skips)
         seg_logits = self.seg_head(decoded[-1])
+        cls_logits = self.cls_head(skips, decoded[-1], seg_logits)
         if self.training and self.config.deep_supervision:
             # decoded[:-1] is deepest first; heads were built in the same order.
             lower = [head(feat) for head, feat in zip(self.ds_heads, decoded[:-1], strict=True)]
@@ -260,10 +352,14 @@ def _init_weights(module: nn.Module) -> None:
 
 
 __all__ = [
+    "CLASSIFIER_POOLINGS",
     "ClassificationHead",
     "Decoder",
     "Encoder",
     "MultiTaskUNet",
     "UNetConfig",
+    "attention_pool",
     "check_input_shape",
+    "normalized_attention",
+    "region_pooled_features",
 ]

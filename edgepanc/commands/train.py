@@ -1,0 +1,230 @@
+"""``edgepanc train``: train the multi-task network into a run folder that is a model bundle.
+
+The training stage (``train/``) is imported inside the command, so the runtime commands work
+without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgepanc.errors import InputError
+
+
+def _parse_triple(text: str | None, kind: type, name: str) -> tuple | None:
+    """``"64"`` -> (64, 64, 64); ``"32,64,64"`` -> (32, 64, 64), in (z, y, x) order."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a number or three comma-separated numbers", param_hint=name
+        ) from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or min(values) <= 0:
+        raise click.BadParameter(
+            f"{text!r}: need one or three positive values (z,y,x)", param_hint=name
+        )
+    return values
+
+
+def _parse_fold(text: str | None) -> int | None | str:
+    if text is None or text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: a fold number or 'all'", param_hint="--fold") from None
+
+
+@click.command()
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Data set folder (quiz or nnU-Net layout).",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run folder to create (becomes a model bundle).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "cpu", "default"]),
+    default="cpu",
+    show_default=True,
+    help="Network size.",
+)
+@click.option(
+    "--features",
+    "--width",
+    "features",
+    default=None,
+    help="Channels per stage, e.g. 16,32,64,128 (overrides the preset).",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(2, 7),
+    default=None,
+    help="Stages (with --width as one number: doubling widths).",
+)
+@click.option(
+    "--patch-size",
+    default="32,64,64",
+    show_default=True,
+    help="Patch (z,y,x) voxels, or one number for a cube.",
+)
+@click.option(
+    "--target-spacing",
+    default=None,
+    help="Target spacing (z,y,x) mm, or one number; default: median of the data.",
+)
+@click.option("--batch-size", type=click.IntRange(1, 512), default=2, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--steps-per-epoch", type=click.IntRange(1, 1000000), default=50, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=3e-3, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(0, 1), default=3e-5, show_default=True)
+@click.option("--warmup-epochs", type=click.IntRange(0, 100000), default=2, show_default=True)
+@click.option("--seg-weight", type=click.FloatRange(0, 100), default=1.0, show_default=True)
+@click.option("--cls-weight", type=click.FloatRange(0, 100), default=0.5, show_default=True)
+@click.option(
+    "--lesion-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.6,
+    show_default=True,
+    help="Share of patches centred on a lesion voxel.",
+)
+@click.option(
+    "--pancreas-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.25,
+    show_default=True,
+    help="Share centred on a pancreas voxel.",
+)
+@click.option("--deep-supervision/--no-deep-supervision", default=False, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True
+)
+@click.option(
+    "--amp/--no-amp",
+    default=None,
+    help="Mixed precision: fp16 on CUDA (default on), bf16 on CPU (default off).",
+)
+@click.option(
+    "--folds",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
+    help="K-fold cross-validation over train+validation (0: the data set's split).",
+)
+@click.option("--fold", default=None, help="Which fold to train (0..K-1) or 'all'.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--val-every", type=click.IntRange(1, 100000), default=1, show_default=True)
+@click.option(
+    "--patience",
+    type=click.IntRange(0, 100000),
+    default=0,
+    show_default=True,
+    help="Validations without improvement before stopping (0: never).",
+)
+@click.option("--cpu-max-temp", type=click.FloatRange(20, 120), default=68.0, show_default=True)
+@click.option("--gpu-max-temp", type=click.FloatRange(20, 120), default=72.0, show_default=True)
+@click.option(
+    "--thermal-timeout",
+    type=click.FloatRange(1, 86400),
+    default=1800.0,
+    show_default=True,
+    help="Seconds a thermal pause may last before training stops with a checkpoint.",
+)
+@click.option(
+    "--require-thermal", is_flag=True, help="Refuse to train without a temperature sensor."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="Patch worker processes; only 0 (main process) is implemented: sampling costs about "
+    "0.05 s per patch against about 1 s per training step on 2 cores.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Torch CPU threads per process (default: torch's choice; 1 is fastest on a busy 2-core machine).",
+)
+def train(**options: object) -> None:
+    """Train the multi-task UNet on DATA; write a model bundle, metrics, logs and curves to OUT."""
+    from train.config import TrainConfig
+    from train.runner import run_training
+
+    patch = _parse_triple(options.pop("patch_size"), int, "--patch-size")  # type: ignore[arg-type]
+    spacing = _parse_triple(options.pop("target_spacing"), float, "--target-spacing")  # type: ignore[arg-type]
+    features = _features(options.pop("features"), options.pop("depth"))  # type: ignore[arg-type]
+    fold = _parse_fold(options.pop("fold"))  # type: ignore[arg-type]
+    folds = int(options["folds"])  # type: ignore[arg-type]
+    if int(options["workers"]) > 0:  # type: ignore[arg-type]
+        raise click.BadParameter(
+            "patch worker processes are not implemented; patches are made in the main process",
+            param_hint="--workers",
+        )
+    if fold is not None and folds < 2:
+        raise click.BadParameter("--fold needs --folds K with K >= 2", param_hint="--fold")
+    if isinstance(fold, int) and not 0 <= fold < folds:
+        raise click.BadParameter(f"{fold} is not in 0..{folds - 1}", param_hint="--fold")
+    if float(options["lesion_fraction"]) + float(options["pancreas_fraction"]) > 1:  # type: ignore[arg-type]
+        raise click.BadParameter("--lesion-fraction + --pancreas-fraction must be <= 1")
+    data = Path(options.pop("data"))  # type: ignore[arg-type]
+    if not data.is_dir():
+        raise InputError(data, "data folder does not exist")
+    config = TrainConfig(
+        data=str(data),
+        out=str(options.pop("out")),
+        patch_size=patch,  # type: ignore[arg-type]
+        target_spacing=spacing,  # type: ignore[arg-type]
+        features=features,
+        fold=None if fold in (None, "all") else int(fold),  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
+    )
+    summary = run_training(config)
+    if "best_score" in summary:
+        click.echo(
+            f"best combined score {summary['best_score']:.4f} at epoch {summary['best_epoch']}: {config.out}"
+        )
+    else:
+        click.echo(f"cross-validation summary written to {Path(config.out) / 'cv_summary.json'}")
+
+
+def _features(text: str | None, depth: int | None) -> tuple[int, ...] | None:
+    if text is None:
+        if depth is not None:
+            raise click.BadParameter("--depth needs --width", param_hint="--depth")
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: comma-separated channel counts", param_hint="--features"
+        ) from None
+    if len(values) == 1:
+        if depth is None:
+            raise click.BadParameter("one width needs --depth", param_hint="--width")
+        values = tuple(values[0] * 2**i for i in range(depth))
+    elif depth is not None and depth != len(values):
+        raise click.BadParameter(
+            f"--depth {depth} disagrees with {len(values)} --features", param_hint="--depth"
+        )
+    if min(values) < 1 or len(values) < 2:
+        raise click.BadParameter(
+            f"{text!r}: at least two positive channel counts", param_hint="--features"
+        )
+    return values

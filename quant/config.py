@@ -1,0 +1,113 @@
+"""Configuration of the compression stage: one frozen dataclass mirrored by the CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PRUNE_CRITERIA: tuple[str, ...] = ("l1", "l2", "taylor")
+INT8_MODES: tuple[str, ...] = ("ptq", "qat", "both", "none")
+CALIBRATION_METHODS: tuple[str, ...] = ("auto", "minmax", "entropy", "percentile")
+EXPORT_KINDS: tuple[str, ...] = ("onnx", "int8", "tensorrt")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+# A pruning ratio above this leaves too few channels per stage to recover by fine-tuning.
+MAX_PRUNE_RATIO = 0.9
+# Fewer calibration cases than this give activation ranges dominated by one scan.
+MIN_CALIBRATION_CASES = 2
+
+
+@dataclass(frozen=True)
+class AccuracyTolerance:
+    """Largest accuracy loss against fp32 that still lets a variant become the default."""
+
+    whole_dsc: float = 0.01
+    lesion_dsc: float = 0.03
+    macro_f1: float = 0.02
+
+    def accepts(self, reference: dict[str, float], candidate: dict[str, float]) -> bool:
+        """True when ``candidate`` loses at most the tolerated amount on every metric."""
+        return all(
+            reference[name] - candidate[name] <= limit + 1e-9
+            for name, limit in dataclasses.asdict(self).items()
+        )
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Everything ``edgepanc quantize`` needs; every field has a CLI flag of the same name."""
+
+    model: Path
+    data: Path
+    out: Path
+    prune: float | None = None  # share of output channels removed per stage; None: no pruning
+    prune_criterion: str = "l1"
+    int8: str = "ptq"
+    calibration_cases: int = 8
+    calibration_method: str = "auto"
+    calibration_patches_per_case: int = 4
+    finetune_epochs: int = 2
+    qat_epochs: int = 2
+    steps_per_epoch: int = 20
+    lr: float = 3e-4
+    export: tuple[str, ...] = ("onnx", "int8", "tensorrt")
+    device: str = "auto"
+    latency_runs: int = 5
+    max_validation_cases: int | None = None  # None: every validation case
+    seed: int = 0
+    tolerance: AccuracyTolerance = AccuracyTolerance()
+
+    def __post_init__(self) -> None:
+        for name in ("model", "data", "out"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        object.__setattr__(self, "export", tuple(self.export))
+        problems = config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def wants_ptq(self) -> bool:
+        return self.int8 in ("ptq", "both") and "int8" in self.export
+
+    @property
+    def wants_qat(self) -> bool:
+        return self.int8 in ("qat", "both") and "int8" in self.export
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, recorded in the report so a result can be reproduced."""
+        data = dataclasses.asdict(self)
+        for name in ("model", "data", "out"):
+            data[name] = str(data[name])
+        data["export"] = list(self.export)
+        return data
+
+
+def config_problems(config: QuantizeConfig) -> list[str]:
+    """Every range problem of ``config`` as a short phrase (empty when valid)."""
+    problems = []
+    if config.prune is not None and not 0.0 < config.prune <= MAX_PRUNE_RATIO:
+        problems.append(f"pruning ratio must be in (0, {MAX_PRUNE_RATIO}], got {config.prune}")
+    if config.prune_criterion not in PRUNE_CRITERIA:
+        problems.append(f"prune criterion must be one of {PRUNE_CRITERIA}")
+    if config.int8 not in INT8_MODES:
+        problems.append(f"int8 must be one of {INT8_MODES}")
+    if config.calibration_method not in CALIBRATION_METHODS:
+        problems.append(f"calibration method must be one of {CALIBRATION_METHODS}")
+    if config.calibration_cases < MIN_CALIBRATION_CASES:
+        problems.append(
+            f"at least {MIN_CALIBRATION_CASES} calibration cases are needed, "
+            f"got {config.calibration_cases}"
+        )
+    unknown = sorted(set(config.export) - set(EXPORT_KINDS))
+    if unknown:
+        problems.append(f"unknown export kinds {unknown}; choose from {EXPORT_KINDS}")
+    if config.device not in DEVICES:
+        problems.append(f"device must be one of {DEVICES}")
+    for name in ("finetune_epochs", "qat_epochs"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name} must be >= 0")
+    if config.latency_runs < 1 or config.steps_per_epoch < 1:
+        problems.append("latency_runs and steps_per_epoch must be >= 1")
+    return problems

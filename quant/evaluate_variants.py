@@ -1,0 +1,59 @@
+"""Validation accuracy of a compressed variant, scored exactly as training scores the fp32 model.
+
+Each validation case goes through the runtime's sliding-window inference with the variant's
+predictor (torch, ONNX Runtime or TensorRT), the runtime's post-processing, and is scored on the
+original image grid by :func:`train.validation.score_case`; the summary is
+:func:`train.validation.summarize_results`. Only the predictor differs from
+:func:`train.validation.predict_case`, which builds its own torch predictor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgepanc.backends.base import Predictor
+
+# The metrics a variant is judged on against fp32 (see AccuracyTolerance).
+KEY_METRICS: tuple[str, ...] = ("whole_dsc", "lesion_dsc", "macro_f1")
+
+
+def predict_with(
+    predictor: Predictor,
+    image: np.ndarray,
+    spacing: Sequence[float],
+    patch_size: Sequence[int],
+    step_fraction: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Post-processed labels on the preprocessed grid and subtype probabilities for one case."""
+    from edgepanc.inferers.sliding_window import classify_from_tiles, sliding_window_inference
+    from edgepanc.runtime.postprocess import PostprocessConfig, postprocess_labels
+
+    result = sliding_window_inference(image, predictor, patch_size, step_fraction=step_fraction)
+    labels = postprocess_labels(result.labels, spacing, PostprocessConfig())
+    return labels, classify_from_tiles(result)
+
+
+def evaluate_predictor(
+    predictor: Predictor,
+    cases: Sequence[Any],
+    patch_size: Sequence[int],
+    step_fraction: float = 0.5,
+) -> dict[str, Any]:
+    """Every validation metric of ``predictor`` on prepared ``cases`` (train.dataset.PreparedCase)."""
+    from train.validation import score_case, summarize_results
+
+    results = []
+    for case in cases:
+        labels, probabilities = predict_with(
+            predictor, case.image, case.spacing, patch_size, step_fraction
+        )
+        results.append(score_case(case, labels, probabilities))
+    return summarize_results(results)
+
+
+def accuracy_loss(reference: dict[str, Any], candidate: dict[str, Any]) -> dict[str, float]:
+    """fp32 minus variant for each key metric (positive: the variant is worse)."""
+    return {name: float(reference[name]) - float(candidate[name]) for name in KEY_METRICS}

@@ -1,0 +1,139 @@
+"""The compression report in the bundle: quantization.json, quantization.md and quantization.png."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgepanc.io.atomic import atomic_path, write_json_atomic, write_text_atomic
+
+REPORT_JSON = "quantization.json"
+REPORT_MD = "quantization.md"
+REPORT_PNG = "quantization.png"
+
+
+@dataclass
+class VariantResult:
+    """One measured variant: what it is, how big, how fast, how accurate."""
+
+    name: str
+    backend: str
+    precision: str
+    file: str | None  # inside the bundle; None: the bundle's own weights.pt
+    parameters: int
+    flops: int  # per patch, forward pass
+    size_bytes: int
+    latency_ms: float | None = None  # median per patch on this machine
+    metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics
+    within_tolerance: bool | None = None
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_default(
+    variants: Sequence[VariantResult], reference: str, accepts: Any
+) -> VariantResult:
+    """The fastest variant whose accuracy ``accepts(reference_metrics, metrics)``; else the reference."""
+    by_name = {v.name: v for v in variants}
+    base = by_name[reference]
+    eligible = [
+        v
+        for v in variants
+        if v.latency_ms is not None and v.metrics and accepts(base.metrics, v.metrics)
+    ]
+    return min(eligible, key=lambda v: v.latency_ms) if eligible else base
+
+
+def markdown_table(variants: Sequence[VariantResult], reference: str, default: str) -> str:
+    """A Markdown table of every variant; speed-up is against ``reference`` (fp32 PyTorch)."""
+    base = next(v for v in variants if v.name == reference)
+    header = (
+        "| variant | backend | precision | parameters | GFLOPs/patch | file MB | latency ms/patch "
+        "| speed-up | whole DSC | lesion DSC | macro F1 | within tolerance |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+    )
+    rows = []
+    for v in variants:
+        speedup = (
+            f"{base.latency_ms / v.latency_ms:.2f}x" if v.latency_ms and base.latency_ms else "-"
+        )
+        marker = " (default)" if v.name == default else ""
+        rows.append(
+            f"| {v.name}{marker} | {v.backend} | {v.precision} | {v.parameters:,} | "
+            f"{v.flops / 1e9:.2f} | {v.size_bytes / 1e6:.2f} | "
+            f"{'-' if v.latency_ms is None else f'{v.latency_ms:.1f}'} | {speedup} | "
+            f"{_metric(v, 'whole_dsc')} | {_metric(v, 'lesion_dsc')} | {_metric(v, 'macro_f1')} | "
+            f"{'-' if v.within_tolerance is None else ('yes' if v.within_tolerance else 'no')} |"
+        )
+    return header + "\n".join(rows) + "\n"
+
+
+def _metric(variant: VariantResult, key: str) -> str:
+    return f"{variant.metrics[key]:.4f}" if key in variant.metrics else "-"
+
+
+def plot_report(variants: Sequence[VariantResult], path: Path) -> Path:
+    """Bar chart: latency per patch (left) and the three key metrics (right) per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [v.name for v in variants]
+    x = np.arange(len(names))
+    fig, (ax_time, ax_acc) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names)), 4.5))
+    ax_time.bar(x, [v.latency_ms or 0.0 for v in variants], color="tab:blue")
+    ax_time.set_ylabel("ms per patch (median)")
+    ax_time.set_title("latency")
+    width = 0.27
+    for i, (key, label) in enumerate(
+        (("whole_dsc", "whole DSC"), ("lesion_dsc", "lesion DSC"), ("macro_f1", "macro F1"))
+    ):
+        ax_acc.bar(
+            x + (i - 1) * width, [v.metrics.get(key, 0.0) for v in variants], width, label=label
+        )
+    ax_acc.set_ylim(0, 1)
+    ax_acc.set_title("validation accuracy")
+    ax_acc.legend(loc="lower right", fontsize=8)
+    for ax in (ax_time, ax_acc):
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    folder: Path,
+    variants: Sequence[VariantResult],
+    reference: str,
+    default: str,
+    extra: dict[str, Any],
+) -> dict[str, Path]:
+    """Write the three report files into the bundle ``folder``; return their paths."""
+    folder = Path(folder)
+    data = {
+        "reference": reference,
+        "default_artifact": default,
+        "variants": [v.to_dict() for v in variants],
+        **extra,
+    }
+    write_json_atomic(folder / REPORT_JSON, data)
+    notes = "".join(f"- {line}\n" for line in extra.get("notes", []))
+    write_text_atomic(
+        folder / REPORT_MD,
+        "# Compression report\n\n"
+        f"Latency: median per patch {tuple(extra.get('patch_size', ()))} on this machine; "
+        f"speed-up against `{reference}`. Default artifact: `{default}` (the fastest variant "
+        "within the accuracy tolerance).\n\n"
+        + markdown_table(variants, reference, default)
+        + ("\n## Notes\n\n" + notes if notes else ""),
+    )
+    plot_report(variants, folder / REPORT_PNG)
+    return {name: folder / name for name in (REPORT_JSON, REPORT_MD, REPORT_PNG)}

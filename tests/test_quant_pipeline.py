@@ -1,0 +1,219 @@
+"""`edgepanc quantize` end to end on a tiny trained bundle, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from train_support import write_tiny_dataset
+
+from edgepanc.bundle import load_bundle
+from edgepanc.cli import main
+from train.config import TrainConfig
+from train.runner import run_training
+
+PATCH = (16, 16, 16)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data, bundle): a tiny quiz data set and a tiny model trained on it for two steps."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("quant")
+    data = write_tiny_dataset(root / "data")
+    config = TrainConfig(
+        data=str(data),
+        out=str(root / "run"),
+        preset="tiny",
+        patch_size=PATCH,
+        target_spacing=(2.0, 2.0, 2.0),
+        epochs=1,
+        steps_per_epoch=2,
+        warmup_epochs=0,
+    )
+    run_training(config)
+    return data, root / "run"
+
+
+@pytest.fixture(scope="module")
+def quantized(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    data, bundle = trained
+    before = fingerprint(bundle)
+    out = tmp_path_factory.mktemp("out") / "bundle"
+    result = quantize(
+        "--model",
+        bundle,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--prune",
+        "0.5",
+        "--int8",
+        "both",
+        "--calibration-cases",
+        "3",
+        "--calibration-method",
+        "minmax",
+        "--finetune-epochs",
+        "1",
+        "--qat-epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--latency-runs",
+        "1",
+        "--max-validation-cases",
+        "1",
+        "--device",
+        "cpu",
+    )
+    return {"result": result, "out": out, "before": before, "after": fingerprint(bundle)}
+
+
+def quantize(*args: object):
+    return CliRunner().invoke(main, ["quantize", *map(str, args)])
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_quantize_writes_a_new_bundle_and_leaves_the_input_untouched(quantized: dict) -> None:
+    assert quantized["result"].exit_code == 0, quantized["result"].output
+    assert quantized["before"] == quantized["after"]
+    bundle = load_bundle(quantized["out"])
+    assert bundle.kind == "quantized"
+    for name in ("quantization.json", "quantization.md", "quantization.png", "weights.pt"):
+        assert (bundle.path / name).is_file()
+    assert {
+        "torch_fp32",
+        "onnx_fp32",
+        "onnx_int8_minmax",
+        "onnx_int8_qat",
+        "pruned_torch_fp32",
+        "pruned_onnx_fp32",
+        "pruned_onnx_int8_minmax",
+    } <= set(bundle.artifacts)
+    assert bundle.default_artifact in bundle.artifacts
+    for record in bundle.artifacts.values():
+        assert record["latency_ms"] > 0
+        assert set(record["metrics"]) == {"whole_dsc", "lesion_dsc", "macro_f1"}
+    assert "skipped TensorRT" in (bundle.path / "quantization.md").read_text()
+    assert not list(quantized["out"].parent.glob(".*staging"))
+
+
+def test_pruning_shrinks_parameters_flops_and_onnx_size(quantized: dict) -> None:
+    bundle = load_bundle(quantized["out"])
+    full, small = bundle.artifacts["onnx_fp32"], bundle.artifacts["pruned_onnx_fp32"]
+    assert small["parameters"] < 0.5 * full["parameters"]
+    assert small["flops"] < 0.5 * full["flops"]
+    assert (bundle.path / small["file"]).stat().st_size < (
+        bundle.path / full["file"]
+    ).stat().st_size
+    # The pruned torch artifact is a normal network: its record rebuilds it for every backend.
+    assert bundle.artifacts["pruned_torch_fp32"]["network"]["features"] == [2, 4, 8]
+
+
+def test_onnx_matches_torch_and_int8_agrees(quantized: dict) -> None:
+    bundle = load_bundle(quantized["out"])
+    report = json.loads((bundle.path / "quantization.json").read_text())
+    for agreement in report["trials"]["onnx_vs_torch"]["model_fp32.onnx"].values():
+        assert agreement["max_abs_seg"] < 1e-3 and agreement["same_class"] == 1.0
+    patches = np.random.default_rng(0).standard_normal((2, 1, *PATCH), dtype=np.float32)
+    outputs = {}
+    for name in ("onnx_fp32", "onnx_int8_minmax"):
+        session = ort.InferenceSession(
+            str(bundle.artifact_path(name)), providers=["CPUExecutionProvider"]
+        )
+        outputs[name] = session.run(["seg_logits", "cls_logits"], {"image": patches})
+    seg32, seg8 = outputs["onnx_fp32"][0], outputs["onnx_int8_minmax"][0]
+    assert seg8.shape == seg32.shape
+    # A two-step model has many near-ties between classes; most voxels must still agree.
+    assert np.mean(seg32.argmax(1) == seg8.argmax(1)) > 0.8
+    assert np.corrcoef(seg32.ravel(), seg8.ravel())[0, 1] > 0.95
+
+
+def assert_refused(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    error_lines = [line for line in result.output.splitlines() if "rror" in line]
+    assert len(error_lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in result.output
+
+
+@pytest.mark.parametrize("ratio", ["0", "0.95", "-0.2"])
+def test_pruning_ratio_outside_range_is_refused(
+    trained: tuple[Path, Path], tmp_path: Path, ratio: str
+) -> None:
+    data, bundle = trained
+    before = fingerprint(bundle)
+    result = quantize("--model", bundle, "--data", data, "--out", tmp_path / "o", "--prune", ratio)
+    assert_refused(result, "--prune")
+    assert fingerprint(bundle) == before and not (tmp_path / "o").exists()
+
+
+def test_bundle_that_is_not_a_trained_model_is_refused(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, bundle = trained
+    fake = tmp_path / "fake"
+    shutil.copytree(bundle, fake)
+    metadata = json.loads((fake / "model.json").read_text())
+    metadata["kind"] = "quantized"
+    (fake / "model.json").write_text(json.dumps(metadata))
+    before = fingerprint(fake)
+    result = quantize("--model", fake, "--data", data, "--out", tmp_path / "o")
+    assert_refused(result, "error:", str(fake), "trained model")
+    assert fingerprint(fake) == before and not (tmp_path / "o").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_refused(
+        quantize("--model", empty, "--data", data, "--out", tmp_path / "o"), "model.json"
+    )
+
+
+def test_too_few_calibration_cases_is_refused(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, bundle = trained
+    result = quantize(
+        "--model", bundle, "--data", data, "--out", tmp_path / "o", "--calibration-cases", "7"
+    )
+    assert_refused(result, "error:", str(data), "only 6 labelled training cases")
+    assert_refused(
+        quantize(
+            "--model", bundle, "--data", data, "--out", tmp_path / "o", "--calibration-cases", "1"
+        ),
+        "--calibration-cases",
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_or_non_empty_output_is_refused(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, bundle = trained
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = quantize("--model", bundle, "--data", data, "--out", blocker / "bundle")
+    assert_refused(result, "error:", "cannot create the output folder")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("user data")
+    assert_refused(quantize("--model", bundle, "--data", data, "--out", taken), "not empty")
+    assert (taken / "keep.txt").read_text() == "user data"

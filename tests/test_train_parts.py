@@ -1,0 +1,194 @@
+"""Unit tests of the training stage's pure parts: losses, sampling, augmentation, schedule, folds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from train.augmentation import AugmentationConfig, augment_intensity, random_spatial_matrix
+from train.config import TrainConfig
+from train.dataset import PreparedCase, sample_coordinates
+from train.kfold import stratified_folds, summarize_folds
+from train.losses import LossWeights, multitask_loss, soft_dice_loss
+from train.sampling import PatchSampler, SamplingConfig, balanced_case_weights, extract_patch
+from train.schedule import warmup_cosine_factor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _case(
+    subtype: int, with_lesion: bool = True, shape: tuple[int, int, int] = (16, 24, 24)
+) -> PreparedCase:
+    image = np.random.default_rng(subtype).normal(size=shape).astype(np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    label[4:12, 6:18, 6:18] = 1
+    if with_lesion:
+        label[7:9, 10:13, 10:13] = 2
+    return PreparedCase(
+        case_id=f"c{subtype}",
+        subtype=subtype,
+        image=image,
+        label=label,
+        spacing=(2.0, 1.0, 1.0),
+        grid=None,
+        label_path=None,
+        lesion_coords=sample_coordinates(label == 2, 1000),
+        foreground_coords=sample_coordinates(label > 0, 1000),
+        background=-3.0,
+    )
+
+
+def test_dice_loss_is_zero_for_a_perfect_prediction_and_high_for_a_wrong_one() -> None:
+    target = torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    target[:, 1:3, 1:3, 1:3] = 1
+    target[:, 2, 2, 2] = 2
+    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 4, 1, 2, 3).float() * 50
+    wrong = torch.roll(perfect, shifts=1, dims=1)
+    assert soft_dice_loss(perfect, target) < 1e-3
+    assert soft_dice_loss(wrong, target) > 0.9
+
+
+def test_subtype_loss_counts_only_patches_with_lesion() -> None:
+    seg = torch.zeros(2, 3, 4, 4, 4, requires_grad=True)
+    cls = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 5.0]], requires_grad=True)
+    target = torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    subtype = torch.tensor([0, 0])
+    _, _, no_lesion = multitask_loss(seg, cls, target, subtype, LossWeights())
+    assert float(no_lesion.detach()) == 0.0
+    target[1, 0, 0, 0] = 2  # only the second (wrongly classified) patch has lesion
+    total, seg_loss, cls_loss = multitask_loss(
+        seg, cls, target, subtype, LossWeights(seg=1.0, cls=2.0)
+    )
+    expected = float(torch.nn.functional.cross_entropy(cls[1:].detach(), subtype[1:]))
+    assert float(cls_loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(total.detach()) == pytest.approx(
+        float(seg_loss.detach()) + 2.0 * expected, rel=1e-5
+    )
+    total.backward()
+    assert cls.grad is not None and float(cls.grad[0].abs().sum()) == 0.0
+
+
+def test_deep_supervision_loss_accepts_lower_resolutions() -> None:
+    target = torch.randint(0, 3, (1, 8, 8, 8))
+    outputs = [torch.randn(1, 3, 8, 8, 8), torch.randn(1, 3, 4, 4, 4)]
+    total, seg, _ = multitask_loss(
+        outputs, torch.randn(1, 3), target, torch.tensor([1]), LossWeights()
+    )
+    assert math.isfinite(float(total)) and float(seg) > 0
+
+
+def test_balanced_case_weights_give_each_subtype_equal_mass() -> None:
+    weights = balanced_case_weights([0] * 62 + [1] * 106 + [2] * 84)
+    masses = [weights[:62].sum(), weights[62:168].sum(), weights[168:].sum()]
+    assert masses == pytest.approx([1 / 3] * 3)
+
+
+def test_sampler_centres_the_lesion_share_on_lesions_and_is_reproducible_per_epoch() -> None:
+    cases = [_case(0), _case(1), _case(2)]
+    sampling = SamplingConfig((8, 8, 8), lesion_fraction=1.0, pancreas_fraction=0.0)
+    sampler = PatchSampler(cases, sampling, AugmentationConfig.disabled(), seed=3)
+    sampler.start_epoch(2)
+    batch = sampler.sample_batch(12)
+    assert batch["image"].shape == (12, 1, 8, 8, 8) and batch["label"].shape == (12, 8, 8, 8)
+    # jitter is at most a quarter patch, so every lesion-centred patch holds lesion voxels
+    assert all((label == 2).any() for label in batch["label"])
+    sampler.start_epoch(2)
+    again = sampler.sample_batch(12)
+    np.testing.assert_array_equal(batch["image"], again["image"])
+    sampler.start_epoch(3)
+    assert not np.array_equal(batch["image"], sampler.sample_batch(12)["image"])
+
+
+def test_sampler_falls_back_to_pancreas_without_lesion() -> None:
+    sampler = PatchSampler(
+        [_case(1, with_lesion=False)],
+        SamplingConfig((8, 8, 8), 1.0, 0.0),
+        AugmentationConfig.disabled(),
+    )
+    assert all((label > 0).any() for label in sampler.sample_batch(6)["label"])
+
+
+def test_identity_transform_is_an_exact_crop_and_rotation_keeps_labels_integral() -> None:
+    case = _case(0)
+    centre = np.array([8.0, 12.0, 12.0])
+    image, label = extract_patch(case, centre, (8, 8, 8), np.eye(3))
+    np.testing.assert_array_equal(image, case.image[4:12, 8:16, 8:16])
+    np.testing.assert_array_equal(label, case.label[4:12, 8:16, 8:16])
+    rng = np.random.default_rng(0)
+    config = AugmentationConfig(
+        rotation_probability=1.0, rot90_probability=1.0, zoom_out_probability=1.0
+    )
+    matrix = random_spatial_matrix(rng, config)
+    assert np.linalg.det(matrix) == pytest.approx(config.zoom_out_factor**3)  # zoom-out, no shear
+    _, rotated = extract_patch(case, centre, (8, 8, 8), matrix)
+    assert set(np.unique(rotated)) <= {0, 1, 2}
+
+
+def test_zoom_out_shrinks_the_structure_in_the_patch() -> None:
+    case = _case(0, shape=(32, 48, 48))
+    case.label[:] = 0
+    case.label[12:20, 16:32, 16:32] = 1
+    centre = np.array([15.5, 23.5, 23.5])
+    _, plain = extract_patch(case, centre, (16, 32, 32), np.eye(3))
+    _, zoomed = extract_patch(case, centre, (16, 32, 32), np.eye(3) * 2.0)
+    assert (plain == 1).sum() == pytest.approx(8 * (zoomed == 1).sum(), rel=0.2)
+
+
+def test_intensity_augmentation_changes_values_but_not_shape() -> None:
+    patch = np.random.default_rng(1).normal(size=(4, 8, 8)).astype(np.float32)
+    config = AugmentationConfig(
+        intensity_scale_probability=1,
+        intensity_shift_probability=1,
+        gamma_probability=1,
+        noise_probability=1,
+        blur_probability=1,
+    )
+    out = augment_intensity(patch, np.random.default_rng(0), config)
+    assert out.shape == patch.shape and out.dtype == np.float32 and not np.allclose(out, patch)
+    untouched = augment_intensity(patch, np.random.default_rng(0), AugmentationConfig.disabled())
+    np.testing.assert_array_equal(untouched, patch)
+
+
+def test_warmup_then_cosine() -> None:
+    factors = [warmup_cosine_factor(s, 10, 110) for s in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[-1] < 0.02
+
+
+def test_stratified_folds_cover_every_case_once_and_keep_subtype_shares() -> None:
+    ids = [f"c{i}" for i in range(30)]
+    subtypes = [0] * 6 + [1] * 15 + [2] * 9
+    folds = stratified_folds(ids, subtypes, 3, seed=1)
+    validated = [c for f in folds for c in f["validation"]]
+    assert sorted(validated) == sorted(ids)
+    for fold in folds:
+        assert set(fold["train"]).isdisjoint(fold["validation"])
+        val_subtypes = [subtypes[ids.index(c)] for c in fold["validation"]]
+        assert [val_subtypes.count(s) for s in range(3)] == [2, 5, 3]
+    summary = summarize_folds([{"whole_dsc": 0.8}, {"whole_dsc": 1.0}])
+    assert summary["whole_dsc"]["mean"] == pytest.approx(0.9)
+
+
+def test_config_identity_ignores_paths_and_device_but_not_the_experiment() -> None:
+    base = TrainConfig(data="a", out="b")
+    assert base.identity() == base.replace(data="c", out="d", device="cpu", epochs=99).identity()
+    assert base.identity() != base.replace(lr=1e-4).identity()
+
+
+def test_no_deprecated_cuda_amp_anywhere_in_the_repository() -> None:
+    needle = "torch.cuda" + ".amp"  # built so this file does not contain it
+    offenders = []
+    for path in REPO.rglob("*"):
+        parts = set(path.relative_to(REPO).parts)
+        if parts & {".venv", ".git", "__pycache__", "node_modules"} or not path.is_file():
+            continue
+        text_file = path.suffix in {".py", ".md", ".toml", ".txt", ".cfg", ".sh", ".yml", ".yaml"}
+        if text_file and needle in path.read_text(errors="ignore"):
+            offenders.append(str(path))
+    assert offenders == []

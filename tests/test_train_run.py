@@ -1,0 +1,206 @@
+"""End-to-end training on a tiny data set (in-process): metrics, thermal pauses, refusals, CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from train_support import write_tiny_dataset
+
+from edgepanc.cli import main
+from edgepanc.errors import InputError
+from edgepanc.thermal import ScriptedSource, ThermalGuard, ThermalLimits, ThermalTimeout
+from train.config import TrainConfig
+from train.runner import run_training
+
+METRIC_KEYS = ("whole_dsc", "lesion_dsc", "macro_f1", "accuracy", "confusion", "combined_score")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+def tiny_config(data: Path, out: Path, **changes: object) -> TrainConfig:
+    base = TrainConfig(
+        data=str(data),
+        out=str(out),
+        preset="tiny",
+        patch_size=(16, 16, 16),
+        target_spacing=(2.0, 2.0, 2.0),
+        epochs=1,
+        steps_per_epoch=2,
+        warmup_epochs=0,
+    )
+    return base.replace(**changes)
+
+
+class FakeClock:
+    """Monotonic clock advanced only by the fake sleep: thermal pauses take no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def scripted_guard(readings: list[float], timeout_s: float = 600.0) -> ThermalGuard:
+    clock = FakeClock()
+    limits = ThermalLimits(cpu_c=68.0, hysteresis_c=5.0, poll_s=10.0, timeout_s=timeout_s)
+    return ThermalGuard(ScriptedSource(readings), limits, clock=clock, sleep=clock.sleep)
+
+
+def read_records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_metrics_all_present_without_lesions_and_with_a_missing_subtype(tmp_path: Path) -> None:
+    data = write_tiny_dataset(
+        tmp_path / "data",
+        train_per_subtype=1,
+        validation_per_subtype={0: 1, 1: 1},
+        validation_lesions=False,
+    )
+    run = tmp_path / "run"
+    run_training(tiny_config(data, run), guard=ThermalGuard([]))
+    record = read_records(run)[-1]
+    for key in METRIC_KEYS + ("loss", "seg_loss", "cls_loss", "lr", "seconds", "pause_s"):
+        assert key in record, key
+    for key in ("whole_dsc", "lesion_dsc", "macro_f1", "accuracy", "combined_score"):
+        assert math.isfinite(record[key]) and 0.0 <= record[key] <= 1.0
+    assert len(record["confusion"]) == 3
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "loss", "whole_dsc", "lesion_dsc", "macro_f1", "pause_s"} <= set(header)
+    for name in (
+        "model.json",
+        "weights.pt",
+        "best.pt",
+        "last.pt",
+        "curves.png",
+        "train.log",
+        "plan.json",
+    ):
+        assert (run / name).is_file(), name
+    bundle = json.loads((run / "model.json").read_text())
+    assert bundle["kind"] == "trained" and bundle["preprocessing"]["target_spacing"] == [
+        2.0,
+        2.0,
+        2.0,
+    ]
+    assert "whole_dsc" in bundle["metrics"]["validation"]
+
+
+def test_hot_sensor_pauses_training_and_logs_the_pause(
+    tiny_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # cool, then hot for three polls, then cool enough (below 68 - 5) to resume
+    guard = scripted_guard([50.0, 75.0, 72.0, 66.0, 60.0, 50.0])
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        run_training(tiny_config(tiny_data, run, steps_per_epoch=3), guard=guard)
+    assert len(guard.events) == 1 and guard.events[0].duration_s == pytest.approx(30.0)
+    assert read_records(run)[-1]["pause_s"] == pytest.approx(30.0)
+    assert any("thermal pause" in r.getMessage() for r in caplog.records)
+    assert "thermal pause" in (run / "train.log").read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["thermal"]["pauses"] == 1
+
+
+def test_thermal_timeout_stops_cleanly_with_a_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    guard = scripted_guard(
+        [50.0] * 2 + [90.0], timeout_s=30.0
+    )  # one reading per step: epoch 1 fine
+    run = tmp_path / "run"
+    with pytest.raises(ThermalTimeout, match="--resume"):
+        run_training(tiny_config(tiny_data, run, epochs=3, steps_per_epoch=2), guard=guard)
+    checkpoint = torch.load(run / "last.pt", weights_only=False)
+    assert checkpoint["state"]["epoch"] == 1  # the last complete epoch
+    assert len(read_records(run)) == 1
+
+
+def test_existing_run_folder_is_refused_without_resume(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("user data")
+    with pytest.raises(InputError, match="not empty"):
+        run_training(tiny_config(tiny_data, run), guard=ThermalGuard([]))
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+    with pytest.raises(InputError, match="no run to resume"):
+        run_training(tiny_config(tiny_data, run, resume=True), guard=ThermalGuard([]))
+
+
+def test_resume_with_different_settings_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_training(tiny_config(tiny_data, run), guard=ThermalGuard([]))
+    with pytest.raises(InputError, match="lr="):
+        run_training(tiny_config(tiny_data, run, lr=1e-4, resume=True), guard=ThermalGuard([]))
+
+
+def test_invalid_data_set_stops_before_training(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data", train_per_subtype=1)
+    mask = next((data / "train" / "subtype1").glob("quiz_1_*[0-9].nii.gz"))
+    mask.unlink()
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, ["train", "--data", str(data), "--out", str(out), "--preset", "tiny"]
+    )
+    assert result.exit_code == 2
+    assert "error:" in result.output and "quiz_1_" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--epochs", "0", "--epochs"),
+        ("--lr", "0", "--lr"),
+        ("--batch-size", "-1", "--batch-size"),
+        ("--patch-size", "0,64,64", "--patch-size"),
+        ("--cls-weight", "-1", "--cls-weight"),
+        ("--fold", "3", "--fold"),
+    ],
+)
+def test_out_of_range_flags_are_refused(
+    tmp_path: Path, flag: str, value: str, message: str
+) -> None:
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), flag, value]
+    if flag == "--fold":
+        args += ["--folds", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_all_folds_write_splits_and_a_cv_summary(tmp_path: Path) -> None:
+    data = write_tiny_dataset(
+        tmp_path / "data", train_per_subtype=2, validation_per_subtype={0: 0, 1: 0, 2: 0}
+    )
+    run = tmp_path / "cv"
+    summary = run_training(
+        tiny_config(data, run, folds=2, steps_per_epoch=1), guard=ThermalGuard([])
+    )
+    splits = json.loads((run / "splits.json").read_text())["splits"]
+    assert len(splits) == 2
+    assert sorted(splits[0]["validation"] + splits[1]["validation"]) == sorted(
+        splits[0]["train"] + splits[0]["validation"]
+    )
+    for fold in (0, 1):
+        assert (run / f"fold_{fold}" / "model.json").is_file()
+    cv = json.loads((run / "cv_summary.json").read_text())
+    assert cv["folds"] == 2 and set(cv["whole_dsc"]) == {"mean", "std"}
+    assert summary["folds"] == 2

@@ -1,0 +1,102 @@
+"""Training configuration: one frozen dataclass, stored in the run folder as ``config.json``.
+
+The fields that change what is learned (everything except paths, device, workers and the
+thermal settings) make up :func:`TrainConfig.identity`; ``--resume`` refuses a run folder whose
+identity differs, so a resumed run always continues the same experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Fields that may differ between a run and its resumption without changing the experiment.
+_NON_IDENTITY_FIELDS = frozenset(
+    {
+        "data",
+        "out",
+        "device",
+        "workers",
+        "threads",
+        "cpu_max_temp",
+        "gpu_max_temp",
+        "thermal_timeout",
+        "require_thermal",
+        "resume",
+        "epochs",
+        "patience",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``edgepanc train`` needs; every field has a CLI flag of the same name."""
+
+    data: str
+    out: str
+    preset: str = "cpu"
+    features: tuple[int, ...] | None = None  # overrides the preset's features when given
+    patch_size: tuple[int, int, int] = (32, 64, 64)  # (z, y, x) voxels on the target grid
+    target_spacing: tuple[float, float, float] | None = None  # (z, y, x) mm; None: median
+    batch_size: int = 2
+    epochs: int = 50
+    steps_per_epoch: int = 50
+    lr: float = 3e-3
+    weight_decay: float = 3e-5
+    warmup_epochs: int = 2
+    grad_clip: float = 12.0  # max gradient norm, as nnU-Net
+    seg_weight: float = 1.0
+    cls_weight: float = 0.5
+    lesion_fraction: float = 0.6  # share of patches centred on a lesion voxel
+    pancreas_fraction: float = 0.25  # share centred on a pancreas voxel; the rest random
+    zoom_out_probability: float = 0.15  # patches seen at half scale (the runtime's coarse pass)
+    deep_supervision: bool = False
+    device: str = "auto"
+    amp: bool | None = None  # None: fp16 on CUDA, off on CPU (see train/loop.py)
+    folds: int = 0  # 0: use the data set's own train/validation split
+    fold: int | None = None
+    seed: int = 0
+    val_every: int = 1
+    patience: int = 0  # validations without improvement before stopping; 0 disables
+    val_step_fraction: float = 0.5
+    cpu_max_temp: float = 68.0
+    gpu_max_temp: float = 72.0
+    thermal_timeout: float = 1800.0
+    require_thermal: bool = False
+    workers: int = 0
+    threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
+    resume: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
+        if self.features is not None:
+            object.__setattr__(self, "features", tuple(int(v) for v in self.features))
+        if self.target_spacing is not None:
+            object.__setattr__(self, "target_spacing", tuple(float(v) for v in self.target_spacing))
+        if self.lesion_fraction + self.pancreas_fraction > 1.0:
+            raise ValueError("lesion_fraction + pancreas_fraction must be <= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("patch_size", "features", "target_spacing"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def identity(self) -> str:
+        """A short hash of the fields that define the experiment (see module docstring)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in _NON_IDENTITY_FIELDS}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

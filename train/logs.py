@@ -1,0 +1,101 @@
+"""Run logs: ``metrics.jsonl`` and ``metrics.csv`` (one row per epoch), ``train.log``, ``curves.png``.
+
+The metric files are rewritten whole and atomically after every epoch (they are small), so a
+killed run never leaves a half line, and a resumed run drops the rows of epochs it replays.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgepanc.io.atomic import atomic_path, write_text_atomic
+
+# The data set's targets, drawn as horizontal lines on the curves.
+TARGETS = {"whole_dsc": 0.91, "lesion_dsc": 0.31, "macro_f1": 0.70}
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _scalar_columns(records: Sequence[dict[str, Any]]) -> list[str]:
+    # Union of keys in first-seen order; nested values (confusion matrix) stay in the JSON only.
+    columns: list[str] = []
+    for record in records:
+        for key, value in record.items():
+            if key not in columns and not isinstance(value, list | dict):
+                columns.append(key)
+    return columns
+
+
+def records_to_csv(records: Sequence[dict[str, Any]]) -> str:
+    columns = _scalar_columns(records)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: record.get(k, "") for k in columns})
+    return buffer.getvalue()
+
+
+def write_metrics(run_dir: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` and ``metrics.csv`` from all epoch records."""
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_text_atomic(run_dir / "metrics.csv", records_to_csv(records))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def attach_file_log(run_dir: Path, logger: logging.Logger | None = None) -> logging.Handler:
+    """Send ``logger`` (the root logger by default) to ``run_dir/train.log`` as well."""
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(logging.INFO)
+    target = logger or logging.getLogger()
+    target.addHandler(handler)
+    if target.level > logging.INFO or target.level == logging.NOTSET:
+        target.setLevel(logging.INFO)
+    return handler
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
+    """Losses (left) and validation metrics with the targets (right) against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [r["epoch"] for r in records]
+    for key in ("loss", "seg_loss", "cls_loss"):
+        ax_loss.plot(epochs, [r.get(key) for r in records], label=key)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.legend()
+    validated = [r for r in records if "whole_dsc" in r]
+    colours = {"whole_dsc": "tab:blue", "lesion_dsc": "tab:orange", "macro_f1": "tab:green"}
+    for key, target in TARGETS.items():
+        ax_metric.plot(
+            [r["epoch"] for r in validated],
+            [r[key] for r in validated],
+            marker="o",
+            color=colours[key],
+            label=key,
+        )
+        ax_metric.axhline(target, color=colours[key], linestyle="--", linewidth=1)
+    ax_metric.set_ylim(0, 1)
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel("validation (dashed: target)")
+    ax_metric.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)

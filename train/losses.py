@@ -1,0 +1,93 @@
+"""Multi-task loss: soft Dice + cross-entropy for segmentation, cross-entropy for the subtype.
+
+Dice is batch Dice (nnU-Net's ``batch_dice``): sums run over the whole batch, so a patch without
+lesion does not produce a degenerate 0/0 term. It covers three regions: pancreas (label 1),
+lesion (label 2) and the whole pancreas (labels 1 and 2), the last because whole-pancreas DSC is
+one of the targets and region-based supervision is what optimises it directly.
+
+The subtype is a case-level label about the lesion, so its cross-entropy is averaged only over
+patches that contain lesion voxels: a patch of plain pancreas carries no subtype evidence, and
+asking the head to name one would teach it to guess the prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LESION_LABEL = 2
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    seg: float = 1.0
+    cls: float = 0.5
+
+
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5
+) -> torch.Tensor:
+    """1 - mean batch Dice over pancreas, lesion and the whole pancreas.
+
+    ``logits`` [B, 3, D, H, W], ``target`` [B, D, H, W] integer labels.
+    """
+    probs = torch.softmax(logits.float(), dim=1)
+    pred_regions = torch.stack([probs[:, 1], probs[:, 2], probs[:, 1] + probs[:, 2]], dim=1)
+    ref_regions = torch.stack([target == 1, target == 2, target > 0], dim=1).to(probs.dtype)
+    dims = (0, 2, 3, 4)
+    intersection = (pred_regions * ref_regions).sum(dims)
+    denominator = pred_regions.sum(dims) + ref_regions.sum(dims)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    return 1.0 - dice.mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + cross-entropy at one resolution."""
+    return soft_dice_loss(logits, target) + F.cross_entropy(logits.float(), target.long())
+
+
+def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over resolutions (weights halve per level, normalised), as nnU-Net does.
+
+    Targets for lower resolutions are nearest-neighbour downsampled labels.
+    """
+    weights = torch.tensor([0.5**i for i in range(len(outputs))])
+    weights = weights / weights.sum()
+    total = outputs[0].new_zeros((), dtype=torch.float32)
+    for weight, logits in zip(weights, outputs, strict=True):
+        level_target = target
+        if logits.shape[2:] != target.shape[1:]:
+            level_target = F.interpolate(
+                target[:, None].float(), size=logits.shape[2:], mode="nearest"
+            )[:, 0].long()
+        total = total + weight * segmentation_loss(logits, level_target)
+    return total
+
+
+def subtype_loss(
+    cls_logits: torch.Tensor, subtype: torch.Tensor, has_lesion: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy over the patches with lesion voxels; zero (kept in the graph) if none."""
+    mask = has_lesion.bool() & (subtype >= 0)
+    if not bool(mask.any()):
+        return cls_logits.float().sum() * 0.0
+    return F.cross_entropy(cls_logits[mask].float(), subtype[mask].long())
+
+
+def multitask_loss(
+    seg_output: torch.Tensor | list[torch.Tensor],
+    cls_logits: torch.Tensor,
+    target: torch.Tensor,
+    subtype: torch.Tensor,
+    weights: LossWeights,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return ``(total, seg, cls)``; ``total = weights.seg * seg + weights.cls * cls``."""
+    if isinstance(seg_output, list | tuple):
+        seg = deep_supervision_loss(list(seg_output), target)
+    else:
+        seg = segmentation_loss(seg_output, target)
+    has_lesion = (target == LESION_LABEL).flatten(1).any(dim=1)
+    cls = subtype_loss(cls_logits, subtype, has_lesion)
+    return weights.seg * seg + weights.cls * cls, seg, cls
