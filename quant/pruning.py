@@ -204,6 +204,9 @@ def _copy_classifier(
     if source.cls_head.lesion_attention:
         width = source.config.features[0]
         columns += [offset + final_decoder_indices, offset + width + final_decoder_indices]
+        offset += 2 * width
+        # The input-intensity statistics follow; they are not channels and are never pruned.
+        columns.append(offset + torch.arange(4 * source.config.in_channels))
     src, dst = source.cls_head, target.cls_head
     _assign(dst.fc1.weight, src.fc1.weight[:, torch.cat(columns)])
     _assign(dst.fc1.bias, src.fc1.bias)

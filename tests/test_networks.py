@@ -27,6 +27,7 @@ from edgepanc.networks.unet import (
     ClassificationHead,
     attention_pool,
     normalized_attention,
+    region_intensity_statistics,
     region_pooled_features,
 )
 
@@ -338,9 +339,10 @@ def test_attention_head_reads_the_lesion_not_the_background():
     far[..., 6:, 6:, 6:] += 5.0
     inside[..., 3, 3, 3] += 5.0
     with torch.no_grad():
-        reference = head(skips, decoder_features, seg_logits)
-        change_far = (head(skips, far, seg_logits) - reference).abs().max()
-        change_inside = (head(skips, inside, seg_logits) - reference).abs().max()
+        image = torch.randn(1, 1, 8, 8, 8)
+        reference = head(skips, decoder_features, seg_logits, image)
+        change_far = (head(skips, far, seg_logits, image) - reference).abs().max()
+        change_inside = (head(skips, inside, seg_logits, image) - reference).abs().max()
     assert change_far < 1e-5
     assert change_inside > 1e-3
 
@@ -350,8 +352,9 @@ def test_global_head_ignores_the_decoder():
     skips = [torch.randn(1, c, 4, 4, 4) for c in PRESETS["tiny"].features]
     seg_logits = torch.randn(1, 3, 8, 8, 8)
     with torch.no_grad():
-        first = head(skips, torch.randn(1, 4, 8, 8, 8), seg_logits)
-        second = head(skips, torch.randn(1, 4, 8, 8, 8), seg_logits)
+        image = torch.randn(1, 1, 8, 8, 8)
+        first = head(skips, torch.randn(1, 4, 8, 8, 8), seg_logits, image)
+        second = head(skips, torch.randn(1, 4, 8, 8, 8), seg_logits, torch.randn(1, 1, 8, 8, 8))
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
@@ -365,3 +368,24 @@ def test_region_weights_are_squared_probabilities():
     # rtol 1e-5: eps 1e-6 against a total weight of 0.4 shifts the result by 2.5e-6 relatively.
     torch.testing.assert_close(lesion, torch.tensor(0.9 * 10 + 0.1 * 20), rtol=1e-5, atol=0)
     torch.testing.assert_close(pancreas, torch.tensor(0.8 * 10 + 0.2 * 20), rtol=1e-5, atol=0)
+
+
+def test_intensity_statistics_are_the_lesion_and_pancreas_attenuation():
+    image = torch.zeros(1, 1, 2, 2, 2)
+    image[0, 0, 0, 0, :] = torch.tensor([1.0, 3.0])  # the lesion: mean 2, std 1
+    image[0, 0, 1] = 5.0  # pancreas without lesion
+    seg_logits = torch.zeros(1, 3, 2, 2, 2)
+    seg_logits[:, 0] = 30.0  # background ...
+    seg_logits[:, 0, 0, 0, :] = 0.0
+    seg_logits[:, 2, 0, 0, :] = 30.0  # ... lesion ...
+    seg_logits[:, 0, 1] = 0.0
+    seg_logits[:, 1, 1] = 30.0  # ... and pancreas
+    lesion_mean, lesion_std, pancreas_mean, pancreas_std = region_intensity_statistics(
+        image, seg_logits
+    )[0]
+    assert lesion_mean.item() == pytest.approx(2.0, abs=1e-4)
+    assert lesion_std.item() == pytest.approx(1.0, abs=1e-3)
+    # pancreas + lesion: values 1, 3 and four 5s
+    values = torch.tensor([1.0, 3.0, 5.0, 5.0, 5.0, 5.0])
+    assert pancreas_mean.item() == pytest.approx(values.mean().item(), abs=1e-4)
+    assert pancreas_std.item() == pytest.approx(values.std(unbiased=False).item(), abs=1e-3)

@@ -242,13 +242,34 @@ def region_pooled_features(features: torch.Tensor, seg_logits: torch.Tensor) -> 
     (one minus background), raised to ``ATTENTION_POWER`` and normalised per sample. Computed in
     float32: under fp16 autocast a sum over a whole patch of probabilities overflows.
     """
+    lesion, pancreas = region_weights(seg_logits)
     features = features.float()
-    probability = torch.softmax(seg_logits.float(), dim=1)
-    lesion = probability[:, LESION_LABEL] ** ATTENTION_POWER
-    pancreas = (1.0 - probability[:, BACKGROUND_LABEL]) ** ATTENTION_POWER
-    lesion = normalized_attention(lesion)
-    pancreas = normalized_attention(pancreas)
     return torch.cat((attention_pool(features, lesion), attention_pool(features, pancreas)), dim=1)
+
+
+def region_weights(seg_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised lesion and pancreas attention weights, each [B, 1, D, H, W] (float32)."""
+    probability = torch.softmax(seg_logits.float(), dim=1)
+    lesion = normalized_attention(probability[:, LESION_LABEL] ** ATTENTION_POWER)
+    pancreas = normalized_attention((1.0 - probability[:, BACKGROUND_LABEL]) ** ATTENTION_POWER)
+    return lesion, pancreas
+
+
+def region_intensity_statistics(image: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
+    """Weighted mean and standard deviation of the input under the lesion and pancreas weights.
+
+    [B, 4 * C_in]: lesion mean, lesion std, pancreas mean, pancreas std per input channel. The
+    input is CT normalised with data-set statistics, so these keep the absolute attenuation that
+    instance normalisation removes from every feature map, and attenuation is the first cue a
+    radiologist uses for the subtype (hypo-attenuating, cystic, hyper-enhancing).
+    """
+    image = image.float()
+    stats = []
+    for weights in region_weights(seg_logits):
+        mean = attention_pool(image, weights)
+        second = attention_pool(image * image, weights)
+        stats += [mean, torch.sqrt(torch.clamp(second - mean * mean, min=0.0) + 1e-6)]
+    return torch.cat(stats, dim=1)
 
 
 class ClassificationHead(nn.Module):
@@ -261,8 +282,12 @@ class ClassificationHead(nn.Module):
     (:func:`region_pooled_features`): the subtype is a property of the lesion (its intensity, rim
     and texture), and these vectors describe exactly the voxels the segmentation calls lesion.
 
+    With lesion attention the head also sees the input's attenuation statistics under the same
+    weights (:func:`region_intensity_statistics`).
+
     fc1's input is laid out as [avg, max] per encoder scale (shallowest first), then
-    [lesion-pooled, pancreas-pooled] decoder channels; channel pruning relies on this order.
+    [lesion-pooled, pancreas-pooled] decoder channels, then the 4 * in_channels intensity
+    statistics; channel pruning relies on this order.
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -271,7 +296,7 @@ class ClassificationHead(nn.Module):
         self.lesion_attention = config.classifier_pooling == "lesion_attention"
         pooled = 2 * sum(config.features[-self.scales :])
         if self.lesion_attention:
-            pooled += 2 * config.features[0]
+            pooled += 2 * config.features[0] + 4 * config.in_channels
         self.fc1 = nn.Linear(pooled, config.classifier_hidden)
         self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
         self.dropout = nn.Dropout(config.classifier_dropout)
@@ -282,8 +307,10 @@ class ClassificationHead(nn.Module):
         skips: Sequence[torch.Tensor],
         decoder_features: torch.Tensor,
         seg_logits: torch.Tensor,
+        image: torch.Tensor,
     ) -> torch.Tensor:
-        """``skips``: encoder outputs; ``decoder_features``: what feeds ``seg_head``."""
+        """``skips``: encoder outputs; ``decoder_features``: what feeds ``seg_head``; ``image``:
+        the network input."""
         pooled = []
         for feature in skips[-self.scales :]:
             pooled.append(F.adaptive_avg_pool3d(feature, 1).flatten(1))
@@ -294,8 +321,10 @@ class ClassificationHead(nn.Module):
             # outside the pancreas). Its gradient still reaches the decoder features it pools.
             # On a small phantom run, not detaching cost lesion Dice (0.80 vs 0.84 at 400 steps)
             # and spread the weights more outside the lesion, with no gain in subtype F1.
-            region = region_pooled_features(decoder_features, seg_logits.detach())
-            pooled.append(region.to(pooled[0].dtype))
+            weights_from = seg_logits.detach()
+            region = region_pooled_features(decoder_features, weights_from)
+            intensity = region_intensity_statistics(image, weights_from)
+            pooled += [region.to(pooled[0].dtype), intensity.to(pooled[0].dtype)]
         return self.fc2(self.dropout(self.act(self.fc1(torch.cat(pooled, dim=1)))))
 
 
@@ -328,7 +357,7 @@ class MultiTaskUNet(nn.Module):
         skips = self.encoder(x)
         decoded = self.decoder(skips)
         seg_logits = self.seg_head(decoded[-1])
-        cls_logits = self.cls_head(skips, decoded[-1], seg_logits)
+        cls_logits = self.cls_head(skips, decoded[-1], seg_logits, x)
         if self.training and self.config.deep_supervision:
             # decoded[:-1] is deepest first; heads were built in the same order.
             lower = [head(feat) for head, feat in zip(self.ds_heads, decoded[:-1], strict=True)]
