@@ -1,6 +1,6 @@
 """Training configuration: one frozen dataclass, stored in the run folder as ``config.json``.
 
-The fields that change what is learned (everything except paths, device, workers and the
+The fields that change what is learned (everything except paths, device, threads and the
 thermal settings) make up :func:`TrainConfig.identity`; ``--resume`` refuses a run folder whose
 identity differs, so a resumed run always continues the same experiment.
 """
@@ -19,7 +19,6 @@ _NON_IDENTITY_FIELDS = frozenset(
         "data",
         "out",
         "device",
-        "workers",
         "threads",
         "cpu_max_temp",
         "gpu_max_temp",
@@ -67,7 +66,6 @@ class TrainConfig:
     gpu_max_temp: float = 72.0
     thermal_timeout: float = 1800.0
     require_thermal: bool = False
-    workers: int = 0
     threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
     resume: bool = False
     extra: dict[str, Any] = field(default_factory=dict)

@@ -149,14 +149,6 @@ def _parse_fold(text: str | None) -> int | None | str:
     "--require-thermal", is_flag=True, help="Refuse to train without a temperature sensor."
 )
 @click.option(
-    "--workers",
-    type=click.IntRange(0, 64),
-    default=0,
-    show_default=True,
-    help="Patch worker processes; only 0 (main process) is implemented: sampling costs about "
-    "0.05 s per patch against about 1 s per training step on 2 cores.",
-)
-@click.option(
     "--threads",
     type=click.IntRange(1, 256),
     default=None,
@@ -172,11 +164,6 @@ def train(**options: object) -> None:
     features = _features(options.pop("features"), options.pop("depth"))  # type: ignore[arg-type]
     fold = _parse_fold(options.pop("fold"))  # type: ignore[arg-type]
     folds = int(options["folds"])  # type: ignore[arg-type]
-    if int(options["workers"]) > 0:  # type: ignore[arg-type]
-        raise click.BadParameter(
-            "patch worker processes are not implemented; patches are made in the main process",
-            param_hint="--workers",
-        )
     if fold is not None and folds < 2:
         raise click.BadParameter("--fold needs --folds K with K >= 2", param_hint="--fold")
     if isinstance(fold, int) and not 0 <= fold < folds:
