@@ -12,28 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from edgepanc.backends.base import Predictor
+from train.validation import predict_with
 
 # The metrics a variant is judged on against fp32 (see AccuracyTolerance).
 KEY_METRICS: tuple[str, ...] = ("whole_dsc", "lesion_dsc", "macro_f1")
-
-
-def predict_with(
-    predictor: Predictor,
-    image: np.ndarray,
-    spacing: Sequence[float],
-    patch_size: Sequence[int],
-    step_fraction: float = 0.5,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Post-processed labels on the preprocessed grid and subtype probabilities for one case."""
-    from edgepanc.inferers.sliding_window import classify_from_tiles, sliding_window_inference
-    from edgepanc.runtime.postprocess import PostprocessConfig, postprocess_labels
-
-    result = sliding_window_inference(image, predictor, patch_size, step_fraction=step_fraction)
-    labels = postprocess_labels(result.labels, spacing, PostprocessConfig())
-    return labels, classify_from_tiles(result)
 
 
 def evaluate_predictor(

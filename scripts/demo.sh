@@ -18,7 +18,7 @@ echo "== 1/6 synth: phantom data set"
 edgepanc synth --out "$work/data" --cases 24 --seed 0
 
 echo "== 2/6 train: the cpu preset, briefly"
-edgepanc train --data "$work/data" --out "$work/run" --preset cpu \
+edgepanc train --data "$work/data" --out "$work/run" --preset cpu --target-spacing 3,2,2 --patch-size 32,48,48 \
   --epochs 6 --steps-per-epoch 30 --val-every 3 --seed 0
 
 echo "== 3/6 quantize: prune, INT8, ONNX export, report"

@@ -34,6 +34,11 @@ class CaseResult:
     probabilities: list[float]
 
 
+# Tiles per forward pass in validation: with two or more, PyTorch's CPU convolutions take the
+# oneDNN path (a batch of one sends small 3D convolutions to a far slower fallback).
+VALIDATION_TILE_BATCH = 2
+
+
 def predict_case(
     model: torch.nn.Module,
     case: PreparedCase,
@@ -44,17 +49,31 @@ def predict_case(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels on the preprocessed grid (post-processed) and subtype probabilities."""
     from edgepanc.backends.torch_backend import TorchPredictor
-    from edgepanc.inferers.sliding_window import classify_from_tiles, sliding_window_inference
 
     predictor = TorchPredictor(model, device=device, precision="fp32")
+    return predict_with(predictor, case.image, case.spacing, patch_size, step_fraction, postprocess)
+
+
+def predict_with(
+    predictor: Any,
+    image: np.ndarray,
+    spacing: Sequence[float],
+    patch_size: Sequence[int],
+    step_fraction: float = 0.5,
+    postprocess: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The runtime's tiling, stitching and post-processing for one preprocessed volume, through
+    any backend: (labels on the preprocessed grid, subtype probabilities)."""
+    from edgepanc.inferers.sliding_window import classify_from_tiles, sliding_window_inference
+
     result = sliding_window_inference(
-        case.image, predictor, patch_size, step_fraction=step_fraction
+        image, predictor, patch_size, step_fraction=step_fraction, tile_batch=VALIDATION_TILE_BATCH
     )
     labels = result.labels
     if postprocess:
         from edgepanc.runtime.postprocess import PostprocessConfig, postprocess_labels
 
-        labels = postprocess_labels(labels, case.spacing, PostprocessConfig())
+        labels = postprocess_labels(labels, spacing, PostprocessConfig())
     return labels, classify_from_tiles(result)
 
 
