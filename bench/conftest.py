@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import BUNDLE_ENV, BenchCase, make_phantom_case
-from results import Recorder, results_path
 
 from edgepanc.io.atomic import write_json_atomic
+
+from harness import BUNDLE_ENV, BenchCase, make_phantom_case
+from results import Recorder, results_path
 
 # Coarse enough that the CI gate run (phantoms, bundle, all runs) stays within a few minutes on
 # two cores; the network input keeps the runtime's usual 32 x 64 x 64 patch.

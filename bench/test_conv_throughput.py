@@ -8,6 +8,7 @@ network of such layers can reach here; test_end_to_end.py reports the share the 
 from __future__ import annotations
 
 import pytest
+
 from harness import CONV_FLOPS, conv_limit_seconds, rounds
 from results import Recorder, Spread
 

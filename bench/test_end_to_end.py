@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from harness import (
     CONV_FLOPS,
     BenchCase,

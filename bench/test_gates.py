@@ -12,6 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from edgepanc.memory import format_size, parse_size
+from edgepanc.runtime.baseline import speedup_gate
+
 from harness import (
     GATE_LINES,
     MEMORY_BUDGET,
@@ -23,9 +27,6 @@ from harness import (
     rounds,
 )
 from results import Recorder, Spread
-
-from edgepanc.memory import format_size, parse_size
-from edgepanc.runtime.baseline import speedup_gate
 
 MIN_SPEEDUP = 1.10
 CASES = ("quiz", "full")

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from results import Recorder, Spread
 
 from edgepanc.bundle import load_bundle
+
+from results import Recorder, Spread
 
 VARIANTS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
 

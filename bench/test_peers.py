@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+
+from edgepanc.metrics import segmentation_metrics
+
 from harness import BenchCase, optimised_command, rounds, timed_run
 from peers import PEER_PACKAGES, PEERS
 from results import Recorder, Spread
-
-from edgepanc.metrics import segmentation_metrics
 
 PEERS_SCRIPT = Path(__file__).with_name("peers.py")
 

@@ -37,17 +37,14 @@ def main(verbose: bool) -> None:
     )
 
 
-# One line per built subcommand; a command that is not built does not appear.
+# The subcommands, in the order of the pipeline. Each module keeps its heavy imports inside the
+# command, so registering all of them costs only click's option parsing.
 from edgepanc.commands.doctor import doctor  # noqa: E402
-main.add_command(doctor)
-from edgepanc.commands.run import run  # noqa: E402
-main.add_command(run)
 from edgepanc.commands.evaluate import evaluate  # noqa: E402
-main.add_command(evaluate)
-from edgepanc.commands.train import train  # noqa: E402
-main.add_command(train)
-from edgepanc.commands.synth import synth  # noqa: E402
-main.add_command(synth)
 from edgepanc.commands.quantize import quantize  # noqa: E402
-main.add_command(quantize)
+from edgepanc.commands.run import run  # noqa: E402
+from edgepanc.commands.synth import synth  # noqa: E402
+from edgepanc.commands.train import train  # noqa: E402
 
+for _command in (synth, train, quantize, run, evaluate, doctor):
+    main.add_command(_command)

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
-from results import RESULTS_ENV, render_chart, render_markdown  # noqa: E402
-
 from edgepanc.io.atomic import write_text_atomic  # noqa: E402
+
+from results import RESULTS_ENV, render_chart, render_markdown  # noqa: E402
 
 RESULTS_JSON = BENCH / "results.json"
 

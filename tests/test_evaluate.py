@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from edgepanc.metrics import segmentation_metrics, summarize_cases
-from runtime_support import run_cli
 
 from edgepanc.data.cases import discover_cases
+from edgepanc.metrics import segmentation_metrics, summarize_cases
+
+from runtime_support import run_cli
 
 
 def _predict(

@@ -12,12 +12,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from train_support import write_tiny_dataset
 
 from edgepanc.bundle import load_bundle
 from edgepanc.cli import main
 from train.config import TrainConfig
 from train.runner import run_training
+
+from train_support import write_tiny_dataset
 
 PATCH = (16, 16, 16)
 

@@ -73,10 +73,11 @@ def test_downsample_halves_and_stays_float32() -> None:
 
 def _run(tmp_path, scan, mode: str):
     import SimpleITK as sitk
-    from runtime_support import threshold_model
 
     from edgepanc.runtime.pipeline import RunConfig, run_case
     from edgepanc.thermal import ThermalGuard
+
+    from runtime_support import threshold_model
 
     out = tmp_path / mode
     out.mkdir()
@@ -107,6 +108,7 @@ def test_roi_tiles_fewer_and_gives_the_same_mask(tmp_path) -> None:
 
 def test_roi_falls_back_to_full_tiling_when_nothing_found(tmp_path) -> None:
     import SimpleITK as sitk
+
     from runtime_support import write_image
 
     air = sitk.GetImageFromArray(np.full((40, 60, 60), -1000, np.int16))

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from runtime_support import make_tiny_bundle, phantom, run_cli, write_image
 
 from edgepanc.errors import BudgetError
 from edgepanc.runtime.budget import VolumeSizes, plan_tile_batch
+
+from runtime_support import make_tiny_bundle, phantom, run_cli, write_image
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from runtime_support import make_tiny_bundle, phantom, run_cli, write_image
 
 from edgepanc.data.cases import Case
 from edgepanc.errors import InputError
 from edgepanc.io.volume import write_dicom_series
 from edgepanc.runtime.pipeline import discover_scans, mask_name_for
+
+from runtime_support import make_tiny_bundle, phantom, run_cli, write_image
 
 STAGES = {"read", "preprocess", "fine", "postprocess", "restore", "write"}
 

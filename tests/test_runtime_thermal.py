@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runtime_support import phantom, threshold_model, write_image
-
 from edgepanc.inferers.sliding_window import BatchPolicy
 from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.pipeline import RunConfig, run_case
 from edgepanc.runtime.roi import RoiConfig
 from edgepanc.thermal import ScriptedSource, ThermalGuard, ThermalLimits
+
+from runtime_support import phantom, threshold_model, write_image
 
 
 class FakeClock:
@@ -76,9 +76,9 @@ def test_run_case_backs_off_and_recovers(tmp_path: Path) -> None:
 
 
 def test_require_thermal_without_sensor_fails_clearly(tmp_path: Path, monkeypatch) -> None:
-    from runtime_support import run_cli
-
     import edgepanc.thermal.sources as sources
+
+    from runtime_support import run_cli
 
     monkeypatch.setattr(sources, "default_candidates", lambda: [])
     scan = write_image(phantom(shape_zyx=(8, 8, 8)), tmp_path / "in" / "s_0000.nii.gz")

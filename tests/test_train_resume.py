@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from train_support import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from train_support import write_tiny_dataset
 
 from edgepanc.cli import main
 from edgepanc.errors import InputError
 from edgepanc.thermal import ScriptedSource, ThermalGuard, ThermalLimits, ThermalTimeout
 from train.config import TrainConfig
 from train.runner import run_training
+
+from train_support import write_tiny_dataset
 
 METRIC_KEYS = ("whole_dsc", "lesion_dsc", "macro_f1", "accuracy", "confusion", "combined_score")
 
