@@ -157,7 +157,14 @@ def timed_run(cmd: Sequence[str], scan: Path, out: Path, timeout_s: float = 900.
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     start = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
     with PeakMemoryMonitor(proc.pid, interval_s=0.02) as monitor:
         try:
             stdout, stderr = proc.communicate(timeout=timeout_s)

@@ -87,7 +87,12 @@ def test_peak_rss_remembers_memory_that_was_freed():
         print(peak_rss(), current_rss())
     """
     out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        check=True,
     )
     peak, current = map(int, out.stdout.split())
     assert peak - current >= 100 * MB

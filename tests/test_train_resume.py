@@ -83,6 +83,8 @@ def test_sigkill_mid_run_then_resume_reproduces_the_uninterrupted_losses(
         edgepanc_train(data, killed, *schedule, "--resume"),
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         cwd=REPO,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -124,7 +126,16 @@ def test_two_process_gloo_ddp_trains_and_writes_one_bundle(data: Path, tmp_path:
         "2",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(losses(out)) == [1, 2]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
