@@ -305,3 +305,12 @@ def test_cli_refuses_bad_requests_and_keeps_user_data(tmp_path, fast_generation)
     assert result.exit_code == 0, result.output
     assert not (user / "notes.txt").exists() and (user / "dataset.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"], "no staging or old folder left"
+
+
+def test_cli_choices_match_the_generator():
+    from edgepanc.commands import synth as command
+    from edgepanc.synth.dataset import LAYOUTS
+    from edgepanc.synth.phantom import SIZES
+
+    assert command.LAYOUTS == LAYOUTS
+    assert command.SIZES == SIZES

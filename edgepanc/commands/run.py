@@ -6,14 +6,15 @@ import csv
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edgepanc.errors import BundleError, EdgepancError, InputError
 from edgepanc.memory import parse_size
-from edgepanc.runtime.postprocess import PostprocessConfig
-from edgepanc.runtime.report import SUBTYPE_CSV, CaseReport, subtype_csv_text, summary_table
-from edgepanc.runtime.roi import RoiConfig
+
+if TYPE_CHECKING:
+    from edgepanc.runtime.report import CaseReport
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def load_model(bundle_path: Path, backend: str, device: str, precision: str):  #
 
 def merged_subtype_rows(out_dir: Path, reports: list[CaseReport]) -> list[tuple[str, int]]:
     """This run's rows plus earlier rows in ``out_dir`` whose masks are still there."""
+    from edgepanc.runtime.report import SUBTYPE_CSV
+
     rows: dict[str, int] = {}
     existing = out_dir / SUBTYPE_CSV
     if existing.is_file():
@@ -181,6 +184,9 @@ def run(
         mask_name_for,
         run_cases,
     )
+    from edgepanc.runtime.postprocess import PostprocessConfig
+    from edgepanc.runtime.report import SUBTYPE_CSV, subtype_csv_text, summary_table
+    from edgepanc.runtime.roi import RoiConfig
     from edgepanc.thermal import ThermalGuard, ThermalLimits
 
     try:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
-from edgepanc.synth.dataset import LAYOUTS, SynthConfig, plan_cases, synthesize
-from edgepanc.synth.phantom import SIZES
+# The generator (scipy, numpy fields) is imported inside the command: registering the command
+# must not slow down `edgepanc run`'s start-up. tests/test_synth.py checks these match the synth.
+LAYOUTS = ("quiz", "nnunet")
+SIZES = ("quiz", "full")
 
 
 @click.command("synth")
@@ -42,6 +44,8 @@ def synth(
     out: Path, cases: int, layout: str, size: str, seed: int, overwrite: bool, quiet: bool
 ) -> None:
     """Generate CT phantoms with pancreas, lesion and subtype labels."""
+    from edgepanc.synth.dataset import SynthConfig, synthesize
+
     config = SynthConfig(
         out=out,
         cases=cases,
@@ -59,4 +63,4 @@ def synth(
     )
 
 
-__all__ = ["synth", "plan_cases"]
+__all__ = ["synth"]
