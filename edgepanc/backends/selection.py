@@ -120,7 +120,10 @@ def choose_backend(
         raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
     view = _view(bundle)
     device = resolve_device(device)
-    backends = available_backends()
+    # Probing ONNX Runtime and TensorRT costs imports (about half a second); a bundle with only
+    # PyTorch weights and no explicit request needs none of them.
+    needs_probe = backend != "auto" or bool(view.artifacts)
+    backends = available_backends() if needs_probe else ["torch"]
     if backend != "auto" and backend not in backends:
         raise BackendUnavailable(
             f"backend {backend!r} is not available here (available: {', '.join(backends)})"

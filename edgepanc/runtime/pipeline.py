@@ -13,7 +13,6 @@ failure is removed again.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -290,7 +289,6 @@ def run_case(
     with timer("preprocess"):
         volume, grid = preprocess_image(image, model.plan)
     del image  # the grid record keeps the geometry; the voxels are not needed again
-    gc.collect()
 
     policy = BatchPolicy(memory_plan.tile_batch)
     backoff = ThermalBackoff(thermal_guard, policy)
@@ -386,11 +384,9 @@ def run_cases(
             message = f"{scan}: {type(exc).__name__}: {exc}"
             log.debug("case failed: %s", message)
             outcome.failures.append(CaseFailure(str(scan), message))
-        gc.collect()
     return outcome
 
 
 def measure_baseline_rss() -> int:
     """Process RSS now (after imports and model load): the floor of every case's peak."""
-    gc.collect()
     return current_rss()
