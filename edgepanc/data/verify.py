@@ -20,7 +20,13 @@ from tqdm import tqdm
 
 from edgepanc.data.cases import SPLITS, SUBTYPES, Case, discover_cases, raise_on_duplicates
 from edgepanc.errors import DatasetError, InputError
-from edgepanc.io.volume import ImageInfo, check_label_values, inspect_image, read_image
+from edgepanc.io.volume import (
+    ImageInfo,
+    check_label_values,
+    image_info,
+    inspect_image,
+    read_image,
+)
 
 T = TypeVar("T")
 
@@ -77,18 +83,6 @@ def geometry_mismatch(image: ImageInfo, mask: ImageInfo) -> str | None:
     return None
 
 
-def _info_of(path: Path, img: sitk.Image) -> ImageInfo:
-    return ImageInfo(
-        path=path,
-        size=tuple(img.GetSize()),
-        spacing=tuple(img.GetSpacing()),
-        origin=tuple(img.GetOrigin()),
-        direction=tuple(img.GetDirection()),
-        pixel_type=img.GetPixelIDTypeAsString(),
-        components=img.GetNumberOfComponentsPerPixel(),
-    )
-
-
 def verify_case(case: Case, check_geometry: bool = True) -> list[str]:
     """Check one case; return its warnings, raise DatasetError on the first problem."""
     if case.subtype is not None and case.subtype not in SUBTYPES:
@@ -101,7 +95,7 @@ def verify_case(case: Case, check_geometry: bool = True) -> list[str]:
         check_label_values, sitk.GetArrayViewFromImage(mask_img), case.label
     )
     if check_geometry:
-        problem = geometry_mismatch(image, _info_of(case.label, mask_img))
+        problem = geometry_mismatch(image, image_info(case.label, mask_img))
         if problem:
             raise DatasetError(case.label, problem)
     return [warning] if warning else []

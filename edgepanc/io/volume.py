@@ -170,7 +170,7 @@ def inspect_image(path: str | Path) -> ImageInfo:
         raise InputError(path, "no such file or folder")
     if path.is_dir():
         img = read_image(path)
-        return _info_from_image(path, img)
+        return image_info(path, img)
     if is_nifti(path):
         shape, expected = _nifti_layout(path)
         if min(shape) == 0:
@@ -197,7 +197,8 @@ def inspect_image(path: str | Path) -> ImageInfo:
     return info
 
 
-def _info_from_image(path: Path, img: sitk.Image) -> ImageInfo:
+def image_info(path: Path, img: sitk.Image) -> ImageInfo:
+    """The header facts of an image already in memory (same record as :func:`inspect_image`)."""
     return ImageInfo(
         path=path,
         size=tuple(img.GetSize()),
