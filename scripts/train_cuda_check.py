@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         times.append(time.perf_counter() - start)
         if step % 50 == 0:
             print(
-                f"step {step}: loss {float(loss):.4f}, {times[-1] * 1000:.1f} ms, temps {gpu_temperatures()}"
+                f"step {step}: loss {float(loss.detach()):.4f}, {times[-1] * 1000:.1f} ms, temps {gpu_temperatures()}"
             )
     steady = times[min(10, len(times) - 1) :]
     print(f"median step {statistics.median(steady) * 1000:.1f} ms over {len(steady)} steps")

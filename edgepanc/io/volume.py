@@ -213,6 +213,12 @@ def image_info(path: Path, img: sitk.Image) -> ImageInfo:
 # --- reading ----------------------------------------------------------------------------------
 
 
+def is_dicom_series_folder(folder: Path) -> bool:
+    """True if ``folder`` holds a DICOM series (GDCM finds at least one series ID)."""
+    with _quiet_itk():
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
 def _read_dicom_series(folder: Path) -> sitk.Image:
     with _quiet_itk():
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))

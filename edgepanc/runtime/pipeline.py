@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from edgepanc.errors import EdgepancError, InputError
 from edgepanc.inferers.sliding_window import BatchPolicy, classify_from_tiles
 from edgepanc.inferers.streaming import slab_memory_bytes, streaming_sliding_window_inference
-from edgepanc.io.volume import looks_like_label, read_image, write_label
+from edgepanc.io.volume import is_dicom_series_folder, looks_like_label, read_image, write_label
 from edgepanc.memory import current_rss, peak_rss
 from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
@@ -94,8 +94,8 @@ class RunOutcome:
 
 
 def is_dicom_folder(folder: Path) -> bool:
-    """True if ``folder`` holds a DICOM series (GDCM finds at least one series ID)."""
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    """True if ``folder`` holds a DICOM series."""
+    return is_dicom_series_folder(folder)
 
 
 def _image_stem(path: Path) -> str | None:
