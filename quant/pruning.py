@@ -206,10 +206,13 @@ def _copy_classifier(
         columns += [offset + final_decoder_indices, offset + width + final_decoder_indices]
         offset += 2 * width
         # The input-intensity statistics follow; they are not channels and are never pruned.
-        columns.append(offset + torch.arange(4 * source.config.in_channels))
+        statistics = 2 * source.config.intensity_regions * source.config.in_channels
+        columns.append(offset + torch.arange(statistics))
     src, dst = source.cls_head, target.cls_head
     _assign(dst.fc1.weight, src.fc1.weight[:, torch.cat(columns)])
     _assign(dst.fc1.bias, src.fc1.bias)
+    # The hidden layer (and its LayerNorm) keeps its width: pruning removes conv channels only.
+    dst.norm.load_state_dict(src.norm.state_dict())
     _assign(dst.fc2.weight, src.fc2.weight)
     _assign(dst.fc2.bias, src.fc2.bias)
 

@@ -26,9 +26,11 @@ from edgepanc.networks import (
 from edgepanc.networks.unet import (
     ClassificationHead,
     attention_pool,
+    lesion_surroundings,
     normalized_attention,
     region_intensity_statistics,
     region_pooled_features,
+    teacher_forced_probability,
 )
 
 ORIGINAL_MODEL_PARAMETERS = 22_970_150
@@ -320,7 +322,7 @@ def test_region_pooled_features_average_lesion_and_pancreas_voxels():
     labels[:, 1, 1, 1:3] = 2
     # Confident logits: the softmax is one-hot up to e^-30.
     seg_logits = 30.0 * F.one_hot(labels, 3).permute(0, 4, 1, 2, 3).float()
-    pooled = region_pooled_features(features, seg_logits)
+    pooled = region_pooled_features(features, torch.softmax(seg_logits, dim=1))
     lesion_mean = features[:, :, 1, 1, 1:3].mean(dim=-1)
     pancreas_mean = features.permute(0, 2, 3, 4, 1)[labels > 0].reshape(2, -1, 3).mean(dim=1)
     torch.testing.assert_close(pooled, torch.cat((lesion_mean, pancreas_mean), dim=1))
@@ -363,7 +365,7 @@ def test_region_weights_are_squared_probabilities():
     features = torch.tensor([10.0, 20.0]).reshape(1, 1, 1, 1, 2)
     probability = torch.tensor([[0.2, 0.6], [0.2, 0.2], [0.6, 0.2]])  # [class, voxel]
     seg_logits = probability.log().reshape(1, 3, 1, 1, 2)
-    lesion, pancreas = region_pooled_features(features, seg_logits)[0]
+    lesion, pancreas = region_pooled_features(features, torch.softmax(seg_logits, dim=1))[0]
     # Lesion 0.6 and 0.2 -> weights 0.36 : 0.04; pancreas (1 - background) 0.8 and 0.4 -> 4 : 1.
     # rtol 1e-5: eps 1e-6 against a total weight of 0.4 shifts the result by 2.5e-6 relatively.
     torch.testing.assert_close(lesion, torch.tensor(0.9 * 10 + 0.1 * 20), rtol=1e-5, atol=0)
@@ -381,7 +383,7 @@ def test_intensity_statistics_are_the_lesion_and_pancreas_attenuation():
     seg_logits[:, 0, 1] = 0.0
     seg_logits[:, 1, 1] = 30.0  # ... and pancreas
     lesion_mean, lesion_std, pancreas_mean, pancreas_std = region_intensity_statistics(
-        image, seg_logits
+        image, torch.softmax(seg_logits, dim=1), regions=2
     )[0]
     assert lesion_mean.item() == pytest.approx(2.0, abs=1e-4)
     assert lesion_std.item() == pytest.approx(1.0, abs=1e-3)
@@ -389,3 +391,73 @@ def test_intensity_statistics_are_the_lesion_and_pancreas_attenuation():
     values = torch.tensor([1.0, 3.0, 5.0, 5.0, 5.0, 5.0])
     assert pancreas_mean.item() == pytest.approx(values.mean().item(), abs=1e-4)
     assert pancreas_std.item() == pytest.approx(values.std(unbiased=False).item(), abs=1e-3)
+
+
+def test_teacher_forcing_pools_under_the_reference_label_only_where_asked():
+    probability = torch.softmax(torch.randn(2, 3, 2, 2, 2), dim=1)
+    label = torch.zeros(2, 2, 2, 2, dtype=torch.long)
+    label[:, 0, 0, 0] = 2
+    label[:, 1] = 1
+    mixed = teacher_forced_probability(probability, label, torch.tensor([True, False]))
+    torch.testing.assert_close(mixed[0], F.one_hot(label[0], 3).permute(3, 0, 1, 2).float())
+    torch.testing.assert_close(mixed[1], probability[1])
+
+
+def test_teacher_forced_head_reads_the_reference_lesion():
+    torch.manual_seed(0)
+    model = MultiTaskUNet(PRESETS["tiny"]).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    label = torch.zeros(1, 16, 16, 16, dtype=torch.long)
+    label[:, 4:10, 4:10, 4:10] = 1
+    label[:, 6:8, 6:8, 6:8] = 2
+    use = torch.tensor([True])
+    with torch.no_grad():
+        forced = model(x, reference=(label, use))[1]
+        free = model(x)[1]
+        changed = model(x, reference=(torch.roll(label, 5, dims=1), use))[1]
+    assert (forced - free).abs().max() > 1e-4
+    assert (forced - changed).abs().max() > 1e-4
+
+
+def test_classifier_hidden_layer_is_normalised_so_it_cannot_all_go_negative():
+    # The failure this guards against: every fc1 unit negative -> constant subtype output.
+    head = ClassificationHead(PRESETS["tiny"]).eval()
+    with torch.no_grad():
+        head.fc1.bias.fill_(-100.0)
+        pooled = torch.randn(4, head.fc1.in_features)
+        hidden = head.norm(head.fc1(pooled))
+    assert (hidden > 0).float().mean() > 0.2
+    assert hidden.std(dim=0).mean() > 0.1
+
+
+def test_bundle_without_classifier_norm_loads_the_unnormalised_head():
+    data = PRESETS["tiny"].to_dict()
+    data.pop("classifier_norm")
+    config = UNetConfig.from_dict(data)
+    assert config.classifier_norm is False
+    assert isinstance(MultiTaskUNet(config).cls_head.norm, torch.nn.Identity)
+
+
+def test_lesion_surroundings_split_a_cube_into_core_rim_and_shell():
+    lesion = torch.zeros(1, 9, 9, 9)
+    lesion[:, 2:7, 2:7, 2:7] = 1.0  # a 5^3 cube
+    core, rim, shell = lesion_surroundings(lesion)
+    assert core.sum().item() == 27  # the inner 3^3
+    assert rim.sum().item() == 125 - 27
+    assert shell[0, 4, 4, 0].item() == 1.0 and shell[0, 4, 4, 4].item() == 0.0
+    assert shell.sum().item() == 9**3 - 125  # two voxels round a cube centred in 9^3
+
+
+def test_shell_statistics_see_a_bright_ring_outside_the_lesion():
+    image = torch.zeros(1, 1, 9, 9, 9)
+    image[..., 1:8, 1:8, 1:8] = 3.0  # bright ring ...
+    image[..., 2:7, 2:7, 2:7] = 0.0  # ... round a dark lesion
+    probability = torch.zeros(1, 3, 9, 9, 9)
+    probability[:, 0] = 1.0
+    probability[:, 0, 2:7, 2:7, 2:7] = 0.0
+    probability[:, 2, 2:7, 2:7, 2:7] = 1.0
+    stats = region_intensity_statistics(image, probability, regions=5)[0]
+    assert stats.shape == (10,)
+    lesion_mean, shell_mean = stats[0].item(), stats[6].item()
+    assert lesion_mean == pytest.approx(0.0, abs=1e-5)
+    assert shell_mean == pytest.approx(3.0 * (7**3 - 5**3) / (9**3 - 5**3), abs=1e-4)

@@ -50,6 +50,9 @@ class TrainConfig:
     grad_clip: float = 12.0  # max gradient norm, as nnU-Net
     seg_weight: float = 1.0
     cls_weight: float = 0.5
+    # Share of lesion patches whose classifier pools under the reference mask instead of the
+    # prediction (see edgepanc.networks.unet.teacher_forced_probability).
+    teacher_forcing: float = 0.5
     lesion_fraction: float = 0.6  # share of patches centred on a lesion voxel
     pancreas_fraction: float = 0.25  # share centred on a pancreas voxel; the rest random
     zoom_out_probability: float = 0.15  # patches seen at half scale (the runtime's coarse pass)

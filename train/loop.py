@@ -192,7 +192,7 @@ class Trainer:
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            seg_output, cls_logits = self.train_model(image)
+            seg_output, cls_logits = self.train_model(image, reference=self.reference(label))
         total, seg, cls = multitask_loss(seg_output, cls_logits, label, subtype, self.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -203,6 +203,15 @@ class Trainer:
         self.scheduler.step()
         self.state.step += 1
         return float(total.detach()), float(seg.detach()), float(cls.detach())
+
+    def reference(self, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Teacher forcing for the subtype head: (label, which samples use it), drawn from the
+        sampler's generator so that a resumed run draws the same."""
+        share = self.config.teacher_forcing
+        if share <= 0 or self.model.config.classifier_pooling != "lesion_attention":
+            return None
+        use = self.sampler.rng.random(label.shape[0]) < share
+        return label, torch.from_numpy(use).to(label.device)
 
     def thermal_pause(self) -> float:
         """Wait while too hot; the pause length in seconds (ThermalTimeout propagates)."""

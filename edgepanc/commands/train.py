@@ -96,6 +96,13 @@ def _parse_fold(text: str | None) -> int | None | str:
 @click.option("--seg-weight", type=click.FloatRange(0, 100), default=1.0, show_default=True)
 @click.option("--cls-weight", type=click.FloatRange(0, 100), default=0.5, show_default=True)
 @click.option(
+    "--teacher-forcing",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Share of patches whose subtype head pools under the reference lesion mask.",
+)
+@click.option(
     "--lesion-fraction",
     type=click.FloatRange(0, 1),
     default=0.6,

@@ -37,6 +37,9 @@ class UNetConfig:
     ``classifier_pooling``: ``"global"`` pools only those encoder stages over the whole patch;
     ``"lesion_attention"`` also pools the final decoder features weighted by the (squared,
     detached) predicted lesion probability and pancreas (pancreas + lesion) probability.
+    ``classifier_norm`` puts a LayerNorm on the classifier's hidden layer: without it the hidden
+    units of a small network all drifted negative in training and the subtype output became a
+    constant (the prior) however long it trained.
     """
 
     in_channels: int = 1
@@ -55,6 +58,11 @@ class UNetConfig:
     classifier_dropout: float = 0.3
     # The subtype is a property of the lesion, which global pooling of a patch dilutes.
     classifier_pooling: str = "lesion_attention"
+    classifier_norm: bool = True
+    # Regions whose input attenuation (mean, std) the classifier sees: 2 = lesion and pancreas;
+    # 5 adds the lesion's core, its rim and a shell just outside it (see
+    # region_intensity_statistics).
+    intensity_regions: int = 5
 
     def __post_init__(self) -> None:
         # JSON gives lists; a tuple keeps the frozen config hashable and comparable.
@@ -97,6 +105,7 @@ class UNetConfig:
 
 
 CLASSIFIER_POOLINGS: tuple[str, ...] = ("global", "lesion_attention")
+INTENSITY_REGIONS: tuple[int, ...] = (2, 5)
 
 # Label indices the attention pooling reads from the segmentation output (labels are fixed by the
 # product: 0 background, 1 pancreas, 2 lesion).
@@ -109,7 +118,11 @@ LESION_LABEL = 2
 ATTENTION_POWER = 2
 
 # A model.json written before ``classifier_pooling`` existed describes a global-pooling head.
-_FIELDS_ABSENT_FROM_OLD_BUNDLES: dict[str, Any] = {"classifier_pooling": "global"}
+_FIELDS_ABSENT_FROM_OLD_BUNDLES: dict[str, Any] = {
+    "classifier_pooling": "global",
+    "classifier_norm": False,
+    "intensity_regions": 2,
+}
 
 
 def _config_problems(config: UNetConfig) -> list[str]:
@@ -126,6 +139,8 @@ def _config_problems(config: UNetConfig) -> list[str]:
         problems.append("convs_per_stage must be at least 1")
     if not 1 <= config.classifier_scales <= len(config.features):
         problems.append(f"classifier_scales must be in 1..{len(config.features)}")
+    if config.intensity_regions not in INTENSITY_REGIONS:
+        problems.append(f"intensity_regions must be one of {INTENSITY_REGIONS}")
     if config.classifier_pooling not in CLASSIFIER_POOLINGS:
         problems.append(
             f"classifier_pooling must be one of {CLASSIFIER_POOLINGS}, "
@@ -235,39 +250,67 @@ def attention_pool(features: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     return (features * weights).sum(dim=(2, 3, 4))
 
 
-def region_pooled_features(features: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
+def region_pooled_features(features: torch.Tensor, probability: torch.Tensor) -> torch.Tensor:
     """[lesion-weighted mean, pancreas-weighted mean] of ``features`` -> [B, 2 * C].
 
-    The weights are the softmax probabilities of the lesion label and of pancreas + lesion
-    (one minus background), raised to ``ATTENTION_POWER`` and normalised per sample. Computed in
-    float32: under fp16 autocast a sum over a whole patch of probabilities overflows.
+    ``probability`` [B, classes, D, H, W] is the segmentation softmax (or, in teacher-forced
+    training, the one-hot reference). The weights are the probabilities of the lesion label and
+    of pancreas + lesion (one minus background), raised to ``ATTENTION_POWER`` and normalised per
+    sample. Computed in float32: under fp16 autocast a sum over a whole patch overflows.
     """
-    lesion, pancreas = region_weights(seg_logits)
+    lesion, pancreas = region_weights(probability)
     features = features.float()
     return torch.cat((attention_pool(features, lesion), attention_pool(features, pancreas)), dim=1)
 
 
-def region_weights(seg_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def region_weights(probability: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised lesion and pancreas attention weights, each [B, 1, D, H, W] (float32)."""
-    probability = torch.softmax(seg_logits.float(), dim=1)
+    probability = probability.float()
     lesion = normalized_attention(probability[:, LESION_LABEL] ** ATTENTION_POWER)
     pancreas = normalized_attention((1.0 - probability[:, BACKGROUND_LABEL]) ** ATTENTION_POWER)
     return lesion, pancreas
 
 
-def region_intensity_statistics(image: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
-    """Weighted mean and standard deviation of the input under the lesion and pancreas weights.
+def lesion_surroundings(lesion_probability: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Core, rim and outer shell of a soft lesion mask [B, D, H, W], each [B, D, H, W] in [0, 1].
 
-    [B, 4 * C_in]: lesion mean, lesion std, pancreas mean, pancreas std per input channel. The
-    input is CT normalised with data-set statistics, so these keep the absolute attenuation that
-    instance normalisation removes from every feature map, and attenuation is the first cue a
-    radiologist uses for the subtype (hypo-attenuating, cystic, hyper-enhancing).
+    Core: the mask eroded by one voxel (a 3^3 min filter); rim: the mask minus its core; shell:
+    the mask dilated by two voxels (a 5^3 max filter) minus the mask. What separates the phantom
+    subtypes (and the real ones) is largely here: a blended margin, a thin enhancing wall round
+    fluid, a thick bright ring round a core.
+    """
+    m = lesion_probability.unsqueeze(1)
+    eroded = -F.max_pool3d(-m, kernel_size=3, stride=1, padding=1)
+    core = m * eroded
+    rim = m - core
+    shell = torch.clamp(F.max_pool3d(m, kernel_size=5, stride=1, padding=2) - m, min=0.0)
+    return core[:, 0], rim[:, 0], shell[:, 0]
+
+
+def region_intensity_statistics(
+    image: torch.Tensor, probability: torch.Tensor, regions: int = 5
+) -> torch.Tensor:
+    """Weighted mean and standard deviation of the input under region weights.
+
+    [B, 2 * regions * C_in]: per region (mean, std) per input channel, the regions being the
+    lesion and the pancreas (``regions=2``), or lesion, lesion core, lesion rim, shell round the
+    lesion and pancreas (``regions=5``; :func:`lesion_surroundings`). The input is CT normalised
+    with data-set statistics, so these keep the absolute attenuation that instance normalisation
+    removes from every feature map. With reference masks on phantoms a small MLP on the five
+    regions' statistics separated the validation subtypes at macro F1 0.93, against 0.71 with
+    the lesion's alone.
     """
     image = image.float()
+    lesion, pancreas = region_weights(probability)
+    weights = [lesion]
+    if regions == 5:
+        surroundings = lesion_surroundings(probability[:, LESION_LABEL].float())
+        weights += [normalized_attention(region) for region in surroundings]
+    weights.append(pancreas)
     stats = []
-    for weights in region_weights(seg_logits):
-        mean = attention_pool(image, weights)
-        second = attention_pool(image * image, weights)
+    for region_weight in weights:
+        mean = attention_pool(image, region_weight)
+        second = attention_pool(image * image, region_weight)
         stats += [mean, torch.sqrt(torch.clamp(second - mean * mean, min=0.0) + 1e-6)]
     return torch.cat(stats, dim=1)
 
@@ -286,18 +329,22 @@ class ClassificationHead(nn.Module):
     weights (:func:`region_intensity_statistics`).
 
     fc1's input is laid out as [avg, max] per encoder scale (shallowest first), then
-    [lesion-pooled, pancreas-pooled] decoder channels, then the 4 * in_channels intensity
-    statistics; channel pruning relies on this order.
+    [lesion-pooled, pancreas-pooled] decoder channels, then the 2 * intensity_regions *
+    in_channels intensity statistics; channel pruning relies on this order.
     """
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.scales = config.classifier_scales
         self.lesion_attention = config.classifier_pooling == "lesion_attention"
+        self.intensity_regions = config.intensity_regions
         pooled = 2 * sum(config.features[-self.scales :])
         if self.lesion_attention:
-            pooled += 2 * config.features[0] + 4 * config.in_channels
+            pooled += 2 * config.features[0] + 2 * config.intensity_regions * config.in_channels
         self.fc1 = nn.Linear(pooled, config.classifier_hidden)
+        self.norm = (
+            nn.LayerNorm(config.classifier_hidden) if config.classifier_norm else nn.Identity()
+        )
         self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.fc2 = nn.Linear(config.classifier_hidden, config.num_subtypes)
@@ -308,9 +355,10 @@ class ClassificationHead(nn.Module):
         decoder_features: torch.Tensor,
         seg_logits: torch.Tensor,
         image: torch.Tensor,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``skips``: encoder outputs; ``decoder_features``: what feeds ``seg_head``; ``image``:
-        the network input."""
+        the network input; ``reference``: see :meth:`MultiTaskUNet.forward`."""
         pooled = []
         for feature in skips[-self.scales :]:
             pooled.append(F.adaptive_avg_pool3d(feature, 1).flatten(1))
@@ -321,11 +369,28 @@ class ClassificationHead(nn.Module):
             # outside the pancreas). Its gradient still reaches the decoder features it pools.
             # On a small phantom run, not detaching cost lesion Dice (0.80 vs 0.84 at 400 steps)
             # and spread the weights more outside the lesion, with no gain in subtype F1.
-            weights_from = seg_logits.detach()
-            region = region_pooled_features(decoder_features, weights_from)
-            intensity = region_intensity_statistics(image, weights_from)
+            probability = torch.softmax(seg_logits.detach().float(), dim=1)
+            if reference is not None:
+                probability = teacher_forced_probability(probability, *reference)
+            region = region_pooled_features(decoder_features, probability)
+            intensity = region_intensity_statistics(image, probability, self.intensity_regions)
             pooled += [region.to(pooled[0].dtype), intensity.to(pooled[0].dtype)]
-        return self.fc2(self.dropout(self.act(self.fc1(torch.cat(pooled, dim=1)))))
+        hidden = self.norm(self.fc1(torch.cat(pooled, dim=1)))
+        return self.fc2(self.dropout(self.act(hidden)))
+
+
+def teacher_forced_probability(
+    probability: torch.Tensor, label: torch.Tensor, use: torch.Tensor
+) -> torch.Tensor:
+    """``probability`` with the samples where ``use`` [B] is true replaced by one-hot ``label``.
+
+    Early in training the predicted lesion probability is noise, so attention pooled under it
+    carries no subtype evidence and the classifier learns only the prior; pooling under the
+    reference mask for a share of the patches lets it learn what a lesion of each subtype looks
+    like while the segmentation catches up, and the rest keep it used to predicted masks.
+    """
+    one_hot = F.one_hot(label.long(), probability.shape[1]).movedim(-1, 1).to(probability.dtype)
+    return torch.where(use.view(-1, 1, 1, 1, 1), one_hot, probability)
 
 
 class MultiTaskUNet(nn.Module):
@@ -351,13 +416,17 @@ class MultiTaskUNet(nn.Module):
         self.cls_head = ClassificationHead(self.config)
         self.apply(_init_weights)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+        """``reference``, for training only: ``(label [B, D, H, W], use [B] bool)``; the
+        classifier pools under the reference label instead of the prediction where ``use``."""
         if not _is_exporting():
             check_input_shape(x.shape, self.config)
         skips = self.encoder(x)
         decoded = self.decoder(skips)
         seg_logits = self.seg_head(decoded[-1])
-        cls_logits = self.cls_head(skips, decoded[-1], seg_logits, x)
+        cls_logits = self.cls_head(skips, decoded[-1], seg_logits, x, reference)
         if self.training and self.config.deep_supervision:
             # decoded[:-1] is deepest first; heads were built in the same order.
             lower = [head(feat) for head, feat in zip(self.ds_heads, decoded[:-1], strict=True)]
@@ -391,4 +460,5 @@ __all__ = [
     "check_input_shape",
     "normalized_attention",
     "region_pooled_features",
+    "teacher_forced_probability",
 ]
