@@ -315,6 +315,43 @@ def render_markdown(results: dict[str, Any]) -> str:
             "write).",
             "",
         ]
+    if sections.get("coarse_to_fine"):
+        out += [
+            "## Coarse-to-fine",
+            "",
+            "`edgepanc run --roi on` against `--roi off` (the whole volume tiled at the same "
+            "step, same backend), alternating; agreement is Dice between the two masks.",
+            "",
+        ]
+        rows = [
+            [
+                r["case"],
+                *_spread_cells(r["roi_on"])[:2],
+                *_spread_cells(r["roi_off"])[:2],
+                f"{r['speedup']:.2f}x",
+                "-" if r.get("box_fraction") is None else f"{100 * r['box_fraction']:.1f}%",
+                f"{r['tiles_on']} / {r['tiles_off']}",
+                f"{r['whole_dsc']:.4f}",
+                f"{r['lesion_dsc']:.4f}",
+            ]
+            for r in sections["coarse_to_fine"]
+        ]
+        out += _table(
+            [
+                "case",
+                "ROI median s",
+                "ROI min-max s",
+                "full median s",
+                "full min-max s",
+                "speed-up",
+                "box share",
+                "tiles ROI / full",
+                "whole DSC",
+                "lesion DSC",
+            ],
+            rows,
+        )
+        out.append("")
     if sections.get("peers"):
         out += [
             "## Peers",
@@ -323,11 +360,27 @@ def render_markdown(results: dict[str, Any]) -> str:
             "inference differs. Agreement is Dice against edgepanc's own mask.",
             "",
         ]
+        ours = {
+            r["case"]: r
+            for r in sections.get("end_to_end", [])
+            if r.get("path") == "edgepanc run (suite)"
+        }
+
+        def versus(r: dict[str, Any]) -> list[str]:
+            mine = ours.get(r["case"])
+            if mine is None:
+                return ["-", "-"]
+            ratio = r["seconds"]["median"] / mine["seconds"]["median"]
+            theirs_mb, mine_mb = r.get("peak_rss_bytes"), mine.get("peak_rss_bytes")
+            share = f"{mine_mb / theirs_mb:.2f}" if theirs_mb and mine_mb else "-"
+            return [f"{ratio:.2f}x", share]
+
         rows = [
             [
                 r["peer"],
                 r["case"],
                 *_spread_cells(r["seconds"]),
+                *versus(r),
                 _mb(r.get("peak_rss_bytes")),
                 f"{r['whole_dsc']:.3f}",
                 f"{r['lesion_dsc']:.3f}",
@@ -341,6 +394,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "median s",
                 "min-max s",
                 "runs",
+                "edgepanc faster by",
+                "edgepanc memory / peer's",
                 "peak RSS MB",
                 "whole DSC vs ours",
                 "lesion DSC vs ours",

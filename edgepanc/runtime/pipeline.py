@@ -31,7 +31,12 @@ from edgepanc.io.volume import is_dicom_series_folder, looks_like_label, read_im
 from edgepanc.memory import current_rss, peak_rss
 from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
-from edgepanc.runtime.postprocess import PostprocessConfig, postprocess_labels, voxel_volume_ml
+from edgepanc.runtime.postprocess import (
+    PostprocessConfig,
+    keep_main_components,
+    postprocess_labels,
+    voxel_volume_ml,
+)
 from edgepanc.runtime.preview import save_preview
 from edgepanc.runtime.report import CaseFailure, CaseReport, case_json_path, write_case_json
 from edgepanc.runtime.roi import (
@@ -244,12 +249,23 @@ def coarse_roi(
         tile_batch=policy,
         between_batches=between_batches,
     )
-    box = bounding_box(result.labels > 0)
+    spacing = tuple(float(s) for s in model.plan.target_spacing)
+    # The box holds what post-processing would keep at coarse resolution (the largest organ
+    # component and the large-enough others), so that a false-positive speck far from the
+    # pancreas does not stretch it over the whole abdomen.
+    organ = result.labels > 0
+    if config.postprocess.largest_component:
+        cleanup = config.postprocess
+        coarse_spacing = tuple(s * factor for s in spacing)
+        kept = keep_main_components(
+            result.labels, coarse_spacing, cleanup.min_fraction, cleanup.min_volume_ml
+        )
+        organ = kept > 0
+    box = bounding_box(organ)
     tiles = len(result.tiles)
     if box is None:
         return None, tiles
     full = scale_box(box, coarse.shape, volume.shape)
-    spacing = tuple(float(s) for s in model.plan.target_spacing)
     return expand_box(full, volume.shape, spacing, config.roi.margin_mm, model.patch_size), tiles
 
 

@@ -1,0 +1,65 @@
+"""Coarse-to-fine against tiling the whole volume, on the full-size (512 x 512 x 300) phantom.
+
+Both are ``edgepanc run`` with the same bundle, step and backend; only ``--roi on`` / ``--roi off``
+differs. Runs alternate (on off on off ...) and the speed-up is the ratio of medians; agreement
+is the Dice between the two masks (whole pancreas and lesion). The product's target: at least
+5x faster at whole-pancreas Dice >= 0.98 against the full tiling. The figures are recorded
+whatever they are, then asserted.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from edgepanc.metrics import segmentation_metrics
+
+from harness import BenchCase, alternate, mask_stem, optimised_command, rounds
+from results import Recorder, Spread
+
+SPEEDUP_TARGET = 5.0
+AGREEMENT_TARGET = 0.98
+
+
+def test_coarse_to_fine_against_full_tiling(
+    full_case: BenchCase, bench_bundle, bench_dir: Path, recorder: Recorder
+) -> None:
+    outs = {mode: bench_dir / f"roi_{mode}" for mode in ("on", "off")}
+    commands = {
+        mode: [*optimised_command(full_case.image, bench_bundle.path, out), "--roi", mode]
+        for mode, out in outs.items()
+    }
+    runs = alternate(commands, full_case.image, outs, rounds(2))
+    masks = {
+        mode: sitk.GetArrayFromImage(
+            sitk.ReadImage(str(out / f"{mask_stem(full_case.image)}.nii.gz"))
+        )
+        for mode, out in outs.items()
+    }
+    agreement = segmentation_metrics(masks["on"], masks["off"])
+    seconds = {mode: [r.seconds for r in runs[mode]] for mode in runs}
+    speedup = statistics.median(seconds["off"]) / statistics.median(seconds["on"])
+    last_on = runs["on"][-1].case
+    roi = last_on.get("roi", {})
+    recorder.record(
+        "coarse_to_fine",
+        case="full",
+        roi_on=Spread.of(seconds["on"]),
+        roi_off=Spread.of(seconds["off"]),
+        speedup=speedup,
+        box_fraction=roi.get("fraction"),
+        tiles_on=int(last_on.get("tile_count", 0)) + int(roi.get("coarse_tiles", 0)),
+        tiles_off=int(runs["off"][-1].case.get("tile_count", 0)),
+        whole_dsc=agreement["whole_dsc"],
+        lesion_dsc=agreement["lesion_dsc"],
+    )
+    print(
+        f"coarse-to-fine: {statistics.median(seconds['on']):.2f} s vs full tiling "
+        f"{statistics.median(seconds['off']):.2f} s = {speedup:.2f}x; box {roi.get('fraction')} of "
+        f"the volume; agreement whole {agreement['whole_dsc']:.4f}, lesion {agreement['lesion_dsc']:.4f}"
+    )
+    assert roi.get("used"), f"the coarse pass found no pancreas: {roi}"
+    assert agreement["whole_dsc"] >= AGREEMENT_TARGET
+    assert speedup >= SPEEDUP_TARGET

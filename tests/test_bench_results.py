@@ -1,0 +1,63 @@
+"""bench/RESULTS.md rendering: the peer and coarse-to-fine tables carry the computed ratios."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from results import Spread, render_markdown  # noqa: E402
+
+
+def spread(*values: float) -> dict:
+    return asdict(Spread.of(list(values)))
+
+
+def test_peer_rows_state_how_much_faster_and_smaller_edgepanc_is() -> None:
+    results = {
+        "sections": {
+            "end_to_end": [
+                {
+                    "case": "full",
+                    "path": "edgepanc run (suite)",
+                    "shape": [300, 512, 512],
+                    "seconds": spread(10.0, 11.0, 12.0),
+                    "peak_rss_bytes": 500 * 2**20,
+                }
+            ],
+            "peers": [
+                {
+                    "peer": "nnunet",
+                    "case": "full",
+                    "seconds": spread(110.0),
+                    "peak_rss_bytes": 2000 * 2**20,
+                    "whole_dsc": 0.991,
+                    "lesion_dsc": 0.9,
+                }
+            ],
+            "coarse_to_fine": [
+                {
+                    "case": "full",
+                    "roi_on": spread(10.0, 10.0),
+                    "roi_off": spread(60.0, 62.0),
+                    "speedup": 6.1,
+                    "box_fraction": 0.05,
+                    "tiles_on": 40,
+                    "tiles_off": 900,
+                    "whole_dsc": 0.995,
+                    "lesion_dsc": 0.97,
+                }
+            ],
+        }
+    }
+    text = render_markdown(results)
+    peer_row = next(line for line in text.splitlines() if line.startswith("| nnunet"))
+    assert "| 10.00x |" in peer_row  # 110 s against our median of 11 s
+    assert "| 0.25 |" in peer_row  # 500 MB against 2000 MB
+    c2f_row = next(
+        line for line in text.splitlines() if line.startswith("| full") and "6.10x" in line
+    )
+    assert "5.0%" in c2f_row and "40 / 900" in c2f_row and "0.9950" in c2f_row
