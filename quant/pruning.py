@@ -199,6 +199,8 @@ def _copy_classifier(
     for width, indices in zip(
         source.config.features[-scales:], skip_indices[-scales:], strict=True
     ):
+        if not source.cls_head.context:
+            break
         columns += [offset + indices, offset + width + indices]
         offset += 2 * width
     if source.cls_head.lesion_attention:
