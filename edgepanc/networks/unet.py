@@ -373,13 +373,16 @@ class ClassificationHead(nn.Module):
         if self.lesion_attention:
             # Detached weights: the classifier then looks where the segmentation says the lesion
             # is and cannot move the mask to suit itself (e.g. onto a lesion-like structure
-            # outside the pancreas). Its gradient still reaches the decoder features it pools.
+            # outside the pancreas).
             # On a small phantom run, not detaching cost lesion Dice (0.80 vs 0.84 at 400 steps)
             # and spread the weights more outside the lesion, with no gain in subtype F1.
             probability = torch.softmax(seg_logits.detach().float(), dim=1)
             if reference is not None:
                 probability = teacher_forced_probability(probability, *reference)
-            region = region_pooled_features(decoder_features, probability)
+            # The decoder features are read, not trained, by the classifier: with its gradient
+            # flowing into them (and teacher forcing making that gradient strong) segmentation
+            # learned markedly slower (training seg loss 0.96 against 0.77 at epoch 14).
+            region = region_pooled_features(decoder_features.detach(), probability)
             intensity = region_intensity_statistics(image, probability, self.intensity_regions)
             pooled += [region, intensity]
         hidden = self.norm(self.fc1(torch.cat(pooled, dim=1)))
