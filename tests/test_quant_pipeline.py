@@ -137,7 +137,11 @@ def test_onnx_matches_torch_and_int8_agrees(quantized: dict) -> None:
     report = json.loads((bundle.path / "quantization.json").read_text())
     for agreement in report["trials"]["onnx_vs_torch"]["model_fp32.onnx"].values():
         assert agreement["max_abs_seg"] < 1e-3 and agreement["same_class"] == 1.0
-    patches = np.random.default_rng(0).standard_normal((2, 1, *PATCH), dtype=np.float32)
+    # Random CT values over the plan's clip window, normalised as the runtime does: inside the
+    # range the INT8 model was calibrated on (standard-normal noise is not, and saturates).
+    plan = bundle.plan
+    hu = np.random.default_rng(0).uniform(plan.clip_low, plan.clip_high, (2, 1, *PATCH))
+    patches = ((hu - plan.mean) / plan.std).astype(np.float32)
     outputs = {}
     for name in ("onnx_fp32", "onnx_int8_minmax"):
         session = ort.InferenceSession(
@@ -148,7 +152,9 @@ def test_onnx_matches_torch_and_int8_agrees(quantized: dict) -> None:
     assert seg8.shape == seg32.shape
     # A two-step model has many near-ties between classes; most voxels must still agree.
     assert np.mean(seg32.argmax(1) == seg8.argmax(1)) > 0.8
-    assert np.corrcoef(seg32.ravel(), seg8.ravel())[0, 1] > 0.95
+    correlation = np.corrcoef(seg32.ravel(), seg8.ravel())[0, 1]
+    print(f"fp32 vs int8 seg logits: correlation {correlation:.4f}")
+    assert correlation > 0.95
 
 
 def assert_refused(result, *fragments: str) -> None:
