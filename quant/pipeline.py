@@ -469,6 +469,7 @@ class QuantizeRun:
             variant.within_tolerance = config.tolerance.accepts(reference.metrics, variant.metrics)
         default = choose_default(self.variants, REFERENCE, config.tolerance.accepts)
         self.notes += _target_notes(self.variants, reference)
+        self.notes += _qat_note(self.variants)
         bundle = copy.deepcopy(self.bundle)
         bundle.path = self.staging
         bundle.kind = "quantized"
@@ -528,6 +529,12 @@ def _target_notes(variants: Sequence[VariantResult], reference: VariantResult) -
         candidates = [v for v in variants if v.name.startswith(prefix) and v.within_tolerance]
         if not candidates or not reference.latency_ms:
             notes.append(f"{label}: no variant within the accuracy tolerance")
+            for v in variants:
+                if v.name.startswith(prefix) and v.latency_ms and reference.latency_ms:
+                    notes.append(
+                        f"{label} candidate {v.name}: {reference.latency_ms / v.latency_ms:.2f}x faster than fp32 "
+                        f"PyTorch (target {target}x); {_metric_deltas(v, reference)}"
+                    )
             continue
         best = min(candidates, key=lambda v: v.latency_ms)
         speedup = reference.latency_ms / best.latency_ms
@@ -536,6 +543,39 @@ def _target_notes(variants: Sequence[VariantResult], reference: VariantResult) -
             f"{label}: {best.name} is {speedup:.2f}x faster than fp32 PyTorch ({verdict} the {target}x target)"
         )
     return notes
+
+
+def _metric_deltas(variant: VariantResult, reference: VariantResult) -> str:
+    """``whole DSC -0.0123, lesion DSC +0.0040, macro F1 -0.0980`` against ``reference``."""
+    names = {"whole_dsc": "whole DSC", "lesion_dsc": "lesion DSC", "macro_f1": "macro F1"}
+    return ", ".join(
+        f"{label} {variant.metrics[key] - reference.metrics[key]:+.4f}"
+        for key, label in names.items()
+    )
+
+
+def _qat_note(variants: Sequence[VariantResult]) -> list[str]:
+    """Whether quantization-aware training beat post-training quantization, metric by metric."""
+    qat = next((v for v in variants if v.name == "onnx_int8_qat"), None)
+    ptq = [v for v in variants if v.name.startswith("onnx_int8_") and v.name != "onnx_int8_qat"]
+    if qat is None or not ptq:
+        return []
+    best_ptq = max(ptq, key=lambda v: v.metrics["whole_dsc"])
+    names = {"whole_dsc": "whole DSC", "lesion_dsc": "lesion DSC", "macro_f1": "macro F1"}
+    better = [label for key, label in names.items() if qat.metrics[key] > best_ptq.metrics[key]]
+    worse = [label for key, label in names.items() if qat.metrics[key] < best_ptq.metrics[key]]
+    verdict = (
+        "QAT beat PTQ on every metric"
+        if not worse
+        else "QAT did not beat PTQ on any metric"
+        if not better
+        else f"QAT beat PTQ on {', '.join(better)}, not on {', '.join(worse)}"
+    )
+    figures = "; ".join(
+        f"{label} {qat.metrics[key]:.4f} vs {best_ptq.metrics[key]:.4f}"
+        for key, label in names.items()
+    )
+    return [f"QAT against PTQ ({best_ptq.name}): {verdict} ({figures})"]
 
 
 def _resolve_device(device: str) -> str:
