@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from edgepanc.io.atomic import write_json_atomic
-
 from harness import BUNDLE_ENV, BenchCase, make_phantom_case
 from results import Recorder, results_path
 
@@ -52,12 +50,10 @@ class BenchBundle:
 @pytest.fixture(scope="session")
 def recorder() -> Iterator[Recorder]:
     """Collects measurements; written to ``$EDGEPANC_BENCH_RESULTS`` at the end, if set."""
-    rec = Recorder()
+    rec = Recorder(path=results_path())
     yield rec
-    target = results_path()
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(target, rec.to_dict())
+    if rec.path is not None:
+        rec.save(rec.path)
 
 
 @pytest.fixture(scope="session")

@@ -46,9 +46,20 @@ class Recorder:
     """Measurements of one bench session, grouped by section (patch, end_to_end, gates, ...)."""
 
     sections: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Where to keep the results; rewritten (atomically) after every record, so that a session
+    # stopped part-way keeps what it measured.
+    path: Path | None = None
 
     def record(self, section: str, **values: Any) -> None:
         self.sections.setdefault(section, []).append(_plain(values))
+        if self.path is not None:
+            self.save(self.path)
+
+    def save(self, path: Path) -> None:
+        from edgepanc.io.atomic import write_json_atomic
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {"machine": machine_description(), "sections": self.sections}

@@ -63,3 +63,16 @@ def test_peer_rows_state_how_much_faster_and_smaller_edgepanc_is() -> None:
     c2f_row = next(line for line in text.splitlines() if "| 10.00x |" in line)
     assert "| 3.20x |" in c2f_row and "5.0%" in c2f_row
     assert "40 / 900" in c2f_row and "0.9950" in c2f_row
+
+
+def test_recorder_keeps_each_measurement_on_disk_as_it_comes(tmp_path: Path) -> None:
+    import json
+
+    from results import Recorder
+
+    path = tmp_path / "results.json"
+    recorder = Recorder(path=path)
+    recorder.record("peers", peer="monai", case="full", seconds=spread(3.0))
+    assert json.loads(path.read_text())["sections"]["peers"][0]["peer"] == "monai"
+    recorder.record("peers", peer="nnunet", case="full", seconds=spread(9.0))
+    assert len(json.loads(path.read_text())["sections"]["peers"]) == 2
