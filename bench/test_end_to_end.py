@@ -76,8 +76,10 @@ def record_utilisation(
     inference_s = sum(timings.get(stage, 0.0) for stage in INFERENCE_STAGES)
     # the same predictor the run chose, timed tile by tile here: the pure network share
     predictor = select_predictor(bundle)
-    tile = np.zeros((1, 1, *patch), dtype=np.float32)
-    per_tile_s = float(np.median(time_calls(predictor, tile, 3)))
+    # at the run's own tile batch: PyTorch on the CPU is several times slower per tile at batch 1
+    batch = max(1, int(run.case.get("tile_batch") or 1))
+    tiles_in = np.zeros((batch, 1, *patch), dtype=np.float32)
+    per_tile_s = float(np.median(time_calls(predictor, tiles_in, 3))) / batch
     backend, precision = run.case["backend"], run.case["precision"]
     limit_backend = backend if backend in ("torch", "onnxruntime") else "torch"
     limit_precision = precision if precision in ("fp32", "int8") else "fp32"
