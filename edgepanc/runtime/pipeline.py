@@ -98,11 +98,6 @@ class RunOutcome:
 # --- inputs and output names ---------------------------------------------------------------
 
 
-def is_dicom_folder(folder: Path) -> bool:
-    """True if ``folder`` holds a DICOM series."""
-    return is_dicom_series_folder(folder)
-
-
 def _image_stem(path: Path) -> str | None:
     for suffix in IMAGE_SUFFIXES:
         if path.name.endswith(suffix):
@@ -133,7 +128,7 @@ def discover_scans(path: Path) -> list[Path]:
     """
     if not path.exists():
         raise InputError(path, "no such file or folder")
-    if path.is_file() or is_dicom_folder(path):
+    if path.is_file() or is_dicom_series_folder(path):
         return [path]
     scans = _scans_below(path)
     if not scans:
@@ -153,7 +148,7 @@ def _scans_below(folder: Path) -> list[Path]:
     stems = {_image_stem(p) for p in files}
     scans = [p for p in files if f"{_image_stem(p)}{CHANNEL_SUFFIX}" not in stems]
     for sub in (p for p in entries if p.is_dir() and not p.name.startswith(".")):
-        scans.extend([sub] if is_dicom_folder(sub) else _scans_below(sub))
+        scans.extend([sub] if is_dicom_series_folder(sub) else _scans_below(sub))
     return scans
 
 
