@@ -146,6 +146,7 @@ class QuantizeRun:
         self.variants: list[VariantResult] = []
         self.notes: list[str] = []
         self.trials: dict[str, Any] = {}
+        self.placement: dict[Path, str] = {}  # fp32 ONNX file -> which layers run INT8
 
     # -- helpers
 
@@ -275,9 +276,17 @@ class QuantizeRun:
         return model
 
     def int8_ptq(
-        self, fp32_onnx: Path, model: torch.nn.Module, prefix: str, methods: Sequence[str]
+        self,
+        fp32_onnx: Path,
+        model: torch.nn.Module,
+        prefix: str,
+        methods: Sequence[str],
+        exclude: Sequence[str] = (),
     ) -> str:
-        """Try the calibration ``methods``; keep the most accurate; return the method kept."""
+        """Try the calibration ``methods``; keep the most accurate; return the method kept.
+
+        ``exclude``: nodes left in fp32 (:meth:`int8_exclusions`).
+        """
         from edgepanc.metrics import combined_score
         from quant.ptq import quantize_int8
 
@@ -285,7 +294,12 @@ class QuantizeRun:
         for method in methods:
             file = f"{prefix}_int8_{method}.onnx"
             quantize_int8(
-                fp32_onnx, self.staging / file, self.calibration, method, self.activation_type
+                fp32_onnx,
+                self.staging / file,
+                self.calibration,
+                method,
+                self.activation_type,
+                exclude=exclude,
             )
             variant = self.onnx_variant(f"{prefix}_int8_{method}", file, model, "int8")
             tried.append((combined_score(variant.metrics), -len(tried), variant))
@@ -300,6 +314,8 @@ class QuantizeRun:
             for _, _, v in tried
         }
         best.notes = f"calibration {best.name.rsplit('_', 1)[-1]} (best of {', '.join(methods)})"
+        if fp32_onnx in self.placement:
+            best.notes += f"; {self.placement[fp32_onnx]}"
         return best.name.rsplit("_", 1)[-1]
 
     def choose_activation_type(self, fp32_onnx: Path) -> None:
@@ -323,14 +339,50 @@ class QuantizeRun:
         self.trials["activation_type_ms"] = timings
         log.info("INT8 activations: %s ms per patch; using %s", timings, self.activation_type)
 
-    def qat(self, model: MultiTaskUNet, method: str) -> None:
+    def int8_exclusions(self, fp32_onnx: Path) -> list[str]:
+        """The layers of ``fp32_onnx`` to leave in fp32 (none with ``--int8-layers all``).
+
+        Measured here: a fully quantized copy and the fp32 graph are profiled per node on this
+        CPU (see :mod:`quant.int8_placement`); every timing goes into the report's trials.
+        """
+        if self.config.int8_layers == "all":
+            return []
+        from quant.int8_placement import fp32_layers, layer_timings, placement_summary
+        from quant.ptq import QUANTIZED_OP_TYPES, quantize_int8
+
+        with tempfile.TemporaryDirectory(dir=self.staging.parent, prefix=".place-") as scratch:
+            every_layer = Path(scratch) / "every_layer_int8.onnx"
+            quantize_int8(
+                fp32_onnx, every_layer, self.calibration[:2], "minmax", self.activation_type
+            )
+            timings = layer_timings(
+                fp32_onnx,
+                every_layer,
+                self.patch_size,
+                QUANTIZED_OP_TYPES,
+                self.config.latency_runs,
+            )
+        excluded = fp32_layers(timings)
+        self.placement[fp32_onnx] = placement_summary(timings, excluded)
+        self.trials.setdefault("int8_layers", {})[fp32_onnx.name] = {
+            "summary": self.placement[fp32_onnx],
+            "layers": [t.to_dict() for t in timings],
+        }
+        self.notes.append(f"INT8 layers of {fp32_onnx.name}: {self.placement[fp32_onnx]}")
+        log.info("%s: %s", fp32_onnx.name, self.placement[fp32_onnx])
+        return excluded
+
+    def qat(self, model: MultiTaskUNet, method: str, exclude: Sequence[str] = ()) -> None:
+        from quant.int8_placement import module_name
         from quant.ptq import quantize_int8
         from quant.qat import insert_fake_quant, remove_fake_quant
 
         state = {}
+        # Layers that will run in fp32 train without rounding.
+        fp32_modules = {module_name(node) for node in exclude}
 
         def prepare(live: torch.nn.Module) -> None:
-            state["fq"] = insert_fake_quant(live)
+            state["fq"] = insert_fake_quant(live, skip=fp32_modules)
 
         tuned = self.finetune(copy.deepcopy(model), self.config.qat_epochs, prepare)
         if "fq" in state:
@@ -346,12 +398,15 @@ class QuantizeRun:
                 self.calibration,
                 method,
                 self.activation_type,
+                exclude=exclude,
             )
         variant = self.onnx_variant("onnx_int8_qat", "model_int8_qat.onnx", tuned, "int8")
         variant.notes = (
             f"{self.config.qat_epochs} QAT epochs with fake-quantized weights and inputs, then "
             f"{method} calibration of the learned fp32 weights"
         )
+        if exclude:
+            variant.notes += f"; the same {len(exclude)} layers as PTQ left in fp32"
 
     def pruned(self, model: MultiTaskUNet) -> MultiTaskUNet:
         from edgepanc.backends.torch_backend import TorchPredictor
@@ -445,12 +500,14 @@ class QuantizeRun:
         if "onnx" in config.export or "int8" in config.export or "tensorrt" in config.export:
             deployable, fp32_onnx = self.export_fp32(model, "model_fp32.onnx")
             self.onnx_variant("onnx_fp32", "model_fp32.onnx", deployable, "fp32")
+            exclude: list[str] = []
             if config.wants_ptq or config.wants_qat:
                 self.choose_activation_type(fp32_onnx)
+                exclude = self.int8_exclusions(fp32_onnx)
             if config.wants_ptq:
-                method = self.int8_ptq(fp32_onnx, deployable, "onnx", methods)
+                method = self.int8_ptq(fp32_onnx, deployable, "onnx", methods, exclude)
             if config.wants_qat:
-                self.qat(model, method)
+                self.qat(model, method, exclude)
             if "tensorrt" in config.export:
                 self.tensorrt(fp32_onnx, deployable, method)
         if config.prune is not None:
@@ -459,7 +516,13 @@ class QuantizeRun:
                 small_deployable, small_onnx = self.export_fp32(small, "pruned_fp32.onnx")
                 self.onnx_variant("pruned_onnx_fp32", "pruned_fp32.onnx", small_deployable, "fp32")
                 if "int8" in config.export and config.int8 != "none":
-                    self.int8_ptq(small_onnx, small_deployable, "pruned_onnx", (method,))
+                    self.int8_ptq(
+                        small_onnx,
+                        small_deployable,
+                        "pruned_onnx",
+                        (method,),
+                        self.int8_exclusions(small_onnx),
+                    )
         return self.write_bundle()
 
     def write_bundle(self) -> ModelBundle:

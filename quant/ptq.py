@@ -81,13 +81,15 @@ def quantize_int8(
     method: str = "minmax",
     activation_type: str = "quint8",
     symmetric_activations: bool = False,
+    exclude: Sequence[str] = (),
 ) -> Path:
     """Write a static INT8 QDQ model of ``fp32_path`` calibrated on ``patches`` to ``out_path``.
 
         Weights are symmetric signed INT8 per output channel; activations per tensor, unsigned or
         signed as ``activation_type`` says (which is faster depends on the CPU's integer dot-product
         instructions; measure). ``symmetric_activations`` fixes the activation zero point at 0, which
-    TensorRT's explicit quantization requires. Batch norm must already be folded into the convs.
+    TensorRT's explicit quantization requires. ``exclude`` names nodes left in fp32 (see
+    :mod:`quant.int8_placement`). Batch norm must already be folded into the convs.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -111,6 +113,7 @@ def quantize_int8(
                 make_calibration_reader(patches),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+                nodes_to_exclude=list(exclude),
                 per_channel=True,
                 weight_type=QuantType.QInt8,
                 activation_type=QuantType.QUInt8

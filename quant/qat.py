@@ -21,6 +21,7 @@ folded weight later does; the norm can stay in the graph while training.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -72,14 +73,21 @@ class FakeQuantState:
     hooks: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
 
 
-def insert_fake_quant(model: nn.Module) -> FakeQuantState:
+def insert_fake_quant(model: nn.Module, skip: Collection[str] = ()) -> FakeQuantState:
     """Add weight and input fake quantization to every quantized layer of ``model`` in place.
 
-    The layers keep their Parameter objects (parametrizations wrap them), so an optimiser built
+    ``skip`` names modules (as ``model.named_modules()`` does) that will stay fp32 in the
+    deployed model, so they train without rounding. The layers keep their Parameter objects (parametrizations wrap them), so an optimiser built
     before the call still updates them.
     """
     state = FakeQuantState()
-    for layer in [m for m in model.modules() if isinstance(m, QUANTIZED_LAYERS)]:
+    skipped = set(skip)
+    layers = [
+        m
+        for name, m in model.named_modules()
+        if isinstance(m, QUANTIZED_LAYERS) and name not in skipped
+    ]
+    for layer in layers:
         # ConvTranspose weights are [in, out, ...]: the output channel is axis 1.
         axis = 1 if isinstance(layer, nn.ConvTranspose3d) else 0
         parametrize.register_parametrization(layer, "weight", WeightFakeQuant(axis))

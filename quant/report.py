@@ -109,6 +109,25 @@ def plot_report(variants: Sequence[VariantResult], path: Path) -> Path:
     return path
 
 
+def placement_tables(placement: dict[str, Any]) -> str:
+    """Markdown: per fp32 graph, each layer's measured fp32 and INT8 kernel time and its choice."""
+    if not placement:
+        return ""
+    parts = ["\n## INT8 layer placement (kernel time per patch, measured here)\n"]
+    for graph, entry in placement.items():
+        rows = [
+            f"| `{layer['name']}` | {layer['fp32_ms']:.2f} | "
+            + ("-" if layer["int8_ms"] is None else f"{layer['int8_ms']:.2f}")
+            + f" | {'INT8' if layer['int8'] else 'fp32'} |"
+            for layer in entry["layers"]
+        ]
+        parts.append(
+            f"\n`{graph}`: {entry['summary']}\n\n| layer | fp32 ms | INT8 ms | runs in |\n"
+            "|---|---:|---:|---|\n" + "\n".join(rows) + "\n"
+        )
+    return "".join(parts)
+
+
 def write_report(
     folder: Path,
     variants: Sequence[VariantResult],
@@ -133,7 +152,8 @@ def write_report(
         f"speed-up against `{reference}`. Default artifact: `{default}` (the fastest variant "
         "within the accuracy tolerance).\n\n"
         + markdown_table(variants, reference, default)
-        + ("\n## Notes\n\n" + notes if notes else ""),
+        + ("\n## Notes\n\n" + notes if notes else "")
+        + placement_tables(extra.get("trials", {}).get("int8_layers", {})),
     )
     plot_report(variants, folder / REPORT_PNG)
     return {name: folder / name for name in (REPORT_JSON, REPORT_MD, REPORT_PNG)}

@@ -1,6 +1,11 @@
 """Run the bench suites and regenerate bench/RESULTS.md and bench/results.png.
 
     python scripts/bench_results.py [--bundle BUNDLE] [--rounds N] [--render-only]
+    python scripts/bench_results.py --merge PARTIAL.json
+
+``--merge`` folds the records of a separate session (one suite run with
+``EDGEPANC_BENCH_RESULTS=PARTIAL.json``, e.g. a long peer run) into bench/results.json, replacing
+the records they re-measure, and re-renders.
 
 ``--bundle`` (or ``$EDGEPANC_BENCH_BUNDLE``) names the model bundle to measure: a trained one,
 ideally quantized, gives the meaningful figures; without it the suites use the tiny preset at
@@ -47,6 +52,29 @@ def run_suites(bundle: str | None, rounds: int, pytest_args: list[str]) -> int:
     return subprocess.call(cmd, cwd=ROOT, env=env)
 
 
+# String fields that are verdicts or prose, not part of what a record measures.
+_NOT_IDENTITY = frozenset({"figure", "requirement", "description"})
+
+
+def record_identity(record: dict) -> tuple:
+    """What a record is a measurement of: its string fields (peer, case, backend, path, ...)."""
+    return tuple(
+        sorted((k, v) for k, v in record.items() if isinstance(v, str) and k not in _NOT_IDENTITY)
+    )
+
+
+def merge_results(results: dict, partial: dict) -> dict:
+    """``results`` with ``partial``'s records added, each replacing the one it re-measures."""
+    merged = {"machine": results.get("machine", partial.get("machine")), "sections": {}}
+    merged["sections"] = {k: list(v) for k, v in results.get("sections", {}).items()}
+    for section, records in partial.get("sections", {}).items():
+        kept = merged["sections"].setdefault(section, [])
+        for record in records:
+            kept[:] = [r for r in kept if record_identity(r) != record_identity(record)]
+            kept.append(record)
+    return merged
+
+
 def render() -> None:
     results = json.loads(RESULTS_JSON.read_text())
     write_text_atomic(BENCH / "RESULTS.md", render_markdown(results))
@@ -59,10 +87,16 @@ def main() -> int:
     parser.add_argument("--bundle", default=os.environ.get("EDGEPANC_BENCH_BUNDLE"))
     parser.add_argument("--rounds", type=int, default=3, help="repetitions per measurement")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--merge", type=Path, help="records of a separate bench session to fold in")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, e.g. -k quiz")
     args = parser.parse_args()
     status = 0
-    if not args.render_only:
+    if args.merge:
+        from edgepanc.io.atomic import write_json_atomic
+
+        results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}
+        write_json_atomic(RESULTS_JSON, merge_results(results, json.loads(args.merge.read_text())))
+    elif not args.render_only:
         # a failing gate is a result to publish, not a reason to keep the old tables
         status = run_suites(args.bundle, args.rounds, args.pytest_args)
     if not RESULTS_JSON.is_file():

@@ -76,3 +76,23 @@ def test_recorder_keeps_each_measurement_on_disk_as_it_comes(tmp_path: Path) -> 
     assert json.loads(path.read_text())["sections"]["peers"][0]["peer"] == "monai"
     recorder.record("peers", peer="nnunet", case="full", seconds=spread(9.0))
     assert len(json.loads(path.read_text())["sections"]["peers"]) == 2
+
+
+def test_merging_a_separate_session_replaces_what_it_remeasures_and_keeps_the_rest() -> None:
+    sys.path.insert(0, str(BENCH.parent / "scripts"))
+    from bench_results import merge_results
+
+    old_peer = {"peer": "nnunet", "case": "full", "seconds": spread(300.0), "whole_dsc": 0.7}
+    other_peer = {"peer": "monai", "case": "full", "seconds": spread(200.0), "whole_dsc": 0.8}
+    gate = {"gate": "speed", "figure": "1.7x", "passed": True}
+    results = {
+        "machine": {"cpu": "x"},
+        "sections": {"peers": [old_peer, other_peer], "gates": [gate]},
+    }
+    new_peer = {"peer": "nnunet", "case": "full", "seconds": spread(2400.0), "whole_dsc": 0.75}
+    new_case = {"peer": "nnunet", "case": "quiz", "seconds": spread(90.0), "whole_dsc": 0.6}
+    merged = merge_results(results, {"sections": {"peers": [new_peer, new_case]}})
+    assert merged["sections"]["peers"] == [other_peer, new_peer, new_case]
+    assert merged["sections"]["gates"] == [gate]
+    assert merged["machine"] == {"cpu": "x"}
+    assert results["sections"]["peers"] == [old_peer, other_peer]  # the input is not modified

@@ -117,6 +117,14 @@ def test_quantize_writes_a_new_bundle_and_leaves_the_input_untouched(quantized: 
         assert record["latency_ms"] > 0
         assert set(record["metrics"]) == {"whole_dsc", "lesion_dsc", "macro_f1"}
     assert "skipped TensorRT" in (bundle.path / "quantization.md").read_text()
+    # INT8 placement was measured for both fp32 graphs, every layer timed both ways
+    placement = json.loads((bundle.path / "quantization.json").read_text())["trials"]["int8_layers"]
+    assert set(placement) == {"model_fp32.onnx", "pruned_fp32.onnx"}
+    for entry in placement.values():
+        assert entry["summary"].startswith("INT8 in ")
+        assert entry["layers"] and all(layer["fp32_ms"] >= 0 for layer in entry["layers"])
+    report = (bundle.path / "quantization.md").read_text()
+    assert "## INT8 layer placement" in report and "`pruned_fp32.onnx`: INT8 in " in report
     assert not list(quantized["out"].parent.glob(".*staging"))
 
 

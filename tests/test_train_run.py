@@ -205,3 +205,38 @@ def test_all_folds_write_splits_and_a_cv_summary(tmp_path: Path) -> None:
     cv = json.loads((run / "cv_summary.json").read_text())
     assert cv["folds"] == 2 and set(cv["whole_dsc"]) == {"mean", "std"}
     assert summary["folds"] == 2
+
+
+def test_init_from_starts_from_a_bundles_weights_and_plan(tiny_data: Path, tmp_path: Path) -> None:
+    from edgepanc.bundle import load_bundle
+    from edgepanc.errors import BundleError
+
+    run_training(tiny_config(tiny_data, tmp_path / "first", target_spacing=(2.5, 2.0, 2.0)))
+    first = load_bundle(tmp_path / "first")
+    # lr 0: the fine-tuning run cannot move the weights, so it must end where it started
+    run_training(
+        tiny_config(
+            tiny_data,
+            tmp_path / "second",
+            target_spacing=None,
+            init_from=str(tmp_path / "first"),
+            lr=0.0,
+            seed=5,
+        )
+    )
+    second = load_bundle(tmp_path / "second")
+    assert second.plan.target_spacing == first.plan.target_spacing == (2.5, 2.0, 2.0)
+    assert (second.plan.mean, second.plan.std) == (first.plan.mean, first.plan.std)
+    before, after = first.load_network().state_dict(), second.load_network().state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert "initialised from" in (tmp_path / "second" / "train.log").read_text()
+
+    with pytest.raises(InputError, match="target-spacing"):
+        run_training(
+            tiny_config(
+                tiny_data, tmp_path / "third", init_from=str(tmp_path / "first")
+            )  # tiny_config asks for 2 mm, the bundle has 2.5 mm
+        )
+    with pytest.raises(BundleError, match="does not exist"):
+        run_training(tiny_config(tiny_data, tmp_path / "fourth", init_from=str(tmp_path / "none")))

@@ -57,6 +57,9 @@ class TrainConfig:
     pancreas_fraction: float = 0.25  # share centred on a pancreas voxel; the rest random
     zoom_out_probability: float = 0.15  # patches seen at half scale (the runtime's coarse pass)
     deep_supervision: bool = False
+    # A trained bundle to start from: its weights, network and preprocessing plan (fine-tuning,
+    # e.g. a model trained on pancreas crops continued on whole CTs). None: random weights.
+    init_from: str | None = None
     device: str = "auto"
     amp: bool | None = None  # None: fp16 on CUDA, off on CPU (see train/loop.py)
     folds: int = 0  # 0: use the data set's own train/validation split

@@ -122,6 +122,13 @@ class Trainer:
         self.val_cases = list(val_cases)
         seed_everything(config.seed)  # identical initial weights on every rank
         self.model = build_network(network_config).to(self.device)
+        # Channels-last on CPU: oneDNN's 3D convolutions skip a layout reorder per layer; one
+        # training step of the cpu preset (batch 2 of 32x64x64, 2 threads) took 0.57 s instead
+        # of 0.70 s here. Not measured on CUDA, so left as it is there.
+        self.memory_format = (
+            torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
+        )
+        self.model = self.model.to(memory_format=self.memory_format)
         self.train_model: torch.nn.Module = self.model
         if self.context.enabled:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
@@ -169,6 +176,21 @@ class Trainer:
         if self.context.is_main:
             save_checkpoint(self.last_path, self.checkpoint_state())
 
+    def start_from(self, bundle: Any) -> None:
+        """Initialise the weights from a trained bundle (``--init-from``).
+
+        Heads that only one side has (deep supervision switched on or off) are left as they are.
+        """
+        state = bundle.load_network().state_dict()
+        result = self.model.load_state_dict(state, strict=False)
+        log.info(
+            "initialised from %s (%d tensors; new: %s; unused: %s)",
+            bundle.path,
+            len(state) - len(result.unexpected_keys),
+            ", ".join(result.missing_keys) or "none",
+            ", ".join(result.unexpected_keys) or "none",
+        )
+
     def load(self, path: Path) -> None:
         """Continue from a checkpoint of the same experiment."""
         checkpoint = load_checkpoint(path)
@@ -185,6 +207,7 @@ class Trainer:
     def train_step(self, batch: dict[str, np.ndarray]) -> tuple[float, float, float]:
         """One optimiser step; returns (total, seg, cls) losses."""
         image = torch.from_numpy(batch["image"]).to(self.device, non_blocking=True)
+        image = image.contiguous(memory_format=self.memory_format)
         label = torch.from_numpy(batch["label"]).to(self.device, non_blocking=True)
         subtype = torch.from_numpy(batch["subtype"]).to(self.device, non_blocking=True)
         with torch.autocast(

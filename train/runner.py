@@ -24,11 +24,38 @@ from train.logs import attach_file_log
 log = logging.getLogger(__name__)
 
 
-def network_config_for(config: TrainConfig) -> Any:
-    """The preset's UNetConfig with the CLI's overrides applied."""
+def load_init_bundle(config: TrainConfig) -> Any:
+    """The bundle named by ``--init-from`` (None without it); it must hold trained weights."""
+    if config.init_from is None:
+        return None
+    from edgepanc.bundle import load_bundle
+    from edgepanc.errors import BundleError
+
+    bundle = load_bundle(config.init_from)
+    if not bundle.weights_path.is_file() or not bundle.preprocessing:
+        raise BundleError(Path(config.init_from), "--init-from needs a trained bundle with weights")
+    if config.features is not None and tuple(config.features) != tuple(bundle.network.features):
+        raise InputError(
+            Path(config.init_from),
+            f"--features {list(config.features)} differ from the bundle's "
+            f"{list(bundle.network.features)}; the weights cannot be reused",
+        )
+    if config.target_spacing is not None and tuple(config.target_spacing) != tuple(
+        bundle.plan.target_spacing
+    ):
+        raise InputError(
+            Path(config.init_from),
+            f"--target-spacing {list(config.target_spacing)} differs from the bundle's "
+            f"{list(bundle.plan.target_spacing)}; the weights were learned at the latter",
+        )
+    return bundle
+
+
+def network_config_for(config: TrainConfig, init: Any = None) -> Any:
+    """The preset's UNetConfig with the CLI's overrides applied (the init bundle's, if any)."""
     from edgepanc.networks import PRESETS
 
-    network = PRESETS[config.preset]
+    network = init.network if init is not None else PRESETS[config.preset]
     changes: dict[str, Any] = {"deep_supervision": config.deep_supervision}
     if config.features is not None:
         changes["features"] = config.features
@@ -118,7 +145,8 @@ def train_one(
     from train.dataset import prepare_cases
     from train.loop import Trainer
 
-    network = network_config_for(config)
+    init = load_init_bundle(config)
+    network = network_config_for(config, init)
     if context.is_main:
         check_run_dir(run_dir, config)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +155,9 @@ def train_one(
         plan_path = run_dir / "plan.json"
         if config.resume and plan_path.is_file():
             plan = PreprocessingPlan.from_dict(json.loads(plan_path.read_text()))
+        elif init is not None:
+            # The weights expect the bundle's spacing and intensity normalisation.
+            plan = dataclasses.replace(init.plan, patch_size=tuple(config.patch_size))
         else:
             plan = plan_from_cases(
                 cases, config.patch_size, config.target_spacing, seed=config.seed
@@ -158,6 +189,8 @@ def train_one(
         trainer = Trainer(
             config, run_dir, train_cases, val_cases, plan, network, guard, context, augmentation
         )
+        if init is not None:
+            trainer.start_from(init)  # a resumed run then loads its own last.pt over it
         state = trainer.fit(resume=config.resume)
         return {
             "best_epoch": state.best_epoch,

@@ -62,6 +62,14 @@ def _parse_export(text: str) -> tuple[str, ...]:
     show_default=True,
 )
 @click.option(
+    "--int8-layers",
+    type=click.Choice(["measured", "all"]),
+    default="measured",
+    show_default=True,
+    help="measured: INT8 only in the layers whose INT8 kernel is faster on this CPU "
+    "(timed during the run); all: every Conv/ConvTranspose/Gemm.",
+)
+@click.option(
     "--calibration-cases",
     type=click.IntRange(2, 10000),
     default=8,
@@ -125,6 +133,7 @@ def quantize(
     prune: float | None,
     prune_criterion: str,
     int8: str,
+    int8_layers: str,
     calibration_cases: int,
     calibration_method: str,
     finetune_epochs: int,
@@ -147,6 +156,7 @@ def quantize(
         prune=prune,
         prune_criterion=prune_criterion,
         int8=int8,
+        int8_layers=int8_layers,
         calibration_cases=calibration_cases,
         calibration_method=calibration_method,
         finetune_epochs=finetune_epochs,

@@ -118,6 +118,12 @@ def _parse_fold(text: str | None) -> int | None | str:
 )
 @click.option("--deep-supervision/--no-deep-supervision", default=False, show_default=True)
 @click.option(
+    "--init-from",
+    default=None,
+    help="Start from this trained bundle's weights, network and preprocessing plan "
+    "(fine-tuning on new data); --preset/--features/--target-spacing then come from it.",
+)
+@click.option(
     "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True
 )
 @click.option(
