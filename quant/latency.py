@@ -1,10 +1,15 @@
-"""Per-patch latency of a predictor: the median of several timed calls on one training patch."""
+"""Per-patch latency of predictors: the median of several timed calls on one patch.
+
+:func:`interleaved_latencies` times several predictors in turns (A B C A B C ...), so that load
+from other jobs on a shared machine hits every variant alike and their ratios stay meaningful;
+timing them one after another let a 10% difference flip with the machine's load (measured here).
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,21 +30,21 @@ class Latency:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-def patch_latency(
-    predictor: Predictor, patch_size: Sequence[int], runs: int = 5, seed: int = 0
-) -> Latency:
-    """Time ``predictor`` on one random patch [1, 1, *patch_size]; the first call is not timed.
-
-    The warm-up call pays one-off costs (ONNX Runtime's kernel selection, torch's allocator
-    growth) that every later tile of a scan does not.
-    """
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1, got {runs}")
+def interleaved_latencies(
+    predictors: Mapping[str, Predictor], patch_size: Sequence[int], rounds: int = 5, seed: int = 0
+) -> dict[str, Latency]:
+    """Latency per predictor, timed in ``rounds`` turns over all of them after one warm-up each."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     batch = np.random.default_rng(seed).standard_normal((1, 1, *patch_size), dtype=np.float32)
-    predictor(batch)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+    for predictor in predictors.values():
         predictor(batch)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return Latency(statistics.median(times), min(times), max(times), runs)
+    times: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(rounds):
+        for name, predictor in predictors.items():
+            start = time.perf_counter()
+            predictor(batch)
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {
+        name: Latency(statistics.median(t), min(t), max(t), rounds) for name, t in times.items()
+    }

@@ -146,6 +146,7 @@ class QuantizeRun:
         self.variants: list[VariantResult] = []
         self.notes: list[str] = []
         self.trials: dict[str, Any] = {}
+        self.predictors: dict[str, Any] = {}  # variant name -> its predictor, for timing
         self.placement: dict[Path, str] = {}  # fp32 ONNX file -> which layers run INT8
 
     # -- helpers
@@ -154,24 +155,31 @@ class QuantizeRun:
         return estimate_flops(model, (1, 1, *self.patch_size))
 
     def measure(self, variant: VariantResult, predictor: Any) -> VariantResult:
-        """Latency per patch and validation metrics of ``predictor``; appended to the variants."""
+        """Validation metrics of ``predictor`` now, latency later (:meth:`time_variants`)."""
         from quant.evaluate_variants import evaluate_predictor
-        from quant.latency import patch_latency
 
-        variant.latency_ms = patch_latency(
-            predictor, self.patch_size, self.config.latency_runs
-        ).median_ms
         variant.metrics = evaluate_predictor(predictor, self.val_cases, self.patch_size)
         log.info(
-            "%s: %.1f ms/patch, whole DSC %.4f, lesion DSC %.4f, macro F1 %.4f",
+            "%s: whole DSC %.4f, lesion DSC %.4f, macro F1 %.4f",
             variant.name,
-            variant.latency_ms,
             variant.metrics["whole_dsc"],
             variant.metrics["lesion_dsc"],
             variant.metrics["macro_f1"],
         )
         self.variants.append(variant)
+        self.predictors[variant.name] = predictor
         return variant
+
+    def time_variants(self) -> None:
+        """Latency per patch of every kept variant, timed in turns (see quant/latency.py)."""
+        from quant.latency import interleaved_latencies
+
+        kept = {v.name: self.predictors[v.name] for v in self.variants}
+        latencies = interleaved_latencies(kept, self.patch_size, self.config.latency_runs)
+        for variant in self.variants:
+            variant.latency_ms = latencies[variant.name].median_ms
+            log.info("%s: %.1f ms/patch", variant.name, variant.latency_ms)
+        self.trials["latency_ms"] = {name: lat.to_dict() for name, lat in latencies.items()}
 
     def onnx_variant(
         self, name: str, file: str, model: torch.nn.Module, precision: str
@@ -307,10 +315,10 @@ class QuantizeRun:
         for _, _, variant in tried:
             if variant is not best:  # record every trial, keep only the best file
                 self.variants.remove(variant)
+                del self.predictors[variant.name]
                 (self.staging / variant.file).unlink()
         self.trials[f"{prefix}_calibration"] = {
             v.name: {k: v.metrics[k] for k in ("whole_dsc", "lesion_dsc", "macro_f1")}
-            | {"latency_ms": v.latency_ms}
             for _, _, v in tried
         }
         best.notes = f"calibration {best.name.rsplit('_', 1)[-1]} (best of {', '.join(methods)})"
@@ -319,22 +327,24 @@ class QuantizeRun:
         return best.name.rsplit("_", 1)[-1]
 
     def choose_activation_type(self, fp32_onnx: Path) -> None:
-        """Time unsigned and signed INT8 activations on this CPU; keep the faster."""
+        """Time unsigned and signed INT8 activations on this CPU (in turns); keep the faster."""
         from edgepanc.backends.onnxruntime_backend import OnnxRuntimePredictor
-        from quant.latency import patch_latency
+        from quant.latency import interleaved_latencies
         from quant.ptq import ACTIVATION_TYPES, quantize_int8
 
-        timings = {}
-        for activation_type in ACTIVATION_TYPES:
-            path = Path(tempfile.mkdtemp(dir=self.staging.parent, prefix=".act-")) / "m.onnx"
-            try:
+        scratch = Path(tempfile.mkdtemp(dir=self.staging.parent, prefix=".act-"))
+        try:
+            predictors = {}
+            for activation_type in ACTIVATION_TYPES:
+                path = scratch / f"{activation_type}.onnx"
                 quantize_int8(fp32_onnx, path, self.calibration[:2], "minmax", activation_type)
-                predictor = OnnxRuntimePredictor(path, ["CPUExecutionProvider"], precision="int8")
-                timings[activation_type] = patch_latency(
-                    predictor, self.patch_size, self.config.latency_runs
-                ).median_ms
-            finally:
-                shutil.rmtree(path.parent, ignore_errors=True)
+                predictors[activation_type] = OnnxRuntimePredictor(
+                    path, ["CPUExecutionProvider"], precision="int8"
+                )
+            latencies = interleaved_latencies(predictors, self.patch_size, self.config.latency_runs)
+            timings = {name: latency.median_ms for name, latency in latencies.items()}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         self.activation_type = min(timings, key=timings.get)
         self.trials["activation_type_ms"] = timings
         log.info("INT8 activations: %s ms per patch; using %s", timings, self.activation_type)
@@ -527,6 +537,7 @@ class QuantizeRun:
 
     def write_bundle(self) -> ModelBundle:
         config = self.config
+        self.time_variants()
         reference = next(v for v in self.variants if v.name == REFERENCE)
         for variant in self.variants:
             variant.within_tolerance = config.tolerance.accepts(reference.metrics, variant.metrics)

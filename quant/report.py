@@ -118,12 +118,12 @@ def placement_tables(placement: dict[str, Any]) -> str:
         rows = [
             f"| `{layer['name']}` | {layer['fp32_ms']:.2f} | "
             + ("-" if layer["int8_ms"] is None else f"{layer['int8_ms']:.2f}")
-            + f" | {'INT8' if layer['int8'] else 'fp32'} |"
+            + f" | {layer.get('conversion_ms', 0.0):.2f} | {'INT8' if layer['int8'] else 'fp32'} |"
             for layer in entry["layers"]
         ]
         parts.append(
-            f"\n`{graph}`: {entry['summary']}\n\n| layer | fp32 ms | INT8 ms | runs in |\n"
-            "|---|---:|---:|---|\n" + "\n".join(rows) + "\n"
+            f"\n`{graph}`: {entry['summary']}\n\n| layer | fp32 ms | INT8 ms | conversions ms | runs in |\n"
+            "|---|---:|---:|---:|---|\n" + "\n".join(rows) + "\n"
         )
     return "".join(parts)
 

@@ -12,6 +12,7 @@ import torch
 from edgepanc.networks import build_network
 from quant.int8_placement import (
     LayerTiming,
+    conversion_nodes,
     fp32_layers,
     kernel_times,
     layer_timings,
@@ -65,6 +66,28 @@ def test_the_rule_keeps_int8_only_where_it_was_faster() -> None:
     assert "INT8 in 1 of 3 layers" in placement_summary(timings, ["/a/Conv", "/c/Conv"])
     # INT8 slower everywhere: quantize everything rather than ship fp32 called INT8
     assert fp32_layers([timings[0], timings[2]]) == []
+    # a kernel gain eaten by the conversions it brings is no gain
+    converted = LayerTiming("/d/Conv", "Conv", fp32_ms=1.0, int8_ms=0.6, conversion_ms=0.5)
+    assert not converted.faster_in_int8
+    assert LayerTiming("/d/Conv", "Conv", 1.0, 0.6, conversion_ms=0.3).faster_in_int8
+
+
+def test_each_layer_is_charged_its_own_conversions(tiny_onnx, tmp_path: Path) -> None:
+    _, path = tiny_onnx
+    int8 = quantize_int8(path, tmp_path / "int8.onnx", calibration(), "minmax")
+    graph = onnx.load(str(int8)).graph
+    ops = {n.name: n.op_type for n in graph.node}
+    conversions = conversion_nodes(int8)
+    convs = [n for n, _ in quantizable_nodes(path, ("Conv",))]
+    for name in convs:
+        pairs = conversions[name]
+        kinds = [ops[node] for node, _ in pairs]
+        # its input's QuantizeLinear, its output's QuantizeLinear and at least one Dequantize
+        assert kinds.count("QuantizeLinear") == 2 and "DequantizeLinear" in kinds, name
+        assert all(0 < share <= 1 for _, share in pairs)
+    # the network input feeds one conv only: its QuantizeLinear is charged in full
+    first = conversions[convs[0]][0]
+    assert first[1] == 1.0
 
 
 def test_measured_timings_cover_every_layer(tiny_onnx, tmp_path: Path) -> None:
@@ -112,3 +135,26 @@ def test_qat_skips_the_layers_that_stay_fp32() -> None:
         for m in model.modules()
     ) - len(skipped)
     remove_fake_quant(state)
+
+
+def test_variants_are_timed_in_turns() -> None:
+    import time
+
+    from quant.latency import interleaved_latencies
+
+    calls: list[str] = []
+
+    def predictor(name: str, seconds: float):
+        def run(batch: np.ndarray) -> None:
+            assert batch.shape == (1, 1, *PATCH)
+            calls.append(name)
+            time.sleep(seconds)
+
+        return run
+
+    latencies = interleaved_latencies(
+        {"a": predictor("a", 0.0), "b": predictor("b", 0.02)}, PATCH, rounds=3
+    )
+    assert calls == ["a", "b"] * 4  # one warm-up each, then three turns
+    assert latencies["b"].median_ms >= 20.0 and latencies["b"].runs == 3
+    assert latencies["a"].min_ms <= latencies["a"].median_ms <= latencies["a"].max_ms
