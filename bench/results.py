@@ -167,6 +167,14 @@ def _spread_cells(spread: dict[str, Any], fmt=_s) -> list[str]:
     return [fmt(spread["median"]), f"{fmt(spread['low'])}-{fmt(spread['high'])}", str(spread["n"])]
 
 
+def _reference_pair(record: dict[str, Any]) -> str:
+    """Each path's whole-pancreas DSC against the phantom's own label (newer records only)."""
+    reference = record.get("reference_whole_dsc")
+    if not reference:
+        return "-"
+    return f"{reference['on']:.4f} / {reference['off']:.4f}"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """RESULTS.md from a results JSON (see :class:`Recorder`)."""
     machine = results.get("machine", {})
@@ -332,7 +340,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             "`edgepanc run --roi on` against `--roi off` (the whole volume tiled at the same "
             "step, same backend), alternating; agreement is Dice between the two masks. Tiling: "
-            "the coarse + fine stages against the whole-volume pass; process: the whole run.",
+            "the coarse + fine stages against the whole-volume pass; process: the whole run. "
+            "The last column scores each mask against the phantom's reference label: where the "
+            "two disagree, it says which one is right.",
             "",
         ]
         rows = [
@@ -348,6 +358,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"{r['tiles_on']} / {r['tiles_off']}",
                 f"{r['whole_dsc']:.4f}",
                 f"{r['lesion_dsc']:.4f}",
+                _reference_pair(r),
             ]
             for r in sections["coarse_to_fine"]
         ]
@@ -364,6 +375,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "tiles ROI / full",
                 "whole DSC",
                 "lesion DSC",
+                "whole DSC vs reference, ROI / full",
             ],
             rows,
         )
