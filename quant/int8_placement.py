@@ -183,11 +183,13 @@ def module_name(node_name: str) -> str:
 
 def placement_summary(timings: Sequence[LayerTiming], excluded: Sequence[str]) -> str:
     """One line: how many layers run INT8 and the kernel time either way."""
-    kept = [t for t in timings if t.name not in set(excluded)]
+    fp32 = set(excluded)
+    kept = [t for t in timings if t.name not in fp32]
     fp32_total = sum(t.fp32_ms for t in timings)
     mixed_total = sum(
-        (t.fp32_ms if t.int8_ms is None else t.int8_ms + t.conversion_ms) for t in kept
-    ) + sum(t.fp32_ms for t in timings if t.name in set(excluded))
+        t.fp32_ms if t.name in fp32 or t.int8_ms is None else t.int8_ms + t.conversion_ms
+        for t in timings
+    )
     return (
         f"INT8 in {len(kept)} of {len(timings)} layers (the others measured faster in fp32 on "
         f"this CPU); layers {fp32_total:.1f} ms in fp32 -> {mixed_total:.1f} ms as placed "

@@ -326,8 +326,11 @@ class QuantizeRun:
             best.notes += f"; {self.placement[fp32_onnx]}"
         return best.name.rsplit("_", 1)[-1]
 
-    def choose_activation_type(self, fp32_onnx: Path) -> None:
-        """Time unsigned and signed INT8 activations on this CPU (in turns); keep the faster."""
+    def choose_activation_type(self, fp32_onnx: Path) -> list[str]:
+        """Time unsigned and signed INT8 activations on this CPU (in turns); keep the faster.
+
+        Returns the layers of ``fp32_onnx`` to leave in fp32 (:meth:`int8_exclusions`).
+        """
         from edgepanc.backends.onnxruntime_backend import OnnxRuntimePredictor
         from quant.latency import interleaved_latencies
         from quant.ptq import ACTIVATION_TYPES, quantize_int8
@@ -343,17 +346,20 @@ class QuantizeRun:
                 )
             latencies = interleaved_latencies(predictors, self.patch_size, self.config.latency_runs)
             timings = {name: latency.median_ms for name, latency in latencies.items()}
+            self.activation_type = min(timings, key=timings.get)
+            self.trials["activation_type_ms"] = timings
+            log.info("INT8 activations: %s ms per patch; using %s", timings, self.activation_type)
+            # the winner is the every-layer INT8 model that layer placement profiles
+            return self.int8_exclusions(fp32_onnx, scratch / f"{self.activation_type}.onnx")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        self.activation_type = min(timings, key=timings.get)
-        self.trials["activation_type_ms"] = timings
-        log.info("INT8 activations: %s ms per patch; using %s", timings, self.activation_type)
 
-    def int8_exclusions(self, fp32_onnx: Path) -> list[str]:
+    def int8_exclusions(self, fp32_onnx: Path, every_layer: Path | None = None) -> list[str]:
         """The layers of ``fp32_onnx`` to leave in fp32 (none with ``--int8-layers all``).
 
-        Measured here: a fully quantized copy and the fp32 graph are profiled per node on this
-        CPU (see :mod:`quant.int8_placement`); every timing goes into the report's trials.
+        Measured here: ``every_layer`` (a fully quantized copy, made when not given) and the
+        fp32 graph are profiled per node on this CPU (see :mod:`quant.int8_placement`); every
+        timing goes into the report's trials and its placement table.
         """
         if self.config.int8_layers == "all":
             return []
@@ -361,10 +367,11 @@ class QuantizeRun:
         from quant.ptq import QUANTIZED_OP_TYPES, quantize_int8
 
         with tempfile.TemporaryDirectory(dir=self.staging.parent, prefix=".place-") as scratch:
-            every_layer = Path(scratch) / "every_layer_int8.onnx"
-            quantize_int8(
-                fp32_onnx, every_layer, self.calibration[:2], "minmax", self.activation_type
-            )
+            if every_layer is None:
+                every_layer = Path(scratch) / "every_layer_int8.onnx"
+                quantize_int8(
+                    fp32_onnx, every_layer, self.calibration[:2], "minmax", self.activation_type
+                )
             timings = layer_timings(
                 fp32_onnx,
                 every_layer,
@@ -378,7 +385,6 @@ class QuantizeRun:
             "summary": self.placement[fp32_onnx],
             "layers": [t.to_dict() for t in timings],
         }
-        self.notes.append(f"INT8 layers of {fp32_onnx.name}: {self.placement[fp32_onnx]}")
         log.info("%s: %s", fp32_onnx.name, self.placement[fp32_onnx])
         return excluded
 
@@ -512,8 +518,7 @@ class QuantizeRun:
             self.onnx_variant("onnx_fp32", "model_fp32.onnx", deployable, "fp32")
             exclude: list[str] = []
             if config.wants_ptq or config.wants_qat:
-                self.choose_activation_type(fp32_onnx)
-                exclude = self.int8_exclusions(fp32_onnx)
+                exclude = self.choose_activation_type(fp32_onnx)
             if config.wants_ptq:
                 method = self.int8_ptq(fp32_onnx, deployable, "onnx", methods, exclude)
             if config.wants_qat:

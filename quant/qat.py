@@ -77,8 +77,8 @@ def insert_fake_quant(model: nn.Module, skip: Collection[str] = ()) -> FakeQuant
     """Add weight and input fake quantization to every quantized layer of ``model`` in place.
 
     ``skip`` names modules (as ``model.named_modules()`` does) that will stay fp32 in the
-    deployed model, so they train without rounding. The layers keep their Parameter objects (parametrizations wrap them), so an optimiser built
-    before the call still updates them.
+    deployed model, so they train without rounding. The layers keep their Parameter objects
+    (parametrizations wrap them), so an optimiser built before the call still updates them.
     """
     state = FakeQuantState()
     skipped = set(skip)
