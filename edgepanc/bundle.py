@@ -30,15 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
 from edgepanc import __version__
 from edgepanc.errors import BundleError
 from edgepanc.io.atomic import atomic_path, write_json_atomic
-from edgepanc.networks.unet import MultiTaskUNet, UNetConfig
+from edgepanc.networks.config import UNetConfig
 
-if TYPE_CHECKING:  # the plan module belongs to the preprocessing package
+if TYPE_CHECKING:
+    # torch only where weights are read or written: the ONNX Runtime path reads model.json alone
+    import torch
+    from torch import nn
+
+    from edgepanc.networks.unet import MultiTaskUNet
     from edgepanc.preprocessing.plan import PreprocessingPlan
 
 BUNDLE_FORMAT = "edgepanc-bundle"
@@ -67,6 +69,9 @@ class ModelBundle:
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_artifact: str | None = None
     kind: str = "trained"
+    # Peak activation bytes per input voxel of one forward pass (the runtime's memory planner
+    # needs it; measured when the bundle is written so that the runtime does not import torch).
+    activation_bytes_per_voxel: float | None = None
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -107,6 +112,7 @@ class ModelBundle:
             "provenance": self.provenance,
             "artifacts": self.artifacts,
             "default_artifact": self.default_artifact,
+            "activation_bytes_per_voxel": self.activation_bytes_per_voxel,
         }
 
     def artifact_path(self, name: str | None = None) -> Path:
@@ -136,6 +142,8 @@ class ModelBundle:
 
     def load_network(self, map_location: str | torch.device = "cpu") -> MultiTaskUNet:
         """The network with the bundle's fp32 weights, in eval mode."""
+        from edgepanc.networks.unet import MultiTaskUNet
+
         model = MultiTaskUNet(self.network)
         state = _read_state_dict(self.weights_path, map_location)
         _load_state_dict(model, state, self.weights_path)
@@ -196,6 +204,10 @@ def bundle_from_dict(folder: str | Path, data: Any) -> ModelBundle:
     default_artifact = data.get("default_artifact")
     if default_artifact is not None and default_artifact not in mappings["artifacts"]:
         raise fail(f"default_artifact {default_artifact!r} is not among the artifacts")
+    activation = data.get("activation_bytes_per_voxel")
+    valid_number = isinstance(activation, int | float) and not isinstance(activation, bool)
+    if activation is not None and not (valid_number and activation > 0):
+        raise fail(f"activation_bytes_per_voxel must be a positive number, got {activation!r}")
     return ModelBundle(
         path=Path(folder),
         network=network,
@@ -207,6 +219,7 @@ def bundle_from_dict(folder: str | Path, data: Any) -> ModelBundle:
         artifacts=mappings["artifacts"],
         default_artifact=default_artifact,
         kind=kind,
+        activation_bytes_per_voxel=None if activation is None else float(activation),
     )
 
 
@@ -223,6 +236,8 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     Unwraps DistributedDataParallel (``.module``) and ``torch.compile`` (``._orig_mod``) so the
     keys always match a plain :class:`MultiTaskUNet`.
     """
+    import torch
+
     path = Path(path)
     state = {
         key: value.detach().cpu().float() if value.is_floating_point() else value.detach().cpu()
@@ -250,6 +265,8 @@ def write_bundle(
     ``model`` must be a :class:`MultiTaskUNet` (possibly wrapped by DDP or ``torch.compile``);
     its ``config`` becomes the bundle's network.
     """
+    from edgepanc.networks.unet import MultiTaskUNet
+
     network = _unwrap(model)
     if not isinstance(network, MultiTaskUNet):
         raise TypeError(f"expected a MultiTaskUNet, got {type(network).__name__}")
@@ -263,6 +280,13 @@ def write_bundle(
         provenance=provenance(**dict(extra_provenance or {})),
         kind=kind,
     )
+    patch_size = preprocessing.get("patch_size")
+    if patch_size:
+        from edgepanc.runtime.budget import network_activation_bytes_per_voxel
+
+        bundle.activation_bytes_per_voxel = network_activation_bytes_per_voxel(
+            network.config, patch_size
+        )
     save_weights(network, bundle.weights_path)
     save_bundle_metadata(bundle)
     return bundle
@@ -300,6 +324,8 @@ def find_latest_bundle(root: str | Path | None = None) -> Path | None:
 
 def provenance(**extra: Any) -> dict[str, Any]:
     """Where and with what a bundle was made: versions, git commit, host and UTC time."""
+    import torch  # bundles are made by training and quantization, which run torch anyway
+
     record = {
         "edgepanc_version": __version__,
         "torch_version": torch.__version__,
@@ -351,6 +377,8 @@ def _check_files(bundle: ModelBundle) -> None:
 
 
 def _read_state_dict(path: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    import torch
+
     if not path.is_file():
         raise BundleError(path, "weights file is missing from the bundle")
     try:
@@ -392,6 +420,8 @@ def _load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path: 
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
+    from torch import nn
+
     while True:
         if hasattr(model, "_orig_mod"):
             model = model._orig_mod

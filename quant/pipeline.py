@@ -40,6 +40,7 @@ from edgepanc.networks import (
     estimate_flops,
     fold_batchnorm,
 )
+from edgepanc.runtime.budget import network_activation_bytes_per_voxel
 from quant.config import QuantizeConfig
 from quant.report import VariantResult, choose_default, write_report
 
@@ -554,6 +555,10 @@ class QuantizeRun:
         bundle.kind = "quantized"
         bundle.artifacts = {v.name: _artifact_record(v, self) for v in self.variants}
         bundle.default_artifact = default.name
+        if bundle.activation_bytes_per_voxel is None:  # a source bundle older than the field
+            bundle.activation_bytes_per_voxel = network_activation_bytes_per_voxel(
+                bundle.network, self.patch_size
+            )
         bundle.metrics = {
             **self.bundle.metrics,
             "quantization": {v.name: v.metrics for v in self.variants},

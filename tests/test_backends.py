@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -211,7 +213,7 @@ def fake_bundle(tiny_model, tiny_onnx, tmp_path) -> dict:
 
 @pytest.fixture()
 def cpu_only(monkeypatch):
-    monkeypatch.setattr(selection, "_cuda_available", lambda: False)
+    monkeypatch.setattr(selection, "cuda_available", lambda: False)
     monkeypatch.setattr(selection, "available_backends", lambda: ["torch", "onnxruntime"])
 
 
@@ -264,3 +266,28 @@ def test_available_backends_on_this_machine():
     names = available_backends()
     assert names[0] == "torch"
     assert ("onnxruntime" in names) == (importlib.util.find_spec("onnxruntime") is not None)
+
+
+def test_runtime_on_an_onnx_bundle_does_not_import_torch(tiny_model, tmp_path):
+    """torch is about 260 MB of resident memory that an ONNX Runtime run has no use for."""
+    from edgepanc.backends.selection import nvidia_gpu_present
+    from edgepanc.bundle import load_bundle, save_bundle_metadata, write_bundle
+
+    from runtime_support import TINY_PLAN
+
+    folder = tmp_path / "bundle"
+    write_bundle(folder, tiny_model, TINY_PLAN.to_dict())
+    export_tiny(tiny_model, folder / "model_fp32.onnx")
+    bundle = load_bundle(folder)
+    bundle.add_artifact("onnx_fp32", "model_fp32.onnx", "onnxruntime", "fp32", make_default=True)
+    save_bundle_metadata(bundle)
+    code = (
+        "import sys; from pathlib import Path; from edgepanc.commands.run import load_model; "
+        f"m = load_model(Path({str(folder)!r}), 'auto', 'auto', 'auto'); "
+        "print(m.predictor.name, m.activation_bytes_per_voxel > 0, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    name, footprint, torch_loaded = out.stdout.split()[-3:]
+    assert (name, footprint) == ("onnxruntime", "True"), out.stdout
+    # where NVML finds a GPU, torch is asked whether CUDA works; elsewhere it is never loaded
+    assert torch_loaded == str(nvidia_gpu_present())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import types
 
@@ -233,3 +234,30 @@ def test_invalid_preprocessing_is_a_bundle_error(bundle_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "edgepanc.preprocessing.plan", module)
     with pytest.raises(BundleError, match="model.json: preprocessing: patch_size must be"):
         load_bundle(bundle_dir).plan  # noqa: B018 - the property access is the test
+
+
+def test_bundle_stores_the_activation_footprint_for_the_runtime(bundle_dir):
+    from edgepanc.runtime.budget import network_activation_bytes_per_voxel
+
+    stored = _model_json(bundle_dir)["activation_bytes_per_voxel"]
+    expected = network_activation_bytes_per_voxel(PRESETS["tiny"], PLAN["patch_size"])
+    assert stored == pytest.approx(expected) and stored > 0
+    assert load_bundle(bundle_dir).activation_bytes_per_voxel == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", [0, -3.0, "large", True])
+def test_invalid_activation_footprint_is_a_bundle_error(bundle_dir, value):
+    data = _model_json(bundle_dir)
+    data["activation_bytes_per_voxel"] = value
+    (bundle_dir / "model.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="activation_bytes_per_voxel"):
+        load_bundle(bundle_dir)
+
+
+def test_reading_a_bundle_does_not_import_torch(bundle_dir):
+    code = (
+        "import sys; from edgepanc.bundle import load_bundle; "
+        f"b = load_bundle({str(bundle_dir)!r}); print(b.network.features, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False", out.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from edgepanc.data.cases import Case, discover_cases
 from edgepanc.errors import DatasetError
 from edgepanc.io.volume import read_image, read_label
 from edgepanc.preprocessing import (
+    Geometry,
     GridRecord,
     PreprocessingPlan,
+    canonical_geometry,
     canonical_spacing,
     ct_intensity_statistics,
     from_canonical,
@@ -67,6 +70,53 @@ def test_canonical_orientation_is_exactly_invertible(direction: tuple[int, ...])
     back = from_canonical(canonical, orientation_of(direction))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), values)
     np.testing.assert_allclose(back.GetOrigin(), img.GetOrigin(), atol=1e-9)
+
+
+def _axis_directions() -> list[tuple[float, ...]]:
+    """Every permutation and flip of the axes, plus an oblique one."""
+    directions = []
+    for perm in itertools.permutations(range(3)):
+        for flips in itertools.product((1.0, -1.0), repeat=3):
+            matrix = np.zeros((3, 3))
+            for column, (row, sign) in enumerate(zip(perm, flips, strict=True)):
+                matrix[row, column] = sign
+            directions.append(tuple(matrix.ravel()))
+    angle = 0.05
+    tilt = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    directions.append(tuple((tilt @ np.asarray(directions[5]).reshape(3, 3)).ravel()))
+    return directions
+
+
+def test_canonical_geometry_from_the_header_equals_reorienting() -> None:
+    for direction in _axis_directions():
+        img = sitk.Image([5, 6, 7], sitk.sitkUInt8)
+        img.SetSpacing([0.7, 0.9, 2.5])
+        img.SetOrigin([10.0, -20.0, 30.0])
+        img.SetDirection(direction)
+        expected = to_canonical(img)
+        size, spacing, origin, new_direction = canonical_geometry(
+            img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection()
+        )
+        assert size == expected.GetSize(), direction
+        np.testing.assert_allclose(spacing, expected.GetSpacing())
+        np.testing.assert_allclose(origin, expected.GetOrigin(), atol=1e-9)
+        np.testing.assert_allclose(new_direction, expected.GetDirection(), atol=1e-12)
+
+
+@pytest.mark.parametrize("direction", [RAS, PERMUTED])
+def test_preprocessing_resamples_straight_into_the_canonical_frame(direction) -> None:
+    """Same network input as reorienting first (the copy the direct resampling avoids)."""
+    values = np.random.default_rng(0).normal(40, 80, size=(12, 30, 26)).astype(np.int16)
+    img = make_image(values, spacing=(0.7, 0.8, 2.5), origin=(3.0, -4.0, 5.0), direction=direction)
+    plan = PreprocessingPlan((3.0, 1.5, 1.5), -200.0, 300.0, 50.0, 100.0, (8, 8, 8))
+    volume, grid = preprocess_image(img, plan)
+    reoriented = resample_to_spacing(to_canonical(img), plan.target_spacing, is_label=False)
+    np.testing.assert_allclose(
+        volume, normalize_ct(sitk.GetArrayFromImage(reoriented), plan), atol=1e-5
+    )
+    assert grid.resampled.matches(Geometry.of(reoriented))
 
 
 def test_resampling_keeps_the_field_of_view() -> None:
@@ -147,6 +197,39 @@ def test_label_forward_and_back_is_exact_on_a_finer_grid(direction: tuple[int, .
     assert restored.GetSize() == image.GetSize() and restored.GetSpacing() == image.GetSpacing()
     assert restored.GetOrigin() == image.GetOrigin()
     assert restored.GetDirection() == image.GetDirection()
+
+
+@pytest.mark.parametrize("direction", [RAS, PERMUTED])
+def test_restoring_only_the_labelled_box_equals_restoring_the_whole_grid(direction) -> None:
+    image = make_image(
+        np.zeros((14, 40, 36), dtype=np.int16),
+        spacing=(0.7, 0.8, 2.5),
+        origin=(3.0, -4.0, 5.0),
+        direction=direction,
+    )
+    _, grid = preprocess_image(image, plan((3.0, 1.5, 1.5)))
+    label = np.zeros(grid.resampled.shape, dtype=np.uint8)
+    label[3:7, 4:9, 4:10] = 1
+    label[4:6, 5:8, 5:8] = 2
+    label[-2, -2, 1] = 1  # a lone voxel elsewhere stretches the box
+    restored = sitk.GetArrayFromImage(restore_label(label, grid))
+    # reference: every nested region resampled over the whole canonical grid, then reoriented
+    target = grid.canonical
+    whole = np.zeros(target.shape, dtype=np.uint8)
+    for value in (1, 2):
+        region = grid.resampled.stamp(
+            sitk.GetImageFromArray(np.where(label >= value, 255, 0).astype(np.uint8))
+        )
+        resampled = sitk.Resample(
+            region, list(target.size), sitk.Transform(), sitk.sitkLinear,
+            list(target.origin), list(target.spacing), list(target.direction), 0.0, sitk.sitkUInt8,
+        )  # fmt: skip
+        whole[sitk.GetArrayFromImage(resampled) >= 128] = value
+    reference = from_canonical(
+        target.stamp(sitk.GetImageFromArray(whole)), orientation_of(direction)
+    )
+    assert (restored > 0).sum() > 100 and (restored == 2).sum() > 10
+    np.testing.assert_array_equal(restored, sitk.GetArrayFromImage(reference))
 
 
 def test_grid_record_round_trips_through_json() -> None:

@@ -37,9 +37,9 @@ def tensorrt_problem() -> str | None:
     """Why TensorRT cannot run here, or None when it can (without importing torch_tensorrt)."""
     if importlib.util.find_spec("torch_tensorrt") is None:
         return "torch_tensorrt is not installed (pip install 'edgepanc[gpu]' on a CUDA machine)"
-    import torch
+    from edgepanc.backends.selection import cuda_available
 
-    if not torch.cuda.is_available():
+    if not cuda_available():
         return "TensorRT needs an NVIDIA GPU and torch sees no CUDA device"
     return None
 

@@ -37,21 +37,18 @@ def resolve_bundle_path(model: Path | None) -> Path:
 
 
 def load_model(bundle_path: Path, backend: str, device: str, precision: str):  # -> LoadedModel
-    """Load the bundle, measure the network's activation footprint, pick the predictor."""
+    """Load the bundle, its activation footprint (measured for older bundles) and a predictor."""
     from edgepanc.backends import select_predictor
     from edgepanc.bundle import load_bundle
-    from edgepanc.networks import build_network
     from edgepanc.preprocessing import PreprocessingPlan
-    from edgepanc.runtime.budget import measure_activation_bytes_per_voxel
+    from edgepanc.runtime.budget import network_activation_bytes_per_voxel
     from edgepanc.runtime.pipeline import LoadedModel, measure_baseline_rss
 
     bundle = load_bundle(bundle_path)
     plan = PreprocessingPlan.from_dict(bundle.preprocessing)
-    # activations do not depend on the weights: measure on a fresh copy, then let it go
-    probe_network = build_network(bundle.network).eval()
-    probe = tuple(min(int(p), 2 * bundle.network.min_divisor) for p in plan.patch_size)
-    activation = measure_activation_bytes_per_voxel(probe_network, probe)
-    del probe_network
+    activation = bundle.activation_bytes_per_voxel
+    if activation is None:  # a bundle from before the figure was stored: measure (loads torch)
+        activation = network_activation_bytes_per_voxel(bundle.network, plan.patch_size)
     predictor = select_predictor(bundle, backend=backend, device=device, precision=precision)
     return LoadedModel(
         predictor=predictor,

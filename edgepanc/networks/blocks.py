@@ -12,8 +12,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from edgepanc.networks.config import NORM_KINDS
+
 NormKind = Literal["instance", "batch"]
-NORM_KINDS: tuple[str, ...] = ("instance", "batch")
 
 # nnU-Net's choice: a small negative slope keeps gradients alive for negative activations.
 LEAKY_SLOPE = 0.01

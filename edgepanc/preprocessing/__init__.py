@@ -7,6 +7,7 @@ from edgepanc.preprocessing.normalization import (
 )
 from edgepanc.preprocessing.orientation import (
     CANONICAL_ORIENTATION,
+    canonical_geometry,
     canonical_spacing,
     from_canonical,
     orientation_of,
@@ -28,6 +29,7 @@ __all__ = [
     "GridRecord",
     "IntensityStatistics",
     "PreprocessingPlan",
+    "canonical_geometry",
     "canonical_spacing",
     "ct_intensity_statistics",
     "from_canonical",

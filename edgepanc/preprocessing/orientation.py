@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 CANONICAL_ORIENTATION = "LPS"
+_AXIS_LETTERS = ("LR", "PA", "SI")  # canonical axis 0, 1, 2 and the letters that lie along it
 
 
 def orientation_of(direction: Sequence[float]) -> str:
@@ -26,6 +27,41 @@ def orientation_of(direction: Sequence[float]) -> str:
 def to_canonical(img: sitk.Image) -> sitk.Image:
     """``img`` with axes permuted/flipped into the canonical (LPS) orientation."""
     return sitk.DICOMOrient(img, CANONICAL_ORIENTATION)
+
+
+def canonical_geometry(
+    size: Sequence[int],
+    spacing: Sequence[float],
+    origin: Sequence[float],
+    direction: Sequence[float],
+) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """Size, spacing, origin and direction :func:`to_canonical` would give, from the header alone.
+
+    Lets the preprocessing resample straight from the stored orientation onto the canonical grid
+    instead of first copying every voxel into it (a 512 x 512 x 300 CT: 150 MB less at peak).
+    Each image axis goes to the physical axis its orientation letter names, flipped where the
+    letter is the opposite of the canonical one; the new origin is the centre of the voxel that
+    becomes the first.
+    """
+    code = orientation_of(direction)
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    new_size, new_spacing, columns = [0, 0, 0], [0.0, 0.0, 0.0], [None, None, None]
+    first_index = np.zeros(3)
+    for axis, letter in enumerate(code):
+        target = next(i for i, pair in enumerate(_AXIS_LETTERS) if letter in pair)
+        flip = letter != CANONICAL_ORIENTATION[target]
+        new_size[target] = int(size[axis])
+        new_spacing[target] = float(spacing[axis])
+        columns[target] = -matrix[:, axis] if flip else matrix[:, axis]
+        first_index[axis] = int(size[axis]) - 1 if flip else 0
+    new_origin = np.asarray(origin, dtype=float) + matrix @ (first_index * np.asarray(spacing))
+    new_direction = np.stack(columns, axis=1)  # type: ignore[arg-type]
+    return (
+        tuple(new_size),
+        tuple(new_spacing),
+        tuple(float(v) for v in new_origin),
+        tuple(float(v) for v in new_direction.ravel()),
+    )
 
 
 def from_canonical(img: sitk.Image, orientation: str) -> sitk.Image:

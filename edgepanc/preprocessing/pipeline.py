@@ -14,9 +14,19 @@ import numpy as np
 import SimpleITK as sitk
 
 from edgepanc.preprocessing.normalization import normalize_ct
-from edgepanc.preprocessing.orientation import from_canonical, orientation_of, to_canonical
+from edgepanc.preprocessing.orientation import (
+    canonical_geometry,
+    from_canonical,
+    orientation_of,
+    to_canonical,
+)
 from edgepanc.preprocessing.plan import PreprocessingPlan
-from edgepanc.preprocessing.resampling import resample_onto, resample_to_spacing
+from edgepanc.preprocessing.resampling import (
+    SPACING_TOLERANCE,
+    resample_onto,
+    resampled_origin,
+    resampled_size,
+)
 
 GEOMETRY_TOLERANCE = 1e-4  # relative, as in the data set integrity check
 
@@ -96,16 +106,60 @@ class GridRecord:
 
 
 def preprocess_image(img: sitk.Image, plan: PreprocessingPlan) -> tuple[np.ndarray, GridRecord]:
-    """The network input for ``img`` as float32 (z, y, x), and the record needed to invert it."""
-    canonical = to_canonical(img)
-    resampled = resample_to_spacing(canonical, plan.target_spacing, is_label=False)
+    """The network input for ``img`` as float32 (z, y, x), and the record needed to invert it.
+
+    Resampling works in physical space, so when the spacing changes the image is resampled
+    straight from its stored orientation onto the canonical grid: the reoriented full-resolution
+    copy (as large as the input) is never made.
+    """
+    canonical = Geometry(
+        *canonical_geometry(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    )
+    new_spacing = tuple(float(s) for s in reversed(plan.target_spacing))
+    if np.allclose(canonical.spacing, new_spacing, rtol=SPACING_TOLERANCE, atol=0):
+        resampled = sitk.Cast(to_canonical(img), sitk.sitkFloat32)  # reorder only, no interpolation
+    else:
+        resampled = resample_onto(
+            img,
+            resampled_size(canonical.size, canonical.spacing, new_spacing),
+            new_spacing,
+            resampled_origin(canonical.origin, canonical.direction, canonical.spacing, new_spacing),
+            canonical.direction,
+            is_label=False,
+        )
     grid = GridRecord(
         original=Geometry.of(img),
         original_orientation=orientation_of(img.GetDirection()),
-        canonical=Geometry.of(canonical),
+        canonical=canonical,
         resampled=Geometry.of(resampled),
     )
     return normalize_ct(sitk.GetArrayViewFromImage(resampled), plan), grid
+
+
+def _label_box_on(
+    label_zyx: np.ndarray, source: Geometry, target: Geometry
+) -> tuple[slice, slice, slice] | None:
+    """The (z, y, x) box of ``target`` that the labelled voxels of ``label_zyx`` can reach.
+
+    Linear interpolation spreads a label at most one ``source`` voxel, so the box is the labels'
+    bounding box grown by one source voxel, mapped into ``target`` indices (both grids share
+    the direction). Outside it the restored map is exactly 0: only the box is resampled, which
+    on a 512 x 512 x 300 CT turns seconds of resampling mostly background into a fraction.
+    """
+    occupied_zyx = [np.flatnonzero(label_zyx.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+    if any(axis.size == 0 for axis in occupied_zyx):
+        return None
+    low_xyz = np.array([axis[0] for axis in reversed(occupied_zyx)], dtype=float) - 1
+    high_xyz = np.array([axis[-1] for axis in reversed(occupied_zyx)], dtype=float) + 1
+    matrix = np.asarray(target.direction, dtype=float).reshape(3, 3)
+    offset = matrix.T @ (np.asarray(source.origin) - np.asarray(target.origin))
+    scale = np.asarray(source.spacing) / np.asarray(target.spacing)
+    ends = [(offset / np.asarray(target.spacing)) + index * scale for index in (low_xyz, high_xyz)]
+    start = np.clip(np.floor(np.minimum(*ends)).astype(int), 0, target.size)
+    stop = np.clip(np.ceil(np.maximum(*ends)).astype(int) + 1, 0, target.size)
+    if (stop <= start).any():
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start[::-1], stop[::-1], strict=True))  # type: ignore[return-value]
 
 
 def _resample_label_onto(label: sitk.Image, grid: Geometry) -> sitk.Image:
@@ -130,8 +184,8 @@ def restore_label(label_zyx: np.ndarray, grid: GridRecord) -> sitk.Image:
     input grid the boundary then follows the region's outline instead of the coarse voxels'
     staircase (the byte-per-voxel counterpart of nnU-Net resampling probabilities; on phantoms it
     raised the whole-pancreas Dice of a perfect label restored from 3 x 2 x 2 mm from 0.938 to
-    0.950). Where the grids coincide it returns the label unchanged. The axes are then
-    permuted/flipped back; the result carries exactly the input's size, spacing, origin and
+    0.950). Only the box the labels can reach is resampled (see :func:`_label_box_on`). The axes
+    are then permuted/flipped back; the result carries exactly the input's size, spacing, origin and
     direction.
     """
     if tuple(label_zyx.shape) != grid.resampled.shape:
@@ -140,23 +194,34 @@ def restore_label(label_zyx: np.ndarray, grid: GridRecord) -> sitk.Image:
         )
     target = grid.canonical
     canonical = np.zeros(target.shape, dtype=np.uint8)
-    for value in range(1, int(label_zyx.max(initial=0)) + 1):
-        region = np.where(label_zyx >= value, np.uint8(255), np.uint8(0))
-        on_network_grid = grid.resampled.stamp(sitk.GetImageFromArray(region))
-        del region
-        resampled = sitk.Resample(
-            on_network_grid,
-            list(target.size),
-            sitk.Transform(),
-            sitk.sitkLinear,
-            list(target.origin),
-            list(target.spacing),
-            list(target.direction),
-            0.0,
-            sitk.sitkUInt8,
-        )
-        canonical[sitk.GetArrayViewFromImage(resampled) >= 128] = value
-        del resampled, on_network_grid
+    box = _label_box_on(label_zyx, grid.resampled, target)
+    if box is not None:
+        start_xyz = [box[2].start, box[1].start, box[0].start]
+        size_xyz = [
+            box[2].stop - box[2].start,
+            box[1].stop - box[1].start,
+            box[0].stop - box[0].start,
+        ]
+        matrix = np.asarray(target.direction, dtype=float).reshape(3, 3)
+        origin = np.asarray(target.origin) + matrix @ (np.asarray(start_xyz) * target.spacing)
+        window = canonical[box]
+        for value in range(1, int(label_zyx.max(initial=0)) + 1):
+            region = np.where(label_zyx >= value, np.uint8(255), np.uint8(0))
+            on_network_grid = grid.resampled.stamp(sitk.GetImageFromArray(region))
+            del region
+            resampled = sitk.Resample(
+                on_network_grid,
+                size_xyz,
+                sitk.Transform(),
+                sitk.sitkLinear,
+                [float(v) for v in origin],
+                list(target.spacing),
+                list(target.direction),
+                0.0,
+                sitk.sitkUInt8,
+            )
+            window[sitk.GetArrayViewFromImage(resampled) >= 128] = value
+            del resampled, on_network_grid
     restored = target.stamp(sitk.GetImageFromArray(canonical))
     del canonical
     return grid.original.stamp(from_canonical(restored, grid.original_orientation))

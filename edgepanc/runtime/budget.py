@@ -1,11 +1,13 @@
 """Memory-budget planning for ``edgepanc run --memory-budget``.
 
-The peak resident memory of a run is the process's baseline (interpreter, torch, the model:
+The peak resident memory of a run is the process's baseline (interpreter, libraries, the model:
 measured with :func:`edgepanc.memory.current_rss` once the predictor is loaded) plus the
 largest of three phases, because the pipeline frees each phase's buffers before the next:
 
-- **preprocess**: the image as read (int16 stays int16), its reoriented copy, the resampled
-  float32 volume and its normalised float32 copy;
+- **preprocess**: reading holds the image twice at its peak (SimpleITK's NIfTI reader decodes
+  the file into a buffer of its own before the image; int16 stays int16), then the image with
+  the resampled float32 volume and its normalised float32 copy (the image is resampled straight
+  into the canonical orientation, so no reoriented copy of it is made);
 - **infer**: the preprocessed float32 volume, its uint8 label map, the streaming slab of logits
   still in play (:func:`edgepanc.inferers.streaming.slab_memory_bytes`) and one batch of tiles
   through the network (input, activations, logits);
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from edgepanc.errors import BudgetError
+from edgepanc.networks.config import UNetConfig
 
 FLOAT32 = 4
 UINT8 = 1
@@ -84,8 +87,9 @@ class BudgetPlan:
 
 
 def preprocess_phase_bytes(sizes: VolumeSizes) -> int:
-    """Image as read + reoriented copy + resampled float32 + its normalised float32 copy."""
-    return 2 * sizes.input_voxels * sizes.input_itemsize + 2 * sizes.preprocessed_voxels * FLOAT32
+    """The larger of reading (the image twice) and resampling (image + two float32 volumes)."""
+    image = sizes.input_voxels * sizes.input_itemsize
+    return max(2 * image, image + 2 * sizes.preprocessed_voxels * FLOAT32)
 
 
 def restore_phase_bytes(sizes: VolumeSizes) -> int:
@@ -167,6 +171,20 @@ def _fmt(n_bytes: int) -> str:
     if n_bytes >= 1e8:
         return f"{math.ceil(n_bytes / 1e7) / 100:.2f} GB"
     return f"{math.ceil(n_bytes / 1e6)} MB"
+
+
+def network_activation_bytes_per_voxel(network: UNetConfig, patch_size: Sequence[int]) -> float:
+    """:func:`measure_activation_bytes_per_voxel` of a fresh ``network`` on a small probe.
+
+    Activations do not depend on the weights, so an untrained copy is measured; the probe is the
+    patch capped at two multiples of the network's divisor on each axis (enough for every stage
+    to have a spatial extent, small enough to take milliseconds). Bundles store the result
+    (``model.json``: ``activation_bytes_per_voxel``) so that the runtime need not import torch.
+    """
+    from edgepanc.networks import build_network
+
+    probe = tuple(min(int(p), 2 * network.min_divisor) for p in patch_size)
+    return measure_activation_bytes_per_voxel(build_network(network).eval(), probe)
 
 
 def measure_activation_bytes_per_voxel(model: object, probe_size: Sequence[int]) -> float:
