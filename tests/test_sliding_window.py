@@ -127,19 +127,30 @@ def test_streaming_matches_whole_volume_on_random_tiny_network():
         assert dice(rebatched.labels, whole.labels, label) >= 0.999
 
 
-def test_region_is_tiled_alone_and_outside_is_background():
+def test_region_is_tiled_with_the_whole_volume_tiles():
     volume = phantom((40, 40, 40))
     region = (slice(8, 30), slice(10, 33), slice(5, 40))
-    result = streaming_sliding_window_inference(volume, FieldPredictor(), PATCH, region=region)
-    outside = np.ones(volume.shape, dtype=bool)
-    outside[region] = False
-    assert not result.labels[outside].any()
-    # the field predictor is translation-invariant: the box gives what the cropped volume gives
-    cropped = sliding_window_inference(volume[region].copy(), FieldPredictor(), PATCH)
-    np.testing.assert_array_equal(result.labels[region], cropped.labels)
-    starts = np.array(result.tiles)
-    assert starts.min(axis=0).tolist() == [8, 10, 5]
-    assert (starts + PATCH).max(axis=0).tolist() == [30, 33, 40]
+    whole = streaming_sliding_window_inference(volume, tiny_predictor(), PATCH)
+    boxed = streaming_sliding_window_inference(volume, tiny_predictor(), PATCH, region=region)
+    # the box's tiles are a subset of the whole-volume tiles, from the last one starting at or
+    # before the box to the first one ending at or after it, on every axis
+    assert set(boxed.tiles) < set(whole.tiles)
+    starts = np.array(boxed.tiles)
+    assert (starts.min(axis=0) <= [8, 10, 5]).all()
+    assert ((starts + PATCH).max(axis=0) >= [30, 33, 40]).all()
+    covered = np.zeros(volume.shape, dtype=bool)
+    for corner in boxed.tiles:
+        covered[tuple(slice(c, c + p) for c, p in zip(corner, PATCH, strict=True))] = True
+    assert not boxed.labels[~covered].any()  # nothing outside the tiles is labelled
+    # wherever a voxel's every whole-volume tile was run, the labels are the whole volume's
+    complete = np.zeros(volume.shape, dtype=bool)
+    missing = np.zeros(volume.shape, dtype=bool)
+    for corner in whole.tiles:
+        window = tuple(slice(c, c + p) for c, p in zip(corner, PATCH, strict=True))
+        (complete if corner in set(boxed.tiles) else missing)[window] = True
+    exact = complete & ~missing
+    assert exact[region].mean() > 0.2
+    np.testing.assert_array_equal(boxed.labels[exact], whole.labels[exact])
 
 
 def test_keep_logits_returns_weighted_mean():

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from edgepanc.inferers.sliding_window import frame_volume, plan_sliding_window
 from edgepanc.inferers.tiling import (
     compute_steps_for_sliding_window,
+    covering_steps,
     gaussian_importance_map,
-    pad_volume,
-    tile_plan,
 )
 
 SIZES = [(64, 64), (100, 32), (33, 32), (250, 96), (97, 40)]
@@ -47,20 +47,20 @@ def test_image_smaller_than_patch_is_refused_until_padded():
     patch = (16, 32, 16)
     with pytest.raises(ValueError, match="smaller than patch"):
         compute_steps_for_sliding_window(volume.shape, patch, 0.5)
-    padded, crop = pad_volume(volume, patch)
-    assert padded.shape == (16, 40, 16)
+    plan = plan_sliding_window(volume.shape, patch, 0.5)
+    padded, crop = frame_volume(volume, plan)
+    assert padded.shape == plan.padded_shape == (16, 40, 16)
     np.testing.assert_array_equal(padded[crop], volume)
     # split evenly, the odd voxel after: the volume sits in the middle of the patch
     assert crop == (slice(3, 13), slice(0, 40), slice(4, 11))
     assert padded.sum() == volume.sum()  # padding is zeros
-    steps = compute_steps_for_sliding_window(padded.shape, patch, 0.5)
-    assert steps[0] == [0] and steps[2] == [0]
+    assert {z for z, _, _ in plan.tiles} == {0} and {x for _, _, x in plan.tiles} == {0}
 
 
-def test_pad_volume_without_padding_returns_input_itself():
+def test_frame_without_padding_is_the_input_itself():
     volume = np.zeros((16, 16, 16), dtype=np.float32)
-    padded, crop = pad_volume(volume, (8, 16, 16))
-    assert padded is volume
+    padded, crop = frame_volume(volume, plan_sliding_window(volume.shape, (8, 16, 16)))
+    assert np.shares_memory(padded, volume)  # a view: nothing copied
     assert crop == (slice(0, 16),) * 3
 
 
@@ -68,7 +68,7 @@ def test_pad_volume_without_padding_returns_input_itself():
 @pytest.mark.parametrize("step_fraction", [0.5, 0.25])
 def test_tile_plan_covers_volume_in_z_major_order(shape, step_fraction):
     patch = (16, 16, 16)
-    tiles = tile_plan(shape, patch, step_fraction)
+    tiles = plan_sliding_window(shape, patch, step_fraction).tiles
     coverage = np.zeros(shape, dtype=np.int32)
     for z, y, x in tiles:
         assert z + 16 <= shape[0] and y + 16 <= shape[1] and x + 16 <= shape[2]
@@ -76,6 +76,16 @@ def test_tile_plan_covers_volume_in_z_major_order(shape, step_fraction):
     assert coverage.min() >= 1
     assert tiles == sorted(tiles)  # z slowest, then y, then x
     assert len(set(tiles)) == len(tiles)
+
+
+def test_covering_steps_keep_the_grid():
+    steps = [0, 14, 27, 41, 54, 68]  # 100 voxels, patch 32
+    assert covering_steps(steps, 32, 30, 60) == [27, 41]  # 27 starts before 30, 41 + 32 >= 60
+    assert covering_steps(steps, 32, 27, 59) == [27]  # one tile holds the range
+    assert covering_steps(steps, 32, 0, 100) == steps
+    assert covering_steps(steps, 32, 90, 100) == [68]  # clamped to the last tile
+    with pytest.raises(ValueError, match="non-empty"):
+        covering_steps(steps, 32, 40, 40)
 
 
 @pytest.mark.parametrize("patch", [(16, 16, 16), (12, 20, 9)])

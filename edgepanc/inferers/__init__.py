@@ -18,8 +18,6 @@ from edgepanc.inferers.streaming import (
 from edgepanc.inferers.tiling import (
     compute_steps_for_sliding_window,
     gaussian_importance_map,
-    pad_volume,
-    tile_plan,
 )
 
 __all__ = [
@@ -30,12 +28,10 @@ __all__ = [
     "classify_from_tiles",
     "compute_steps_for_sliding_window",
     "gaussian_importance_map",
-    "pad_volume",
     "plan_sliding_window",
     "slab_memory_bytes",
     "sliding_window_inference",
     "streaming_sliding_window_inference",
     "tile_batch_memory_bytes",
-    "tile_plan",
     "whole_volume_memory_bytes",
 ]

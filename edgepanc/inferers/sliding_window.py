@@ -1,6 +1,6 @@
 """Whole-volume sliding-window inference: the plain reference stitch.
 
-Tiles from :func:`~edgepanc.inferers.tiling.tile_plan` are predicted in batches; each tile's
+Tiles laid out by :func:`plan_sliding_window` are predicted in batches; each tile's
 logits are weighted by the importance map and summed into logits for the whole volume, then
 divided by the summed weights and arg-maxed. It keeps ``[C, Z, Y, X]`` float32 logits in memory,
 which is what the streaming inferer (:mod:`edgepanc.inferers.streaming`) avoids. This module also
@@ -9,6 +9,7 @@ holds what both inferers share: the window plan, the batch loop and the tile-lev
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -19,11 +20,11 @@ from tqdm.auto import tqdm
 from edgepanc.backends.base import Predictor
 from edgepanc.inferers.tiling import (
     Corner,
+    compute_steps_for_sliding_window,
     constant_importance_map,
+    covering_steps,
     gaussian_importance_map,
-    pad_volume,
     padding_for,
-    tile_plan,
 )
 
 LESION_LABEL = 2
@@ -104,27 +105,61 @@ def plan_sliding_window(
     step_fraction: float = 0.5,
     region: Region | None = None,
 ) -> WindowPlan:
-    """Lay out the tiles for ``region`` (default: the whole volume) of a ``volume_shape`` volume."""
+    """Lay out the tiles for ``region`` (default: the whole volume) of a ``volume_shape`` volume.
+
+    A region is tiled with the whole-volume plan's own tiles (:func:`covering_steps` per axis),
+    not with tiles spread afresh over the box: the plan's region grows to the union of those
+    tiles, and inside it the labels equal a whole-volume pass's wherever the same tiles cover a
+    voxel (measured on a full-size phantom: coarse-to-fine then agreed with whole-volume tiling
+    at Dice 0.992 instead of 0.972, with fewer tiles).
+    """
     if len(volume_shape) != 3 or len(patch_size) != 3:
         raise ValueError(
             f"expected a 3D volume and patch, got {list(volume_shape)} and {list(patch_size)}"
         )
     volume_shape = tuple(int(s) for s in volume_shape)
     patch = tuple(int(p) for p in patch_size)
-    resolved = _resolve_region(region, volume_shape)
-    region_shape = tuple(s.stop - s.start for s in resolved)
-    pads = padding_for(region_shape, patch)
-    padded = tuple(
-        size + before + after for size, (before, after) in zip(region_shape, pads, strict=True)
+    pads = padding_for(volume_shape, patch)
+    frame = tuple(
+        size + before + after for size, (before, after) in zip(volume_shape, pads, strict=True)
     )
+    steps = compute_steps_for_sliding_window(frame, patch, step_fraction)
+    requested = _resolve_region(region, volume_shape)
+    chosen, resolved, pad_before = [], [], []
+    for axis_steps, p, (before, _), size, sl in zip(
+        steps, patch, pads, volume_shape, requested, strict=True
+    ):
+        axis = covering_steps(axis_steps, p, sl.start + before, sl.stop + before)
+        start, stop = max(axis[0] - before, 0), min(axis[-1] + p - before, size)
+        resolved.append(slice(start, stop))
+        pad_before.append(start + before - axis[0])
+        chosen.append([s - axis[0] for s in axis])
     return WindowPlan(
         volume_shape=volume_shape,  # type: ignore[arg-type]
-        region=resolved,
+        region=tuple(resolved),  # type: ignore[arg-type]
         patch_size=patch,  # type: ignore[arg-type]
-        pad_before=tuple(before for before, _ in pads),  # type: ignore[arg-type]
-        padded_shape=padded,  # type: ignore[arg-type]
-        tiles=tile_plan(padded, patch, step_fraction),
+        pad_before=tuple(pad_before),  # type: ignore[arg-type]
+        padded_shape=tuple(axis[-1] + p for axis, p in zip(chosen, patch, strict=True)),  # type: ignore[arg-type]
+        tiles=[(int(z), int(y), int(x)) for z, y, x in itertools.product(*chosen)],
     )
+
+
+def frame_volume(volume: np.ndarray, plan: WindowPlan) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """The plan's tile frame filled from ``volume`` (zeros where it reaches past the volume).
+
+    Returns the frame (``volume[plan.region]`` itself when the two coincide) and the slices of
+    the region inside it.
+    """
+    crop = tuple(
+        slice(before, before + s.stop - s.start)
+        for before, s in zip(plan.pad_before, plan.region, strict=True)
+    )
+    source = volume[plan.region]
+    if source.shape == plan.padded_shape:
+        return source, crop
+    frame = np.zeros(plan.padded_shape, dtype=volume.dtype)  # the constant the tiles pad with
+    frame[crop] = source
+    return frame, crop
 
 
 def _resolve_region(region: Region | None, shape: tuple[int, ...]) -> Region:
@@ -280,7 +315,7 @@ def sliding_window_inference(
     policy = tile_batch if isinstance(tile_batch, BatchPolicy) else BatchPolicy(int(tile_batch))
     plan = plan_sliding_window(volume.shape, patch_size, step_fraction, region)
     weights = importance_map(plan.patch_size, importance)
-    padded, crop = pad_volume(volume[plan.region], plan.patch_size)
+    padded, crop = frame_volume(volume, plan)
     patch = plan.patch_size
 
     def read_tile(corner: Corner, out: np.ndarray) -> None:

@@ -213,7 +213,7 @@ def _tile_reader(source: np.ndarray, plan: WindowPlan) -> Callable[[Corner, np.n
             lo, hi = max(c - before, 0), min(c - before + p, size)
             src.append(slice(lo, hi))
             dst.append(slice(lo - (c - before), hi - (c - before)))
-        out[...] = 0.0  # the same constant pad_volume uses
+        out[...] = 0.0  # the same constant frame_volume pads with
         out[tuple(dst)] = source[tuple(src)]
 
     return read

@@ -8,7 +8,6 @@ padded. Arrays and sizes are in (z, y, x) order.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -25,7 +24,7 @@ def compute_steps_for_sliding_window(
     The first tile starts at 0, the last ends exactly at the image end and consecutive starts are
     at most ``step_fraction * patch`` apart (fewer, larger-overlap tiles are never used: the number
     of tiles is the smallest that respects the step). Every image axis must be at least as large
-    as the patch; pad smaller volumes with :func:`pad_volume` first.
+    as the patch: an axis smaller than it is padded first (:func:`padding_for`).
     """
     if len(image_size) != len(patch_size):
         raise ValueError(
@@ -53,18 +52,21 @@ def compute_steps_for_sliding_window(
     return steps
 
 
-def tile_plan(
-    image_size: Sequence[int], patch_size: Sequence[int], step_fraction: float
-) -> list[Corner]:
-    """Start corners of every tile, z-major (z slowest, x fastest).
+def covering_steps(steps: Sequence[int], patch: int, start: int, stop: int) -> list[int]:
+    """The run of ``steps`` whose tiles cover ``[start, stop)``, on the grid ``steps`` defines.
 
-    The z-major order is what lets the streaming accumulator finish and free a z-range as soon as
-    no later tile reaches back into it.
+    From the last tile starting at or before ``start`` to the first one ending at or after
+    ``stop`` (clamped to the first and last tile). Tiling a box with these tiles instead of
+    spreading new ones over the box keeps every tile where a whole-volume pass puts it, so that
+    inside the box the two agree wherever the same tiles cover a voxel.
     """
-    steps = compute_steps_for_sliding_window(image_size, patch_size, step_fraction)
-    if len(steps) != 3:
-        raise ValueError(f"tile_plan needs a 3D size, got {list(image_size)}")
-    return [(int(z), int(y), int(x)) for z, y, x in itertools.product(*steps)]
+    if not steps or stop <= start:
+        raise ValueError(
+            f"need steps and a non-empty range, got {list(steps)} and [{start}, {stop})"
+        )
+    first = max((s for s in steps if s <= start), default=steps[0])
+    last = min((s for s in steps if s + patch >= stop), default=steps[-1])
+    return [int(s) for s in steps if first <= s <= last]
 
 
 def gaussian_importance_map(
@@ -131,30 +133,11 @@ def padding_for(image_size: Sequence[int], patch_size: Sequence[int]) -> list[tu
     return pads
 
 
-def pad_volume(
-    volume: np.ndarray, patch_size: Sequence[int], value: float = 0.0
-) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Pad the axes of ``volume`` smaller than the patch with ``value``.
-
-    Returns the padded volume (``volume`` itself, not a copy, when no axis needs padding) and the
-    slices that crop an array of the padded shape back to the original extent:
-    ``padded[slices]`` equals ``volume``.
-    """
-    pads = padding_for(volume.shape, patch_size)
-    crop = tuple(
-        slice(before, before + size) for (before, _), size in zip(pads, volume.shape, strict=True)
-    )
-    if not any(before or after for before, after in pads):
-        return volume, crop
-    return np.pad(volume, pads, mode="constant", constant_values=value), crop
-
-
 __all__ = [
     "Corner",
     "compute_steps_for_sliding_window",
     "constant_importance_map",
+    "covering_steps",
     "gaussian_importance_map",
-    "pad_volume",
     "padding_for",
-    "tile_plan",
 ]

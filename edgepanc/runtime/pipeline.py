@@ -25,7 +25,11 @@ import SimpleITK as sitk
 from tqdm.auto import tqdm
 
 from edgepanc.errors import EdgepancError, InputError
-from edgepanc.inferers.sliding_window import BatchPolicy, classify_from_tiles
+from edgepanc.inferers.sliding_window import (
+    BatchPolicy,
+    classify_from_tiles,
+    plan_sliding_window,
+)
 from edgepanc.inferers.streaming import slab_memory_bytes, streaming_sliding_window_inference
 from edgepanc.io.volume import is_dicom_series_folder, looks_like_label, read_image, write_label
 from edgepanc.memory import current_rss, peak_rss
@@ -233,7 +237,7 @@ def coarse_roi(
     policy: BatchPolicy,
     between_batches: Any,
 ) -> tuple[Box | None, int]:
-    """Find the pancreas at ``1/factor`` resolution; return its grown box (or None) and tile count."""
+    """Find the pancreas at ``1/factor`` resolution; return the box to tile (or None), tile count."""
     factor = config.roi.factor
     coarse = downsample(volume, factor)
     result = streaming_sliding_window_inference(
@@ -261,7 +265,9 @@ def coarse_roi(
     if box is None:
         return None, tiles
     full = scale_box(box, coarse.shape, volume.shape)
-    return expand_box(full, volume.shape, spacing, config.roi.margin_mm, model.patch_size), tiles
+    grown = expand_box(full, volume.shape, spacing, config.roi.margin_mm)
+    # what the fine pass will tile: the whole-volume tiles covering the grown box
+    return plan_sliding_window(volume.shape, model.patch_size, config.step, grown).region, tiles
 
 
 def _remove_quietly(paths: Sequence[Path]) -> None:

@@ -3,8 +3,9 @@
 The pancreas fills a few percent of an abdominal CT. A cheap pass over the preprocessed volume
 downsampled by ``factor`` per axis (``factor**3`` times fewer voxels, tiles without overlap)
 finds the organ; the full-resolution pass then tiles only its bounding box grown by a margin
-(default 15 mm, and at least half a patch, so the fine tiles still see context around the organ
-edge). When the coarse pass finds nothing the caller tiles the whole volume and says so.
+(default 15 mm), with the tiles a whole-volume pass would put there (so the two agree inside the
+box, and the tiles reach past it, giving the organ's edge context). When the coarse pass finds
+nothing the caller tiles the whole volume and says so.
 """
 
 from __future__ import annotations
@@ -78,28 +79,18 @@ def scale_box(box: Box, from_shape: Sequence[int], to_shape: Sequence[int]) -> B
 
 
 def expand_box(
-    box: Box,
-    shape: Sequence[int],
-    spacing_zyx: Sequence[float],
-    margin_mm: float,
-    patch_size: Sequence[int],
+    box: Box, shape: Sequence[int], spacing_zyx: Sequence[float], margin_mm: float
 ) -> Box:
-    """Grow ``box`` by ``margin_mm`` (at least half a patch) per side, clipped to ``shape``.
+    """Grow ``box`` by ``margin_mm`` per side (what the coarse pass may have missed), clipped.
 
-    The result is also at least one patch long per axis where the volume allows, so the fine
-    pass never tiles a box smaller than the network's input.
+    The fine pass then tiles it with the whole-volume plan's tiles that cover it
+    (:func:`~edgepanc.inferers.sliding_window.plan_sliding_window`), which always adds context
+    and never leaves a box smaller than a patch.
     """
     out = []
-    for sl, n, spacing, patch in zip(box, shape, spacing_zyx, patch_size, strict=True):
-        margin = max(math.ceil(margin_mm / spacing), patch // 2)
-        start, stop = max(0, sl.start - margin), min(n, sl.stop + margin)
-        short = min(patch, n) - (stop - start)
-        if short > 0:  # widen towards whichever side has room
-            grow_left = min(start, (short + 1) // 2)
-            start -= grow_left
-            stop = min(n, stop + short - grow_left)
-            start = max(0, stop - min(patch, n))
-        out.append(slice(start, stop))
+    for sl, n, spacing in zip(box, shape, spacing_zyx, strict=True):
+        margin = math.ceil(margin_mm / spacing)
+        out.append(slice(max(0, sl.start - margin), min(n, sl.stop + margin)))
     return tuple(out)  # type: ignore[return-value]
 
 
