@@ -24,8 +24,7 @@ from edgepanc.preprocessing.plan import PreprocessingPlan
 from edgepanc.preprocessing.resampling import (
     SPACING_TOLERANCE,
     resample_onto,
-    resampled_origin,
-    resampled_size,
+    resample_to_spacing,
 )
 
 GEOMETRY_TOLERANCE = 1e-4  # relative, as in the data set integrity check
@@ -119,14 +118,8 @@ def preprocess_image(img: sitk.Image, plan: PreprocessingPlan) -> tuple[np.ndarr
     if np.allclose(canonical.spacing, new_spacing, rtol=SPACING_TOLERANCE, atol=0):
         resampled = sitk.Cast(to_canonical(img), sitk.sitkFloat32)  # reorder only, no interpolation
     else:
-        resampled = resample_onto(
-            img,
-            resampled_size(canonical.size, canonical.spacing, new_spacing),
-            new_spacing,
-            resampled_origin(canonical.origin, canonical.direction, canonical.spacing, new_spacing),
-            canonical.direction,
-            is_label=False,
-        )
+        frame = (canonical.size, canonical.spacing, canonical.origin, canonical.direction)
+        resampled = resample_to_spacing(img, plan.target_spacing, is_label=False, frame=frame)
     grid = GridRecord(
         original=Geometry.of(img),
         original_orientation=orientation_of(img.GetDirection()),

@@ -69,18 +69,28 @@ def resample_onto(
 
 
 def resample_to_spacing(
-    img: sitk.Image, spacing_zyx: Sequence[float], is_label: bool
+    img: sitk.Image,
+    spacing_zyx: Sequence[float],
+    is_label: bool,
+    frame: tuple[Sequence[int], Sequence[float], Sequence[float], Sequence[float]] | None = None,
 ) -> sitk.Image:
-    """Resample ``img`` to ``spacing_zyx`` (mm, numpy axis order), keeping its field of view."""
+    """Resample ``img`` to ``spacing_zyx`` (mm, numpy axis order), keeping its field of view.
+
+    ``frame`` (size, spacing, origin, direction in SimpleITK terms) is the grid whose field of
+    view and axis order the result takes, default ``img``'s own; giving a reoriented header
+    resamples straight into that orientation (resampling works in physical space).
+    """
     new_spacing = tuple(float(s) for s in reversed(spacing_zyx))
-    old_spacing = img.GetSpacing()
-    if np.allclose(old_spacing, new_spacing, rtol=SPACING_TOLERANCE, atol=0):
-        return sitk.Cast(img, sitk.sitkUInt8 if is_label else sitk.sitkFloat32)
+    if frame is None:
+        frame = (img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+        if np.allclose(frame[1], new_spacing, rtol=SPACING_TOLERANCE, atol=0):
+            return sitk.Cast(img, sitk.sitkUInt8 if is_label else sitk.sitkFloat32)
+    size, old_spacing, origin, direction = frame
     return resample_onto(
         img,
-        resampled_size(img.GetSize(), old_spacing, new_spacing),
+        resampled_size(size, old_spacing, new_spacing),
         new_spacing,
-        resampled_origin(img.GetOrigin(), img.GetDirection(), old_spacing, new_spacing),
-        img.GetDirection(),
+        resampled_origin(origin, direction, old_spacing, new_spacing),
+        direction,
         is_label,
     )
