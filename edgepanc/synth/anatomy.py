@@ -278,6 +278,34 @@ class Pancreas:
 
 
 @dataclass
+class FatPlane:
+    """The fat round the pancreas: the gland is retroperitoneal and a plane of fat, thin in places
+    and absent in others, separates it from the liver, spleen, stomach and kidneys.
+
+    Painted after the solid organs and before the bowel and the gland itself, so that it pushes
+    organs of the gland's own attenuation back from its surface while bowel loops (the duodenum
+    round the head) can still touch it. Without it, a gland painted over the liver had no edge at
+    all there: 28% of its outer boundary (up to 50% in a case) lay against tissue within 25 HU
+    of its own, and the label was a guess an annotator could not have made.
+    Bone, gas, enhancing vessels and anything brighter than 250 HU are left as they are.
+    """
+
+    tube: Tube
+    hu: float
+
+    def box(self) -> Box:
+        return self.tube.box()
+
+    def paint(self, block: Block) -> None:
+        index, depth, _, _ = self.tube.depth(block)
+        if not depth.size:
+            return
+        current = block.hu[index]
+        soft = (current > -500.0) & (current < 250.0)
+        block.hu[tuple(i[soft] for i in index)] = self.hu
+
+
+@dataclass
 class VesselTube:
     """A contrast-filled vessel along a curve; it takes its lumen out of the pancreas label."""
 
@@ -406,6 +434,17 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         fat_hu=body.visceral_fat_hu,
     )
     head = control[1]
+    # Fat-plane thickness along the gland (mm), per control point: 0 where it touches.
+    plane_mm = np.clip(rng.uniform(-1.0, 4.0, size=len(knot_radii)), 0.0, None)
+    fat_plane = FatPlane(
+        tube=Tube(
+            points,
+            radii + np.interp(t, np.arange(len(plane_mm)), plane_mm),
+            lobulation=pancreas.tube.lobulation,
+            noise=lobes,
+        ),
+        hu=body.visceral_fat_hu,
+    )
 
     organ_shape = lambda: random_noise(rng, (40, 90), modes=5)  # noqa: E731
     liver = Organ(
@@ -484,6 +523,7 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         spleen,
         *kidneys,
         stomach,
+        fat_plane,
         *bowel,
         pancreas,
         *vessels,
