@@ -2,7 +2,7 @@
 block of voxels, from functions of LPS position in millimetres.
 
 Painting order matters (later structures cover earlier ones): body wall, spine and muscles,
-organs, bowel, pancreas, then the vessels that run along and through the pancreas (they clear the
+organs, the fat plane round the pancreas, bowel, pancreas, then the vessels that run along and through the pancreas (they clear the
 pancreas label where they pass, as an annotator would). LPS: +x is the patient's left, +y the
 back, +z the head.
 """
