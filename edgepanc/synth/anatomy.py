@@ -217,10 +217,25 @@ class Organ:
 
 
 @dataclass
-class BowelLoop:
-    """A bowel segment: an enhancing wall round fluid, gas, a gas-fluid level or mottled stool."""
+class AlongTube:
+    """A structure laid along a :class:`Tube` (bowel, gland, fat plane, vessel): its box is the
+    tube's; subclasses paint the tube's voxels."""
 
     tube: Tube
+
+    def box(self) -> Box:
+        return self.tube.box()
+
+    def _inside(self, block: Block) -> tuple[tuple[np.ndarray, ...], np.ndarray] | None:
+        """Index and depth below the surface of the block's voxels in the tube; None if none."""
+        index, depth, _, _ = self.tube.depth(block)
+        return (index, depth) if depth.size else None
+
+
+@dataclass
+class BowelLoop(AlongTube):
+    """A bowel segment: an enhancing wall round fluid, gas, a gas-fluid level or mottled stool."""
+
     wall_mm: float
     wall_hu: float
     lumen_hu: float
@@ -228,13 +243,11 @@ class BowelLoop:
     level_y: float = 0.0
     stool: FourierNoise | None = None
 
-    def box(self) -> Box:
-        return self.tube.box()
-
     def paint(self, block: Block) -> None:
-        index, depth, _, _ = self.tube.depth(block)
-        if not depth.size:
+        inside = self._inside(block)
+        if inside is None:
             return
+        index, depth = inside
         value = np.full(depth.shape, self.lumen_hu, np.float32)
         if self.content == "gas":
             value[:] = GAS_HU
@@ -248,10 +261,9 @@ class BowelLoop:
 
 
 @dataclass
-class Pancreas:
+class Pancreas(AlongTube):
     """The pancreas: a lobulated tube along a curve, with a fine texture and fatty clefts."""
 
-    tube: Tube
     hu: float
     texture: FourierNoise
     texture_hu: float
@@ -259,13 +271,11 @@ class Pancreas:
     cleft_hu: float
     fat_hu: float
 
-    def box(self) -> Box:
-        return self.tube.box()
-
     def paint(self, block: Block) -> None:
-        index, depth, _, _ = self.tube.depth(block)
-        if not depth.size:
+        inside = self._inside(block)
+        if inside is None:
             return
+        index, depth = inside
         value = self.hu + self.texture_hu * self.texture.at(block, index)
         # Fat between lobules: a thin network where the cleft field is high, stronger near the
         # surface, blended so that it pulls the HU down without carving holes in the label.
@@ -278,7 +288,7 @@ class Pancreas:
 
 
 @dataclass
-class FatPlane:
+class FatPlane(AlongTube):
     """The fat round the pancreas: the gland is retroperitoneal and a plane of fat, thin in places
     and absent in others, separates it from the liver, spleen, stomach and kidneys.
 
@@ -290,35 +300,29 @@ class FatPlane:
     Bone, gas, enhancing vessels and anything brighter than 250 HU are left as they are.
     """
 
-    tube: Tube
     hu: float
 
-    def box(self) -> Box:
-        return self.tube.box()
-
     def paint(self, block: Block) -> None:
-        index, depth, _, _ = self.tube.depth(block)
-        if not depth.size:
+        inside = self._inside(block)
+        if inside is None:
             return
+        index, _ = inside
         current = block.hu[index]
         soft = (current > -500.0) & (current < 250.0)
         block.hu[tuple(i[soft] for i in index)] = self.hu
 
 
 @dataclass
-class VesselTube:
+class VesselTube(AlongTube):
     """A contrast-filled vessel along a curve; it takes its lumen out of the pancreas label."""
 
-    tube: Tube
     hu: float
 
-    def box(self) -> Box:
-        return self.tube.box()
-
     def paint(self, block: Block) -> None:
-        index, depth, _, _ = self.tube.depth(block)
-        if not depth.size:
+        inside = self._inside(block)
+        if inside is None:
             return
+        index, _ = inside
         block.hu[index] = self.hu
         label = block.label[index]
         block.label[index] = np.where(label == LABEL_PANCREAS, 0, label)
