@@ -36,7 +36,7 @@ def make_predictor(bundle: Any, backend: str, precision: str, workdir: Path) -> 
         return TorchPredictor(bundle.load_network(), device="cpu", precision=precision)
     path = bundle_artifact(bundle, backend, precision)
     if path is None and precision == "fp32":
-        from quant.onnx_export import export_onnx
+        from edgepanc.quantization.onnx_export import export_onnx
 
         path = workdir / "network_fp32.onnx"
         if not path.is_file():

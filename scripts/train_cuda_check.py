@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print("train_cuda_check: no CUDA device visible to torch; nothing to check on this machine")
         return 2
     from edgepanc.networks import build_network, count_parameters
-    from train.losses import LossWeights, multitask_loss
+    from edgepanc.training.losses import LossWeights, multitask_loss
 
     patch = tuple(int(v) for v in args.patch_size.split(","))
     device = torch.device("cuda")

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from edgepanc.bundle import load_bundle
 from edgepanc.cli import main
-from train.config import TrainConfig
-from train.runner import run_training
+from edgepanc.training.config import TrainConfig
+from edgepanc.training.runner import run_training
 
 from train_support import write_tiny_dataset
 
@@ -238,7 +238,7 @@ def test_unwritable_or_non_empty_output_is_refused(
 
 
 def test_report_says_whether_qat_beat_ptq_and_what_each_int8_variant_lost() -> None:
-    from quant.pipeline import VariantResult, _qat_note, _target_notes
+    from edgepanc.quantization.pipeline import VariantResult, _qat_note, _target_notes
 
     def variant(name: str, ms: float, whole: float, lesion: float, f1: float, ok: bool):
         metrics = {"whole_dsc": whole, "lesion_dsc": lesion, "macro_f1": f1}

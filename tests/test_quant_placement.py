@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgepanc.networks import build_network
-from quant.int8_placement import (
+from edgepanc.quantization.int8_placement import (
     LayerTiming,
     conversion_nodes,
     fp32_layers,
@@ -21,9 +21,9 @@ from quant.int8_placement import (
     profiled_node_name,
     quantizable_nodes,
 )
-from quant.onnx_export import export_onnx
-from quant.ptq import QUANTIZED_OP_TYPES, quantize_int8
-from quant.qat import insert_fake_quant, remove_fake_quant
+from edgepanc.quantization.onnx_export import export_onnx
+from edgepanc.quantization.ptq import QUANTIZED_OP_TYPES, quantize_int8
+from edgepanc.quantization.qat import insert_fake_quant, remove_fake_quant
 
 PATCH = (16, 16, 16)
 
@@ -140,7 +140,7 @@ def test_qat_skips_the_layers_that_stay_fp32() -> None:
 def test_variants_are_timed_in_turns() -> None:
     import time
 
-    from quant.latency import interleaved_latencies
+    from edgepanc.quantization.latency import interleaved_latencies
 
     calls: list[str] = []
 

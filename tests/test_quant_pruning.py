@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from edgepanc.networks import MultiTaskUNet, UNetConfig, count_parameters, estimate_flops
-from quant.config import QuantizeConfig
-from quant.pruning import (
+from edgepanc.quantization.config import QuantizeConfig
+from edgepanc.quantization.pruning import (
     accumulate_taylor_scores,
     magnitude_scores,
     prunable_layers,
     prune_network,
     pruned_features,
 )
-from quant.qat import insert_fake_quant, remove_fake_quant
+from edgepanc.quantization.qat import insert_fake_quant, remove_fake_quant
 
 RATIO = 0.5
 SHAPE = (2, 1, 16, 16, 16)

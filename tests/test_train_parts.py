@@ -9,13 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from train.augmentation import AugmentationConfig, augment_intensity, random_spatial_matrix
-from train.config import TrainConfig
-from train.dataset import PreparedCase, sample_coordinates
-from train.kfold import stratified_folds, summarize_folds
-from train.losses import LossWeights, multitask_loss, soft_dice_loss
-from train.sampling import PatchSampler, SamplingConfig, balanced_case_weights, extract_patch
-from train.schedule import warmup_cosine_factor
+from edgepanc.training.augmentation import (
+    AugmentationConfig,
+    augment_intensity,
+    random_spatial_matrix,
+)
+from edgepanc.training.config import TrainConfig
+from edgepanc.training.dataset import PreparedCase, sample_coordinates
+from edgepanc.training.kfold import stratified_folds, summarize_folds
+from edgepanc.training.losses import LossWeights, multitask_loss, soft_dice_loss
+from edgepanc.training.sampling import (
+    PatchSampler,
+    SamplingConfig,
+    balanced_case_weights,
+    extract_patch,
+)
+from edgepanc.training.schedule import warmup_cosine_factor
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from edgepanc.cli import main
 from edgepanc.errors import InputError
 from edgepanc.thermal import ScriptedSource, ThermalGuard, ThermalLimits, ThermalTimeout
-from train.config import TrainConfig
-from train.runner import run_training
+from edgepanc.training.config import TrainConfig
+from edgepanc.training.runner import run_training
 
 from train_support import write_tiny_dataset
 

@@ -1,6 +1,6 @@
 """``edgepanc quantize``: compress a trained bundle into a new, quantized bundle.
 
-The compression stage (``quant/``) is imported inside the command, so the runtime commands work
+The compression stage (``edgepanc/quantization/``) is imported inside the command, so the runtime commands work
 without it.
 """
 
@@ -146,8 +146,8 @@ def quantize(
     seed: int,
 ) -> None:
     """Prune, quantize and export a trained bundle; measure every variant; write a new bundle."""
-    from quant.config import QuantizeConfig
-    from quant.pipeline import run_quantize
+    from edgepanc.quantization.config import QuantizeConfig
+    from edgepanc.quantization.pipeline import run_quantize
 
     config = QuantizeConfig(
         model=model,

@@ -1,6 +1,6 @@
 """``edgepanc train``: train the multi-task network into a run folder that is a model bundle.
 
-The training stage (``train/``) is imported inside the command, so the runtime commands work
+The training stage (``edgepanc/training/``) is imported inside the command, so the runtime commands work
 without it.
 """
 
@@ -169,8 +169,8 @@ def _parse_fold(text: str | None) -> int | None | str:
 )
 def train(**options: object) -> None:
     """Train the multi-task UNet on DATA; write a model bundle, metrics, logs and curves to OUT."""
-    from train.config import TrainConfig
-    from train.runner import run_training
+    from edgepanc.training.config import TrainConfig
+    from edgepanc.training.runner import run_training
 
     patch = _parse_triple(options.pop("patch_size"), int, "--patch-size")  # type: ignore[arg-type]
     spacing = _parse_triple(options.pop("target_spacing"), float, "--target-spacing")  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """INT8 post-training static quantization for ONNX Runtime (QDQ format, per-channel weights).
 
 Calibration patches are drawn from the preprocessed training cases by the training stage's own
-sampler (:class:`train.sampling.PatchSampler`) with the training foreground share and no
+sampler (:class:`edgepanc.training.sampling.PatchSampler`) with the training foreground share and no
 augmentation, so activation ranges are measured on what the network sees in use.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepanc.io.atomic import atomic_path
-from quant.onnx_export import INPUT_NAME
+from edgepanc.quantization.onnx_export import INPUT_NAME
 
 # Our names for ONNX Runtime's calibration methods.
 CALIBRATION_METHOD_NAMES: dict[str, str] = {
@@ -39,11 +39,11 @@ def calibration_patches(
     """``len(cases) * patches_per_case`` unaugmented patches from prepared cases.
 
     Returns the sampler's batch: ``image`` [N, 1, D, H, W] float32, ``label`` [N, D, H, W] int64,
-    ``subtype`` [N]. ``cases`` are :class:`train.dataset.PreparedCase`; the foreground shares
+    ``subtype`` [N]. ``cases`` are :class:`edgepanc.training.dataset.PreparedCase`; the foreground shares
     should be the ones the model was trained with (the defaults are the training defaults).
     """
-    from train.augmentation import AugmentationConfig
-    from train.sampling import PatchSampler, SamplingConfig
+    from edgepanc.training.augmentation import AugmentationConfig
+    from edgepanc.training.sampling import PatchSampler, SamplingConfig
 
     sampler = PatchSampler(
         cases,
@@ -89,7 +89,7 @@ def quantize_int8(
         signed as ``activation_type`` says (which is faster depends on the CPU's integer dot-product
         instructions; measure). ``symmetric_activations`` fixes the activation zero point at 0, which
     TensorRT's explicit quantization requires. ``exclude`` names nodes left in fp32 (see
-    :mod:`quant.int8_placement`). Batch norm must already be folded into the convs.
+    :mod:`edgepanc.quantization.int8_placement`). Batch norm must already be folded into the convs.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

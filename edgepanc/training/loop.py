@@ -26,16 +26,27 @@ import torch
 from tqdm import tqdm
 
 from edgepanc.thermal import ThermalGuard, ThermalTimeout
-from train.augmentation import AugmentationConfig
-from train.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from train.config import TrainConfig
-from train.dataset import PreparedCase
-from train.distributed import DistContext, barrier, gather_lists, mean_across_ranks, shard
-from train.logs import plot_curves, write_metrics
-from train.losses import LossWeights, multitask_loss
-from train.sampling import PatchSampler, SamplingConfig
-from train.schedule import build_scheduler
-from train.validation import summarize_results, validate_cases
+from edgepanc.training.augmentation import AugmentationConfig
+from edgepanc.training.checkpoint import (
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from edgepanc.training.config import TrainConfig
+from edgepanc.training.dataset import PreparedCase
+from edgepanc.training.distributed import (
+    DistContext,
+    barrier,
+    gather_lists,
+    mean_across_ranks,
+    shard,
+)
+from edgepanc.training.logs import plot_curves, write_metrics
+from edgepanc.training.losses import LossWeights, multitask_loss
+from edgepanc.training.sampling import PatchSampler, SamplingConfig
+from edgepanc.training.schedule import build_scheduler
+from edgepanc.training.validation import summarize_results, validate_cases
 
 log = logging.getLogger(__name__)
 

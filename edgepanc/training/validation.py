@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from train.dataset import PreparedCase
+from edgepanc.training.dataset import PreparedCase
 
 
 @dataclass(frozen=True)

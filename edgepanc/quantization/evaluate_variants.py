@@ -2,9 +2,9 @@
 
 Each validation case goes through the runtime's sliding-window inference with the variant's
 predictor (torch, ONNX Runtime or TensorRT), the runtime's post-processing, and is scored on the
-original image grid by :func:`train.validation.score_case`; the summary is
-:func:`train.validation.summarize_results`. Only the predictor differs from
-:func:`train.validation.predict_case`, which builds its own torch predictor.
+original image grid by :func:`edgepanc.training.validation.score_case`; the summary is
+:func:`edgepanc.training.validation.summarize_results`. Only the predictor differs from
+:func:`edgepanc.training.validation.predict_case`, which builds its own torch predictor.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgepanc.backends.base import Predictor
-from train.validation import predict_with
+from edgepanc.training.validation import predict_with
 
 # The metrics a variant is judged on against fp32 (see AccuracyTolerance).
 KEY_METRICS: tuple[str, ...] = ("whole_dsc", "lesion_dsc", "macro_f1")
@@ -25,8 +25,8 @@ def evaluate_predictor(
     patch_size: Sequence[int],
     step_fraction: float = 0.5,
 ) -> dict[str, Any]:
-    """Every validation metric of ``predictor`` on prepared ``cases`` (train.dataset.PreparedCase)."""
-    from train.validation import score_case, summarize_results
+    """Every validation metric of ``predictor`` on prepared ``cases`` (edgepanc.training.dataset.PreparedCase)."""
+    from edgepanc.training.validation import score_case, summarize_results
 
     results = []
     for case in cases:

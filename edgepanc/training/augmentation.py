@@ -1,7 +1,7 @@
 """Patch augmentation, drawn per patch from a numpy Generator.
 
 The spatial part (flips, 90-degree and small rotations, scaling including a 2x zoom-out) is one
-affine map in millimetres; :mod:`train.sampling` applies it by interpolating only the patch's own
+affine map in millimetres; :mod:`edgepanc.training.sampling` applies it by interpolating only the patch's own
 coordinates out of the case volume (``scipy.ndimage.map_coordinates``), so no transformed copy of
 the volume is ever made and anisotropic voxels rotate correctly. The zoom-out lets the same
 network serve the runtime's coarse pass at twice the target spacing.

@@ -1,7 +1,7 @@
 """Fine-tuning a compressed network with the training stage's own loop.
 
 Pruning and QAT both need a few epochs of training to recover accuracy. Rather than a second
-copy of the loop, this builds a :class:`train.loop.Trainer` for the network's config (same
+copy of the loop, this builds a :class:`edgepanc.training.loop.Trainer` for the network's config (same
 sampler, augmentation, losses, optimiser, schedule, thermal guard), loads the given weights into
 its model and runs :meth:`Trainer.run_epoch`. The Trainer's run folder is a scratch folder;
 nothing is checkpointed there that the bundle needs.
@@ -42,7 +42,7 @@ def training_config_for(
     settings: FinetuneSettings,
 ) -> Any:
     """The model's own TrainConfig (from the bundle's provenance) adjusted for fine-tuning."""
-    from train.config import TrainConfig
+    from edgepanc.training.config import TrainConfig
 
     base = dict(training) if training else {"data": str(data), "out": str(scratch)}
     base.setdefault("patch_size", list(patch_size))
@@ -75,7 +75,7 @@ def finetune(
     ``prepare(trainer_model)`` runs after the weights are loaded and before the first step;
     QAT uses it to insert fake quantization (it must keep the parameters the optimiser holds).
     """
-    from train.loop import Trainer
+    from edgepanc.training.loop import Trainer
 
     if train_config.epochs == 0:
         return model.eval()

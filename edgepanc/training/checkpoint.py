@@ -3,7 +3,7 @@
 A checkpoint holds everything a resumed run needs to continue exactly: model, optimiser,
 gradient scaler, scheduler, the epoch counter, early-stopping state, the metrics history and
 the RNG states (python, numpy, torch). The sampler and torch RNGs are also re-seeded from
-``(seed, epoch, rank)`` at each epoch start (see :class:`train.sampling.PatchSampler`), which is
+``(seed, epoch, rank)`` at each epoch start (see :class:`edgepanc.training.sampling.PatchSampler`), which is
 what makes the epochs after a resume replay the uninterrupted run's batches bit for bit.
 Every write is atomic, so a run killed at any moment leaves the previous checkpoint intact.
 """

@@ -9,7 +9,7 @@ from typing import Any
 
 PRUNE_CRITERIA: tuple[str, ...] = ("l1", "l2", "taylor")
 INT8_MODES: tuple[str, ...] = ("ptq", "qat", "both", "none")
-# measured: INT8 only where this CPU runs the layer faster in INT8 (quant/int8_placement.py).
+# measured: INT8 only where this CPU runs the layer faster in INT8 (int8_placement.py).
 INT8_LAYER_CHOICES: tuple[str, ...] = ("measured", "all")
 CALIBRATION_METHODS: tuple[str, ...] = ("auto", "minmax", "entropy", "percentile")
 EXPORT_KINDS: tuple[str, ...] = ("onnx", "int8", "tensorrt")

@@ -40,9 +40,9 @@ from edgepanc.networks import (
     estimate_flops,
     fold_batchnorm,
 )
+from edgepanc.quantization.config import QuantizeConfig
+from edgepanc.quantization.report import VariantResult, choose_default, write_report
 from edgepanc.runtime.budget import network_activation_bytes_per_voxel
-from quant.config import QuantizeConfig
-from quant.report import VariantResult, choose_default, write_report
 
 log = logging.getLogger("edgepanc.quantize")
 
@@ -157,7 +157,7 @@ class QuantizeRun:
 
     def measure(self, variant: VariantResult, predictor: Any) -> VariantResult:
         """Validation metrics of ``predictor`` now, latency later (:meth:`time_variants`)."""
-        from quant.evaluate_variants import evaluate_predictor
+        from edgepanc.quantization.evaluate_variants import evaluate_predictor
 
         variant.metrics = evaluate_predictor(predictor, self.val_cases, self.patch_size)
         log.info(
@@ -172,8 +172,8 @@ class QuantizeRun:
         return variant
 
     def time_variants(self) -> None:
-        """Latency per patch of every kept variant, timed in turns (see quant/latency.py)."""
-        from quant.latency import interleaved_latencies
+        """Latency per patch of every kept variant, timed in turns (see latency.py)."""
+        from edgepanc.quantization.latency import interleaved_latencies
 
         kept = {v.name: self.predictors[v.name] for v in self.variants}
         latencies = interleaved_latencies(kept, self.patch_size, self.config.latency_runs)
@@ -203,7 +203,7 @@ class QuantizeRun:
 
     def export_fp32(self, model: MultiTaskUNet, file: str) -> tuple[torch.nn.Module, Path]:
         """Fold batch norm (if any) and export; the ONNX graph is checked against PyTorch."""
-        from quant.onnx_export import compare_with_torch, export_onnx
+        from edgepanc.quantization.onnx_export import compare_with_torch, export_onnx
 
         deployable = (
             fold_batchnorm(model) if count_batchnorms(model) else copy.deepcopy(model).eval()
@@ -221,8 +221,8 @@ class QuantizeRun:
         return deployable, path
 
     def finetune(self, model: MultiTaskUNet, epochs: int, prepare: Any = None) -> MultiTaskUNet:
+        from edgepanc.quantization.finetune import FinetuneSettings, finetune, training_config_for
         from edgepanc.thermal import ThermalGuard
-        from quant.finetune import FinetuneSettings, finetune, training_config_for
 
         settings = FinetuneSettings(
             epochs, self.config.steps_per_epoch, self.config.lr, self.device, self.config.seed
@@ -241,8 +241,8 @@ class QuantizeRun:
     # -- stages
 
     def prepare_data(self) -> None:
-        from quant.ptq import calibration_patches
-        from train.dataset import prepare_cases
+        from edgepanc.quantization.ptq import calibration_patches
+        from edgepanc.training.dataset import prepare_cases
 
         self.calibration_cases = prepare_cases(
             self.calibration_source, self.plan, "calibration cases"
@@ -297,7 +297,7 @@ class QuantizeRun:
         ``exclude``: nodes left in fp32 (:meth:`int8_exclusions`).
         """
         from edgepanc.metrics import combined_score
-        from quant.ptq import quantize_int8
+        from edgepanc.quantization.ptq import quantize_int8
 
         tried = []
         for method in methods:
@@ -333,8 +333,8 @@ class QuantizeRun:
         Returns the layers of ``fp32_onnx`` to leave in fp32 (:meth:`int8_exclusions`).
         """
         from edgepanc.backends.onnxruntime_backend import OnnxRuntimePredictor
-        from quant.latency import interleaved_latencies
-        from quant.ptq import ACTIVATION_TYPES, quantize_int8
+        from edgepanc.quantization.latency import interleaved_latencies
+        from edgepanc.quantization.ptq import ACTIVATION_TYPES, quantize_int8
 
         scratch = Path(tempfile.mkdtemp(dir=self.staging.parent, prefix=".act-"))
         try:
@@ -359,13 +359,17 @@ class QuantizeRun:
         """The layers of ``fp32_onnx`` to leave in fp32 (none with ``--int8-layers all``).
 
         Measured here: ``every_layer`` (a fully quantized copy, made when not given) and the
-        fp32 graph are profiled per node on this CPU (see :mod:`quant.int8_placement`); every
+        fp32 graph are profiled per node on this CPU (see :mod:`edgepanc.quantization.int8_placement`); every
         timing goes into the report's trials and its placement table.
         """
         if self.config.int8_layers == "all":
             return []
-        from quant.int8_placement import fp32_layers, layer_timings, placement_summary
-        from quant.ptq import QUANTIZED_OP_TYPES, quantize_int8
+        from edgepanc.quantization.int8_placement import (
+            fp32_layers,
+            layer_timings,
+            placement_summary,
+        )
+        from edgepanc.quantization.ptq import QUANTIZED_OP_TYPES, quantize_int8
 
         with tempfile.TemporaryDirectory(dir=self.staging.parent, prefix=".place-") as scratch:
             if every_layer is None:
@@ -390,9 +394,9 @@ class QuantizeRun:
         return excluded
 
     def qat(self, model: MultiTaskUNet, method: str, exclude: Sequence[str] = ()) -> None:
-        from quant.int8_placement import module_name
-        from quant.ptq import quantize_int8
-        from quant.qat import insert_fake_quant, remove_fake_quant
+        from edgepanc.quantization.int8_placement import module_name
+        from edgepanc.quantization.ptq import quantize_int8
+        from edgepanc.quantization.qat import insert_fake_quant, remove_fake_quant
 
         state = {}
         # Layers that will run in fp32 train without rounding.
@@ -405,7 +409,7 @@ class QuantizeRun:
         if "fq" in state:
             remove_fake_quant(state["fq"])
         with tempfile.TemporaryDirectory(dir=self.staging.parent, prefix=".qat-") as scratch:
-            from quant.onnx_export import export_onnx
+            from edgepanc.quantization.onnx_export import export_onnx
 
             deployable = fold_batchnorm(tuned) if count_batchnorms(tuned) else tuned.eval()
             fp32 = export_onnx(deployable, Path(scratch) / "qat_fp32.onnx", self.patch_size)
@@ -427,7 +431,7 @@ class QuantizeRun:
 
     def pruned(self, model: MultiTaskUNet) -> MultiTaskUNet:
         from edgepanc.backends.torch_backend import TorchPredictor
-        from quant.pruning import accumulate_taylor_scores, prune_network
+        from edgepanc.quantization.pruning import accumulate_taylor_scores, prune_network
 
         scores = None
         if self.config.prune_criterion == "taylor":
@@ -460,7 +464,7 @@ class QuantizeRun:
         return batches
 
     def loss_fn(self) -> Any:
-        from train.losses import LossWeights, multitask_loss
+        from edgepanc.training.losses import LossWeights, multitask_loss
 
         def loss(
             outputs: tuple[torch.Tensor, torch.Tensor], label: torch.Tensor, subtype: torch.Tensor
@@ -470,7 +474,7 @@ class QuantizeRun:
         return loss
 
     def tensorrt(self, fp32_onnx: Path, model: torch.nn.Module, method: str) -> None:
-        from quant.tensorrt import tensorrt_skip_reason
+        from edgepanc.quantization.tensorrt import tensorrt_skip_reason
 
         reason = tensorrt_skip_reason()
         if reason is not None:
@@ -478,8 +482,8 @@ class QuantizeRun:
             log.info("skipped TensorRT: %s", reason)
             return
         from edgepanc.backends.tensorrt_backend import TensorRTPredictor
-        from quant.ptq import quantize_int8
-        from quant.tensorrt import build_engine
+        from edgepanc.quantization.ptq import quantize_int8
+        from edgepanc.quantization.tensorrt import build_engine
 
         build_engine(fp32_onnx, self.staging / "model_fp16.engine", self.patch_size, "fp16")
         symmetric = self.staging.parent / f".{self.staging.name}-sym.onnx"

@@ -22,8 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from train.augmentation import AugmentationConfig, augment_intensity, random_spatial_matrix
-from train.dataset import PreparedCase
+from edgepanc.training.augmentation import (
+    AugmentationConfig,
+    augment_intensity,
+    random_spatial_matrix,
+)
+from edgepanc.training.dataset import PreparedCase
 
 
 @dataclass(frozen=True)

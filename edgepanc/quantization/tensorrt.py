@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgepanc.io.atomic import write_bytes_atomic
-from quant.onnx_export import INPUT_NAME
+from edgepanc.quantization.onnx_export import INPUT_NAME
 
 # The runtime's tile batches are small; a profile up to this batch covers them.
 MAX_ENGINE_BATCH = 4

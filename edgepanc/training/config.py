@@ -61,7 +61,7 @@ class TrainConfig:
     # e.g. a model trained on pancreas crops continued on whole CTs). None: random weights.
     init_from: str | None = None
     device: str = "auto"
-    amp: bool | None = None  # None: fp16 on CUDA, off on CPU (see train/loop.py)
+    amp: bool | None = None  # None: fp16 on CUDA, off on CPU (see loop.py)
     folds: int = 0  # 0: use the data set's own train/validation split
     fold: int | None = None
     seed: int = 0

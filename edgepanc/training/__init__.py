@@ -1,6 +1,6 @@
 """The training stage behind ``edgepanc train``.
 
-One concept per module; the public entry point is :func:`train.runner.run_training`.
+One concept per module; the public entry point is :func:`edgepanc.training.runner.run_training`.
 
 - ``config``: :class:`TrainConfig`, every CLI flag, and the identity a resume must match.
 - ``dataset``: each case preprocessed once per run and kept in memory.

@@ -6,7 +6,7 @@ fake-quantized to unsigned INT8 per tensor (:mod:`torch.ao.quantization` FakeQua
 with moving-average min/max observers and the straight-through estimator). That is where ONNX
 Runtime's QDQ quantizer puts its QuantizeLinear/DequantizeLinear pairs, so the weights learn to
 live with the same rounding. After training the fake quantization is removed, the learned fp32
-weights are exported to ONNX and quantized with :func:`quant.ptq.quantize_int8`, whose
+weights are exported to ONNX and quantized with :func:`edgepanc.quantization.ptq.quantize_int8`, whose
 calibration sets the final activation ranges.
 
 Why not PT2E (``prepare_qat_pt2e``) or FX (``prepare_qat_fx``): torch 2.13 no longer ships

@@ -15,11 +15,16 @@ from typing import Any
 
 from edgepanc.errors import InputError
 from edgepanc.io.atomic import write_json_atomic
-from train.augmentation import AugmentationConfig
-from train.config import TrainConfig
-from train.distributed import DistContext, context_from_env, init_distributed, shutdown_distributed
-from train.kfold import stratified_folds, summarize_folds
-from train.logs import attach_file_log
+from edgepanc.training.augmentation import AugmentationConfig
+from edgepanc.training.config import TrainConfig
+from edgepanc.training.distributed import (
+    DistContext,
+    context_from_env,
+    init_distributed,
+    shutdown_distributed,
+)
+from edgepanc.training.kfold import stratified_folds, summarize_folds
+from edgepanc.training.logs import attach_file_log
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +147,8 @@ def train_one(
     """Train on ``cases`` (split "train"; validate on "validation") into ``run_dir``."""
     from edgepanc.preprocessing import PreprocessingPlan, plan_from_cases
     from edgepanc.thermal import ThermalGuard, ThermalLimits
-    from train.dataset import prepare_cases
-    from train.loop import Trainer
+    from edgepanc.training.dataset import prepare_cases
+    from edgepanc.training.loop import Trainer
 
     init = load_init_bundle(config)
     network = network_config_for(config, init)
