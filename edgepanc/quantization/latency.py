@@ -3,6 +3,12 @@
 :func:`interleaved_latencies` times several predictors in turns (A B C A B C ...), so that load
 from other jobs on a shared machine hits every variant alike and their ratios stay meaningful;
 timing them one after another let a 10% difference flip with the machine's load (measured here).
+
+Each turn starts with one untimed call. ONNX Runtime's worker threads spin for a while after a
+run, so the first call after switching sessions competes with the previous session's threads:
+timed call by call in strict alternation, the fp32 and INT8 graphs of one bundle both measured
+135-145 ms per patch on the 2-core machine, INT8 behind; with a settling call per turn, 87-97 vs
+80-85 ms, INT8 ahead, as each runs in ``edgepanc run``, one session back to back.
 """
 
 from __future__ import annotations
@@ -33,15 +39,15 @@ class Latency:
 def interleaved_latencies(
     predictors: Mapping[str, Predictor], patch_size: Sequence[int], rounds: int = 5, seed: int = 0
 ) -> dict[str, Latency]:
-    """Latency per predictor, timed in ``rounds`` turns over all of them after one warm-up each."""
+    """Latency per predictor: ``rounds`` turns over all of them, each an untimed settling call
+    followed by one timed call."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     batch = np.random.default_rng(seed).standard_normal((1, 1, *patch_size), dtype=np.float32)
-    for predictor in predictors.values():
-        predictor(batch)
     times: dict[str, list[float]] = {name: [] for name in predictors}
     for _ in range(rounds):
         for name, predictor in predictors.items():
+            predictor(batch)  # settles: warm-up on the first turn, other sessions' threads after
             start = time.perf_counter()
             predictor(batch)
             times[name].append((time.perf_counter() - start) * 1000.0)
