@@ -37,3 +37,27 @@ def test_written_file_follows_umask_not_mkstemp_0600(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+def test_a_command_stopped_with_sigterm_leaves_nothing_behind(tmp_path):
+    """`kill` or `timeout` mid-run: the staging folder goes, no partial output appears."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "data"
+    command = [sys.executable, "-m", "edgepanc", "synth", "--out", str(out), "--cases", "40"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        # wait until the first case is being written into the staging folder
+        while not any(p.is_file() for p in tmp_path.rglob("*")):
+            assert process.poll() is None, "synth ended before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+    assert list(tmp_path.iterdir()) == []
