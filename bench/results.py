@@ -222,6 +222,23 @@ def render_markdown(results: dict[str, Any]) -> str:
             ["backend", "precision", "median ms", "min-max ms", "rounds", "GFLOP/s"], rows
         )
         out.append("")
+    if sections.get("compression"):
+        c = sections["compression"][-1]
+        out += [
+            "## Compression speed-ups",
+            "",
+            f"Variants of the quantized bundle timed in turns in one process ({c['rounds']} "
+            "turns, a settling call before each timed one); speed-up against fp32 PyTorch. "
+            f"Best INT8: `{c['best_int8']}`; pruned + INT8: `{c.get('pruned_int8') or 'none'}`.",
+            "",
+        ]
+        rows = [
+            [name, f"{lat['median_ms']:.1f}", f"{lat['min_ms']:.1f}-{lat['max_ms']:.1f}"]
+            + [f"{c['speedup'][name]:.2f}x"]
+            for name, lat in c["latency_ms"].items()
+        ]
+        out += _table(["variant", "median ms", "min-max ms", "speed-up"], rows)
+        out.append("")
     if sections.get("end_to_end"):
         out += [
             "## End to end",

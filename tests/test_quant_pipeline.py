@@ -254,3 +254,23 @@ def test_report_says_whether_qat_beat_ptq_and_what_each_int8_variant_lost() -> N
     assert "best INT8: no variant within the accuracy tolerance" in notes
     qat_line = next(n for n in notes if "onnx_int8_qat" in n)
     assert "2.20x faster" in qat_line and "macro F1 -0.0970" in qat_line
+
+
+def test_speed_targets_are_judged_on_the_fastest_variant_within_tolerance() -> None:
+    from edgepanc.quantization.report import VariantResult, target_variant
+
+    def variant(name: str, ms: float | None, ok: bool) -> VariantResult:
+        return VariantResult(name, "onnxruntime", "int8", f"{name}.onnx", 1, 1, 1, ms, {}, ok)
+
+    variants = [
+        variant("onnx_int8_minmax", 90.0, True),
+        variant("onnx_int8_qat", 80.0, False),  # faster, but lost accuracy
+        variant("onnx_int8_entropy", None, True),  # not timed
+        variant("pruned_onnx_int8_minmax", 50.0, False),
+    ]
+    assert target_variant(variants, "onnx_int8").name == "onnx_int8_minmax"
+    # nothing within tolerance: the fastest is the candidate, and says so through within_tolerance
+    assert target_variant(variants, "pruned_onnx_int8").name == "pruned_onnx_int8_minmax"
+    assert target_variant(variants, "tensorrt") is None
+    restored = VariantResult.from_dict(variants[0].to_dict())
+    assert restored == variants[0]

@@ -41,7 +41,13 @@ from edgepanc.networks import (
     fold_batchnorm,
 )
 from edgepanc.quantization.config import QuantizeConfig
-from edgepanc.quantization.report import VariantResult, choose_default, write_report
+from edgepanc.quantization.report import (
+    SPEEDUP_TARGETS,
+    VariantResult,
+    choose_default,
+    target_variant,
+    write_report,
+)
 from edgepanc.runtime.budget import network_activation_bytes_per_voxel
 
 log = logging.getLogger("edgepanc.quantize")
@@ -610,25 +616,22 @@ def _artifact_record(variant: VariantResult, run: QuantizeRun) -> dict[str, Any]
 def _target_notes(variants: Sequence[VariantResult], reference: VariantResult) -> list[str]:
     """One line per compression target: met or not, with the numbers."""
     notes = []
-    for label, prefix, target in (
-        ("best INT8", "onnx_int8", 1.8),
-        ("pruned + INT8", "pruned_onnx_int8", 3.0),
-    ):
-        candidates = [v for v in variants if v.name.startswith(prefix) and v.within_tolerance]
-        if not candidates or not reference.latency_ms:
-            notes.append(f"{label}: no variant within the accuracy tolerance")
-            for v in variants:
-                if v.name.startswith(prefix) and v.latency_ms and reference.latency_ms:
-                    notes.append(
-                        f"{label} candidate {v.name}: {reference.latency_ms / v.latency_ms:.2f}x faster than fp32 "
-                        f"PyTorch (target {target}x); {_metric_deltas(v, reference)}"
-                    )
+    for label, prefix, target in SPEEDUP_TARGETS:
+        chosen = target_variant(variants, prefix)
+        if chosen is None or not reference.latency_ms:
+            notes.append(f"{label}: no variant measured")
             continue
-        best = min(candidates, key=lambda v: v.latency_ms)
-        speedup = reference.latency_ms / best.latency_ms
+        speedup = reference.latency_ms / chosen.latency_ms
+        if not chosen.within_tolerance:
+            notes.append(f"{label}: no variant within the accuracy tolerance")
+            notes.append(
+                f"{label} candidate {chosen.name}: {speedup:.2f}x faster than fp32 "
+                f"PyTorch (target {target}x); {_metric_deltas(chosen, reference)}"
+            )
+            continue
         verdict = "meets" if speedup >= target else "misses"
         notes.append(
-            f"{label}: {best.name} is {speedup:.2f}x faster than fp32 PyTorch ({verdict} the {target}x target)"
+            f"{label}: {chosen.name} is {speedup:.2f}x faster than fp32 PyTorch ({verdict} the {target}x target)"
         )
     return notes
 

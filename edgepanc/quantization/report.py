@@ -33,6 +33,22 @@ class VariantResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantResult:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+# The compression targets: (label, variant name prefix, speed-up over fp32 PyTorch per patch).
+SPEEDUP_TARGETS = (("best INT8", "onnx_int8", 1.8), ("pruned + INT8", "pruned_onnx_int8", 3.0))
+
+
+def target_variant(variants: Sequence[VariantResult], prefix: str) -> VariantResult | None:
+    """The variant a speed-up target is judged on: the fastest timed one named ``prefix*``
+    within the accuracy tolerance, else the fastest timed one (None when there is none)."""
+    timed = [v for v in variants if v.name.startswith(prefix) and v.latency_ms]
+    pool = [v for v in timed if v.within_tolerance] or timed
+    return min(pool, key=lambda v: v.latency_ms) if pool else None
+
 
 def choose_default(
     variants: Sequence[VariantResult], reference: str, accepts: Any
