@@ -201,3 +201,38 @@ def test_no_deprecated_cuda_amp_anywhere_in_the_repository() -> None:
         if text_file and needle in path.read_text(errors="ignore"):
             offenders.append(str(path))
     assert offenders == []
+
+
+def test_background_workers_draw_each_step_from_their_own_stream_in_step_order() -> None:
+    import copy
+
+    from edgepanc.training.batches import epoch_batches
+
+    cases = [_case(0), _case(1), _case(2)]
+    sampler = PatchSampler(cases, SamplingConfig((8, 8, 8)), AugmentationConfig(), seed=5)
+    drawn = [b["image"] for b in epoch_batches(sampler, epoch=4, steps=5, batch_size=2, workers=2)]
+    assert len(drawn) == 5
+    # worker w draws steps w, w + 2, ... from the stream (seed, epoch, rank, w + 1)
+    expected = [None] * 5
+    for worker in (0, 1):
+        own = copy.deepcopy(sampler)
+        own.start_epoch(4, worker=worker + 1)
+        for step in range(worker, 5, 2):
+            expected[step] = own.sample_batch(2)["image"]
+    for got, want in zip(drawn, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    again = [b["image"] for b in epoch_batches(sampler, epoch=4, steps=5, batch_size=2, workers=2)]
+    np.testing.assert_array_equal(np.stack(drawn), np.stack(again))
+    # without workers: the training process's own stream, as before the option existed
+    sampler.start_epoch(4)
+    inline = [b["image"] for b in epoch_batches(sampler, epoch=4, steps=2, batch_size=2)]
+    sampler.start_epoch(4)
+    np.testing.assert_array_equal(inline[0], sampler.sample_batch(2)["image"])
+
+
+def test_worker_count_is_part_of_the_experiment_but_zero_keeps_old_identities() -> None:
+    base = TrainConfig(data="d", out="o")
+    # the identity of this config before --workers existed (commit 89d4ad7): old runs resume
+    assert base.identity() == "f6cf5c32da60ae98"
+    assert base.identity() != TrainConfig(data="d", out="o", workers=2).identity()
+    assert base.to_dict()["workers"] == 0

@@ -240,3 +240,14 @@ def test_init_from_starts_from_a_bundles_weights_and_plan(tiny_data: Path, tmp_p
         )
     with pytest.raises(BundleError, match="does not exist"):
         run_training(tiny_config(tiny_data, tmp_path / "fourth", init_from=str(tmp_path / "none")))
+
+
+def test_training_with_background_workers_is_reproducible(tiny_data: Path, tmp_path: Path) -> None:
+    losses = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        config = tiny_config(tiny_data, run, epochs=2, steps_per_epoch=3, workers=2)
+        run_training(config, guard=ThermalGuard([]))
+        losses.append([r["loss"] for r in read_records(run)])
+    assert len(losses[0]) == 2 and all(math.isfinite(v) for v in losses[0])
+    assert losses[0] == losses[1]

@@ -167,6 +167,14 @@ def _parse_fold(text: str | None) -> int | None | str:
     default=None,
     help="Torch CPU threads per process (default: torch's choice; 1 is fastest on a busy 2-core machine).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="Background processes drawing training patches (0: the training process). On a GPU the "
+    "sampler sets the pace; on a 2-core CPU leave 0. Part of the experiment: other batches.",
+)
 def train(**options: object) -> None:
     """Train the multi-task UNet on DATA; write a model bundle, metrics, logs and curves to OUT."""
     from edgepanc.training.config import TrainConfig

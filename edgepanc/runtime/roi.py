@@ -31,7 +31,7 @@ class RoiConfig:
     mode: str = "auto"
     factor: int = 2
     # What the coarse pass may miss of the organ's edge. Measured on three 512 x 512 x 200-300
-    # phantoms (runs/fullft2_q): agreement with tiling the whole volume 0.974 / 0.986 / 0.988 at
+    # phantoms (runs/fullft2_q; phantoms before the fat plane, session 4): agreement with tiling the whole volume 0.974 / 0.986 / 0.988 at
     # 15 mm, 0.991 / 0.999 / 0.992 at 25 mm, 0.995 / 1.000 / 0.997 at 35 mm, for 23x / 19x / 31x,
     # 15x / 11x / 25x and 8x / 8x / 16x fewer tiles.
     margin_mm: float = 25.0

@@ -73,6 +73,7 @@ class TrainConfig:
     thermal_timeout: float = 1800.0
     require_thermal: bool = False
     threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
+    workers: int = 0  # background processes drawing patches (batches.py); 0: the training process
     resume: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -103,4 +104,7 @@ class TrainConfig:
     def identity(self) -> str:
         """A short hash of the fields that define the experiment (see module docstring)."""
         data = {k: v for k, v in self.to_dict().items() if k not in _NON_IDENTITY_FIELDS}
+        if data.get("workers") == 0:
+            # Draws as runs did before the option existed: their identities stay valid.
+            del data["workers"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

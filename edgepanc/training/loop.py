@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from edgepanc.thermal import ThermalGuard, ThermalTimeout
 from edgepanc.training.augmentation import AugmentationConfig
+from edgepanc.training.batches import epoch_batches
 from edgepanc.training.checkpoint import (
     load_checkpoint,
     restore_rng_states,
@@ -265,16 +266,24 @@ class Trainer:
         self.train_model.train()
         sums = np.zeros(3)
         pause_s = 0.0
+        batches = epoch_batches(
+            self.sampler,
+            epoch,
+            self.config.steps_per_epoch,
+            self.config.batch_size,
+            self.config.workers,
+        )
         bar = tqdm(
-            range(self.config.steps_per_epoch),
+            batches,
+            total=self.config.steps_per_epoch,
             desc=f"epoch {epoch + 1}/{self.config.epochs}",
             unit="step",
             leave=False,
             disable=not self.context.is_main,
         )
-        for done, _ in enumerate(bar, start=1):
+        for done, batch in enumerate(bar, start=1):
             pause_s += self.thermal_pause()
-            sums += self.train_step(self.sampler.sample_batch(self.config.batch_size))
+            sums += self.train_step(batch)
             bar.set_postfix(loss=f"{sums[0] / done:.3f}")
         means = mean_across_ranks((sums / self.config.steps_per_epoch).tolist(), self.context)
         return {"loss": means[0], "seg_loss": means[1], "cls_loss": means[2], "pause_s": pause_s}
