@@ -28,13 +28,17 @@ class _Group(click.Group):
         # Python dies on SIGTERM (`kill`, `timeout`, a scheduler) without unwinding, which would
         # leave staging folders and temporary files behind; as SystemExit, every `finally` and
         # atomic writer cleans up. Seen: a quantize stopped by `timeout` left its staging folder.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        # The previous handler comes back afterwards (in-process callers, e.g. click's runner).
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
         except EdgepancError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -61,3 +61,16 @@ def test_a_command_stopped_with_sigterm_leaves_nothing_behind(tmp_path):
     finally:
         process.kill()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_in_process_command_gives_back_the_sigterm_handler() -> None:
+    import signal
+
+    from click.testing import CliRunner
+
+    from edgepanc.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert signal.getsignal(signal.SIGTERM) is before
