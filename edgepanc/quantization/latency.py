@@ -25,7 +25,7 @@ from edgepanc.backends.base import Predictor
 
 @dataclass(frozen=True)
 class Latency:
-    """Milliseconds per patch: median and spread of ``runs`` timed calls after one warm-up."""
+    """Milliseconds per patch: median and spread of ``runs`` timed calls, each after a settling call."""
 
     median_ms: float
     min_ms: float
