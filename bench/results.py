@@ -233,8 +233,12 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
         ]
         rows = [
-            [name, f"{lat['median_ms']:.1f}", f"{lat['min_ms']:.1f}-{lat['max_ms']:.1f}"]
-            + [f"{c['speedup'][name]:.2f}x"]
+            [
+                name,
+                f"{lat['median_ms']:.1f}",
+                f"{lat['min_ms']:.1f}-{lat['max_ms']:.1f}",
+                f"{c['speedup'][name]:.2f}x",
+            ]
             for name, lat in c["latency_ms"].items()
         ]
         out += _table(["variant", "median ms", "min-max ms", "speed-up"], rows)

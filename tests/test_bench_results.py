@@ -96,3 +96,21 @@ def test_merging_a_separate_session_replaces_what_it_remeasures_and_keeps_the_re
     assert merged["sections"]["gates"] == [gate]
     assert merged["machine"] == {"cpu": "x"}
     assert results["sections"]["peers"] == [old_peer, other_peer]  # the input is not modified
+
+
+def test_compression_table_lists_each_variant_with_its_speedup() -> None:
+    def latency(ms: float) -> dict:
+        return {"median_ms": ms, "min_ms": ms - 5, "max_ms": ms + 5, "runs": 7.0}
+
+    record = {
+        "patch": [32, 64, 64],
+        "rounds": 7,
+        "latency_ms": {"torch_fp32": latency(480.0), "onnx_int8_minmax": latency(96.0)},
+        "speedup": {"torch_fp32": 1.0, "onnx_int8_minmax": 5.0},
+        "best_int8": "onnx_int8_minmax",
+        "pruned_int8": None,
+    }
+    text = render_markdown({"sections": {"compression": [record]}})
+    assert "## Compression speed-ups" in text and "pruned + INT8: `none`" in text
+    row = next(line for line in text.splitlines() if line.startswith("| onnx_int8_minmax"))
+    assert "| 96.0 |" in row and "| 91.0-101.0 |" in row and "| 5.00x |" in row
