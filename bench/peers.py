@@ -83,11 +83,16 @@ def monai_logits(
 def run_peer(peer: str, scan: Path, bundle_path: Path, out: Path) -> dict[str, Any]:
     """One case through ``peer``; writes ``<name>.nii.gz`` and ``<name>.json`` (timings) to ``out``."""
     from edgepanc.bundle import load_bundle
+    from edgepanc.inferers.probabilities import RegionProbabilities, region_probability_bytes
     from edgepanc.io.atomic import write_json_atomic
     from edgepanc.io.volume import read_image, write_label
     from edgepanc.preprocessing import preprocess_image, restore_label
     from edgepanc.runtime.pipeline import StageTimer, mask_name_for
-    from edgepanc.runtime.postprocess import PostprocessConfig, postprocess_labels
+    from edgepanc.runtime.postprocess import (
+        PostprocessConfig,
+        mask_region_probabilities,
+        postprocess_labels,
+    )
 
     bundle = load_bundle(bundle_path)
     plan = bundle.plan
@@ -105,12 +110,17 @@ def run_peer(peer: str, scan: Path, bundle_path: Path, out: Path) -> dict[str, A
             logits = monai_logits(network, volume, patch)
         else:
             logits = nnunet_logits(network, volume, patch, mirror=peer == "nnunet")
-        labels = logits.float().argmax(0).to(torch.uint8).numpy()
+        logits = logits.float().numpy()
+        labels = logits.argmax(0).astype(np.uint8)
+        # The peers' logits are blended already (weight sum 1): the same soft maps as ours.
+        whole = tuple(slice(0, s) for s in labels.shape)
+        soft = RegionProbabilities(region_probability_bytes(logits, np.float32(1.0)), whole)  # type: ignore[arg-type]
     del logits, volume
     with timer("postprocess"):
         labels = postprocess_labels(labels, tuple(plan.target_spacing), PostprocessConfig())
+        soft = mask_region_probabilities(soft, labels)
     with timer("restore"):
-        restored = restore_label(labels, grid)
+        restored = restore_label(labels, grid, soft)
     name = mask_name_for(scan)
     out.mkdir(parents=True, exist_ok=True)
     with timer("write"):

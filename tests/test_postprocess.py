@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgepanc.inferers.probabilities import RegionProbabilities
 from edgepanc.runtime.postprocess import (
     PostprocessConfig,
     keep_main_components,
+    mask_region_probabilities,
     postprocess_labels,
     restrict_lesion_to_pancreas,
     voxel_volume_ml,
@@ -88,3 +90,24 @@ def test_switches_and_input_untouched() -> None:
 def test_empty_prediction_stays_empty() -> None:
     labels = np.zeros((4, 5, 6), dtype=np.uint8)
     assert not postprocess_labels(labels, SPACING, PostprocessConfig()).any()
+
+
+def test_region_probabilities_keep_one_voxel_round_the_kept_regions() -> None:
+    raw = _volume()
+    raw[2:4, 30:34, 30:34] = 1  # a speck post-processing removes
+    raw[3, 32, 32] = 2
+    labels = postprocess_labels(raw, SPACING, PostprocessConfig())
+    assert labels[2:4, 30:34, 30:34].max() == 0
+    box = (slice(1, 19), slice(0, 38), slice(1, 40))
+    values = np.full((2, 18, 38, 39), 200, dtype=np.uint8)
+    soft = RegionProbabilities(values, box)
+    masked = mask_region_probabilities(soft, labels)
+    assert (values == 200).all()  # the input is left alone
+    near_organ = np.zeros(labels.shape, bool)
+    near_organ[1:19, 1:23, 1:23] = True  # the gland grown by one voxel (26-neighbourhood)
+    near_lesion = np.zeros(labels.shape, bool)
+    near_lesion[7:13, 7:13, 7:13] = True
+    for index, near in enumerate((near_organ, near_lesion)):
+        expected = np.where(near[box], 200, 0)
+        np.testing.assert_array_equal(masked.values[index], expected)
+    assert masked.box == box

@@ -199,8 +199,9 @@ def test_label_forward_and_back_is_exact_on_a_finer_grid(direction: tuple[int, .
     assert restored.GetDirection() == image.GetDirection()
 
 
-@pytest.mark.parametrize("direction", [RAS, PERMUTED])
-def test_restoring_only_the_labelled_box_equals_restoring_the_whole_grid(direction) -> None:
+def gland_with_lesion(direction: tuple[int, ...]) -> tuple[sitk.Image, GridRecord, np.ndarray]:
+    """A blank image stored in ``direction``, its grid at 3 x 1.5 x 1.5 mm and a label map there
+    with a gland and a lesion inside it."""
     image = make_image(
         np.zeros((14, 40, 36), dtype=np.int16),
         spacing=(0.7, 0.8, 2.5),
@@ -211,6 +212,12 @@ def test_restoring_only_the_labelled_box_equals_restoring_the_whole_grid(directi
     label = np.zeros(grid.resampled.shape, dtype=np.uint8)
     label[3:7, 4:9, 4:10] = 1
     label[4:6, 5:8, 5:8] = 2
+    return image, grid, label
+
+
+@pytest.mark.parametrize("direction", [RAS, PERMUTED])
+def test_restoring_only_the_labelled_box_equals_restoring_the_whole_grid(direction) -> None:
+    _, grid, label = gland_with_lesion(direction)
     label[-2, -2, 1] = 1  # a lone voxel elsewhere stretches the box
     restored = sitk.GetArrayFromImage(restore_label(label, grid))
     # reference: every nested region resampled over the whole canonical grid, then reoriented
@@ -267,3 +274,44 @@ def test_real_ct_label_survives_the_round_trip(real_ct_cases: list[Case]) -> Non
 
 def label_mask(label: sitk.Image, grid: GridRecord) -> np.ndarray:
     return preprocess_label(label, grid) > 0
+
+
+@pytest.mark.parametrize("direction", [RAS, PERMUTED])
+def test_hard_probabilities_of_a_box_restore_exactly_as_the_labels(direction) -> None:
+    # 0/255 maps of the labels' own regions, given for a box only, must give the labels' result:
+    # the box's grid sits at the right place and nothing outside it is lost.
+    from edgepanc.inferers.probabilities import RegionProbabilities
+
+    image, grid, label = gland_with_lesion(direction)
+    box = (slice(2, 8), slice(3, 11), slice(2, 12))
+    maps = np.stack([np.where(label[box] >= v, 255, 0) for v in (1, 2)]).astype(np.uint8)
+    soft = restore_label(label, grid, RegionProbabilities(maps, box))
+    hard = restore_label(label, grid)
+    assert (sitk.GetArrayFromImage(hard) == 2).sum() > 10
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(soft), sitk.GetArrayFromImage(hard))
+    assert soft.GetOrigin() == image.GetOrigin() and soft.GetSpacing() == image.GetSpacing()
+
+
+def test_restoring_probabilities_puts_the_boundary_where_they_cross_one_half() -> None:
+    # A region along x whose last coarse voxel has probability 0.75: the hard labels restore to
+    # the midpoint between that voxel and the next, the probabilities to where they cross 0.5,
+    # a third of the way there.
+    from edgepanc.inferers.probabilities import RegionProbabilities
+
+    image = make_image(np.zeros((4, 4, 40), dtype=np.int16), spacing=(0.5, 2.0, 2.0))
+    _, grid = preprocess_image(image, plan((2.0, 2.0, 2.0)))
+    shape = grid.resampled.shape
+    assert shape == (4, 4, 10) and grid.resampled.origin[0] == 0.75  # coarse centres 0.75 + 2k
+    label = np.zeros(shape, dtype=np.uint8)
+    label[..., :5] = 1  # coarse voxels 0..4 (up to 8.75 mm) inside, 5 (10.75 mm) outside
+    p = np.zeros(shape)
+    p[..., :4] = 1.0
+    p[..., 4] = 0.75  # falls linearly to 0 at 10.75 mm: crosses 0.5 at 9.42 mm
+    maps = np.stack([np.rint(255 * p), np.zeros(shape)]).astype(np.uint8)
+    full = tuple(slice(0, s) for s in shape)
+    hard = sitk.GetArrayFromImage(restore_label(label, grid))[0, 0]
+    soft = sitk.GetArrayFromImage(restore_label(label, grid, RegionProbabilities(maps, full)))[0, 0]
+    # fine voxel centres at 0, 0.5, ..., 19.5 mm
+    assert np.flatnonzero(hard).max() * 0.5 == 9.5  # the 0/255 map crosses one half at 9.75 mm
+    assert np.flatnonzero(soft).max() * 0.5 == 9.0  # the probability at 9.42 mm
+    assert hard[0] == soft[0] == 1

@@ -110,6 +110,47 @@ def test_streaming_matches_whole_volume_exactly(shape, step, tile_batch, region)
     assert len(np.unique(whole.labels)) == 3  # the phantom exercises every class
 
 
+@pytest.mark.parametrize("shape,step,tile_batch,region", CASES)
+def test_region_probabilities_are_the_softmax_of_the_blended_logits(
+    shape, step, tile_batch, region
+):
+    volume = phantom(shape)
+    whole = sliding_window_inference(
+        volume, FieldPredictor(), PATCH, step, tile_batch, region=region,
+        keep_logits=True, keep_probabilities=True,
+    )  # fmt: skip
+    streamed = streaming_sliding_window_inference(
+        volume, FieldPredictor(), PATCH, step, tile_batch, region=region, keep_probabilities=True
+    )
+    assert whole.probabilities is not None and streamed.probabilities is not None
+    # the ring of the stream holds the same sums as the whole-volume stitch, emitted row by row
+    np.testing.assert_array_equal(streamed.probabilities.values, whole.probabilities.values)
+    np.testing.assert_array_equal(streamed.labels, whole.labels)
+    box = whole.probabilities.box
+    assert streamed.probabilities.box == box
+    assert box == tuple(slice(0, s) for s in shape) if region is None else True
+    logits = whole.logits[(slice(None), *box)].astype(np.float64)
+    softmax = np.exp(logits - logits.max(axis=0))
+    softmax /= softmax.sum(axis=0)
+    # 1/255 steps, rounded: within half a step of the exact probabilities (plus float32 slack)
+    assert np.abs(whole.probabilities.values[0] - 255 * (1 - softmax[0])).max() <= 0.51
+    assert np.abs(whole.probabilities.values[1] - 255 * softmax[2]).max() <= 0.51
+    # where the labels say lesion the lesion is the likeliest class, so P(label >= 1) > 1/2 there
+    inside = whole.labels[box] == 2
+    assert inside.any() and (whole.probabilities.values[0][inside] > 127).all()
+
+
+def test_region_probabilities_refuse_a_mismatched_box():
+    from edgepanc.inferers.probabilities import RegionProbabilities
+
+    box = (slice(0, 4), slice(2, 5), slice(1, 3))
+    RegionProbabilities(np.zeros((2, 4, 3, 2), np.uint8), box)
+    with pytest.raises(ValueError, match=r"uint8 \[2, 4, 3, 2\]"):
+        RegionProbabilities(np.zeros((2, 4, 3, 3), np.uint8), box)
+    with pytest.raises(ValueError, match="uint8"):
+        RegionProbabilities(np.zeros((2, 4, 3, 2), np.float32), box)
+
+
 def test_streaming_matches_whole_volume_on_random_tiny_network():
     volume = phantom((36, 40, 24), seed=1)
     region = (slice(2, 36), slice(0, 40), slice(3, 21))
@@ -270,14 +311,16 @@ def test_slab_accumulator_refuses_rows_no_tile_covered():
 def test_streaming_holds_a_slab_not_the_volume():
     shape = (96, 64, 64)
     volume = phantom(shape)
-    estimate = slab_memory_bytes(shape, PATCH, 0.5)
+    estimate = slab_memory_bytes(shape, PATCH, 0.5, keep_probabilities=False)
+    soft_estimate = slab_memory_bytes(shape, PATCH, 0.5, keep_probabilities=True)
     whole_estimate = whole_volume_memory_bytes(shape)
     assert estimate * 4 < whole_estimate
+    assert estimate < soft_estimate < whole_estimate / 2
 
-    def traced_peak(infer) -> int:
+    def traced_peak(infer, **options) -> int:
         tracemalloc.start()
         try:
-            infer(volume, FieldPredictor(), PATCH, 0.5, 4)
+            infer(volume, FieldPredictor(), PATCH, 0.5, 4, **options)
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -286,4 +329,7 @@ def test_streaming_holds_a_slab_not_the_volume():
     batch_bytes = 4 * 16**3 * 4 * 8  # input, logits and softmax temporaries of one batch, generous
     streaming_peak = traced_peak(streaming_sliding_window_inference)
     assert streaming_peak <= estimate + labels_bytes + batch_bytes
+    # the two uint8 probability maps of the box (here the whole volume) come on top
+    soft_peak = traced_peak(streaming_sliding_window_inference, keep_probabilities=True)
+    assert streaming_peak < soft_peak <= soft_estimate + 3 * labels_bytes + batch_bytes
     assert traced_peak(sliding_window_inference) > 3 * volume.nbytes  # [3, Z, Y, X] float32 logits

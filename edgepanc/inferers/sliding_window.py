@@ -18,8 +18,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from edgepanc.backends.base import Predictor
+from edgepanc.inferers.probabilities import RegionProbabilities, region_probability_bytes
 from edgepanc.inferers.tiling import (
     Corner,
+    Region,
     compute_steps_for_sliding_window,
     constant_importance_map,
     covering_steps,
@@ -29,7 +31,6 @@ from edgepanc.inferers.tiling import (
 
 LESION_LABEL = 2
 Importance = Literal["gaussian", "constant"]
-Region = tuple[slice, slice, slice]
 
 
 @dataclass
@@ -58,6 +59,8 @@ class SlidingWindowResult:
     each tile saw, used to weight classification). ``tiles``: tile start corners in the input
     volume's voxel coordinates (negative on an axis padded because it was smaller than the patch).
     ``logits``: blended ``[C, z, y, x]`` float32 logits when asked for (whole-volume only).
+    ``probabilities``: the soft whole-pancreas and lesion maps of the tiled box when asked for
+    (:class:`~edgepanc.inferers.probabilities.RegionProbabilities`).
     """
 
     labels: np.ndarray
@@ -65,6 +68,7 @@ class SlidingWindowResult:
     tile_lesion_mass: np.ndarray
     tiles: list[Corner]
     logits: np.ndarray | None = None
+    probabilities: RegionProbabilities | None = None
 
 
 @dataclass(frozen=True)
@@ -304,13 +308,15 @@ def sliding_window_inference(
     progress: bool = False,
     between_batches: Callable[[], None] | None = None,
     region: Region | None = None,
+    keep_probabilities: bool = False,
 ) -> SlidingWindowResult:
     """Predict ``volume`` (z, y, x) tile by tile and stitch whole-volume logits (the baseline).
 
     ``tile_batch`` is a fixed batch size or a :class:`BatchPolicy` whose ``tile_batch`` may change
     between batches; ``between_batches`` runs after every batch but the last. ``region`` restricts
     tiling to a box (labels are 0 outside it). ``keep_logits`` returns the blended logits of the
-    region (0 elsewhere) in ``result.logits``.
+    region (0 elsewhere) in ``result.logits``; ``keep_probabilities`` the region's soft maps in
+    ``result.probabilities``.
     """
     volume = _check_volume(volume)
     policy = tile_batch if isinstance(tile_batch, BatchPolicy) else BatchPolicy(int(tile_batch))
@@ -337,6 +343,11 @@ def sliding_window_inference(
     # Dividing by the positive per-voxel weight sum cannot change the argmax, so labels come from
     # the raw sums; the division is only paid for when the caller wants the logits themselves.
     labels[plan.region] = region_logits.argmax(axis=0)
+    probabilities = None
+    if keep_probabilities:
+        probabilities = RegionProbabilities(
+            region_probability_bytes(region_logits, acc.weight_sum[crop]), plan.region
+        )
     logits = None
     if keep_logits:
         np.divide(region_logits, acc.weight_sum[crop], out=region_logits)
@@ -348,6 +359,7 @@ def sliding_window_inference(
         tile_lesion_mass=lesion_mass,
         tiles=[plan.volume_corner(c) for c in plan.tiles],
         logits=logits,
+        probabilities=probabilities,
     )
 
 

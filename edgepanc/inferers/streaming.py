@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from edgepanc.backends.base import Predictor
+from edgepanc.inferers.probabilities import RegionProbabilities, region_probability_bytes
 from edgepanc.inferers.sliding_window import (
     BatchPolicy,
     Importance,
@@ -41,6 +42,11 @@ class SlabAccumulator:
     ``padded_shape`` is the frame tiles are laid out in; ``output`` is the uint8 array the labels
     go to and ``pad_before`` where it sits in the frame (the frame may extend past it where an axis
     was padded up to the patch). Call :meth:`add` for every tile in plan order, then :meth:`finish`.
+
+    With ``probability_output`` (uint8 ``[2, *output.shape]``) the finished rows' region
+    probabilities go there as well (:func:`~edgepanc.inferers.probabilities.region_probability_bytes`);
+    that needs the per-voxel weight sums, so ``weights`` (the importance map every tile was
+    multiplied by) is then required and a one-channel ring of them is kept.
     """
 
     def __init__(
@@ -50,6 +56,8 @@ class SlabAccumulator:
         num_classes: int,
         output: np.ndarray,
         pad_before: Sequence[int] = (0, 0, 0),
+        weights: np.ndarray | None = None,
+        probability_output: np.ndarray | None = None,
     ) -> None:
         self.padded_shape = tuple(int(s) for s in padded_shape)
         self.patch = tuple(int(p) for p in patch_size)
@@ -67,6 +75,21 @@ class SlabAccumulator:
         self.depth = self.patch[0]
         # The ring: frame row z lives at index z % depth. Rows below first_open are emitted.
         self.ring = np.zeros((num_classes, self.depth, *self.padded_shape[1:]), dtype=np.float32)
+        self.probability_output = probability_output
+        self.weights = weights
+        self.weight_ring: np.ndarray | None = None
+        if probability_output is not None:
+            if probability_output.dtype != np.uint8 or probability_output.shape != (
+                2,
+                *output.shape,
+            ):
+                raise ValueError(
+                    f"probability_output must be uint8 [2, {', '.join(map(str, output.shape))}], "
+                    f"got {probability_output.dtype} {list(probability_output.shape)}"
+                )
+            if weights is None or tuple(weights.shape) != self.patch:
+                raise ValueError("probability_output needs the tiles' importance map as weights")
+            self.weight_ring = np.zeros((self.depth, *self.padded_shape[1:]), dtype=np.float32)
         self.first_open = 0
         self.covered_until = 0
         self._yx_crop = tuple(
@@ -87,6 +110,8 @@ class SlabAccumulator:
         for ring_rows, frame_rows in self._ring_segments(z, z + pz):
             tile_rows = slice(frame_rows.start - z, frame_rows.stop - z)
             self.ring[(slice(None), ring_rows, *yx)] += weighted_logits[:, tile_rows]
+            if self.weight_ring is not None:
+                self.weight_ring[(ring_rows, *yx)] += self.weights[tile_rows]  # type: ignore[index]
         self.covered_until = max(self.covered_until, z + pz)
 
     def finish(self) -> None:
@@ -106,6 +131,8 @@ class SlabAccumulator:
         for ring_rows, frame_rows in self._ring_segments(self.first_open, stop):
             self._emit(ring_rows, frame_rows)
             self.ring[:, ring_rows] = 0.0  # reused for rows one patch further on
+            if self.weight_ring is not None:
+                self.weight_ring[ring_rows] = 0.0
         self.first_open = stop
 
     def _emit(self, ring_rows: slice, frame_rows: slice) -> None:
@@ -122,6 +149,12 @@ class SlabAccumulator:
         self.output[out_start:out_stop] = self.ring[(slice(None), rows, *self._yx_crop)].argmax(
             axis=0
         )
+        if self.probability_output is not None and self.weight_ring is not None:
+            region_probability_bytes(
+                self.ring[(slice(None), rows, *self._yx_crop)],
+                self.weight_ring[(rows, *self._yx_crop)],
+                out=self.probability_output[:, out_start:out_stop],
+            )
 
     def _ring_segments(self, start: int, stop: int) -> list[tuple[slice, slice]]:
         """Split frame rows [start, stop) into runs contiguous in the ring: (ring, frame) slices."""
@@ -148,11 +181,13 @@ def streaming_sliding_window_inference(
     progress: bool = False,
     between_batches: Callable[[], None] | None = None,
     region: Region | None = None,
+    keep_probabilities: bool = False,
 ) -> SlidingWindowResult:
     """Same result as :func:`~edgepanc.inferers.sliding_window.sliding_window_inference`, in a slab.
 
     Labels match the whole-volume stitch (same sums in the same order); only a ``patch_z``-deep
-    slab of logits and one batch of tiles are held besides the input and the labels.
+    slab of logits and one batch of tiles are held besides the input and the labels (and, with
+    ``keep_probabilities``, two bytes per voxel of the tiled box for the region probabilities).
     ``keep_logits`` is refused: whole-volume logits are exactly what streaming avoids.
     """
     if keep_logits:
@@ -165,6 +200,12 @@ def streaming_sliding_window_inference(
     weights = importance_map(plan.patch_size, importance)
     source = volume[plan.region]  # a view: basic slicing never copies
     labels = np.zeros(volume.shape, dtype=np.uint8)
+    region_labels = labels[plan.region]
+    probabilities = (
+        RegionProbabilities(np.zeros((2, *region_labels.shape), dtype=np.uint8), plan.region)
+        if keep_probabilities
+        else None
+    )
     holder: list[SlabAccumulator] = []
 
     def make_sink(num_classes: int) -> SlabAccumulator:
@@ -173,8 +214,10 @@ def streaming_sliding_window_inference(
                 plan.padded_shape,
                 plan.patch_size,
                 num_classes,
-                labels[plan.region],
+                region_labels,
                 plan.pad_before,
+                weights=weights,
+                probability_output=None if probabilities is None else probabilities.values,
             )
         )
         return holder[0]
@@ -195,6 +238,7 @@ def streaming_sliding_window_inference(
         tile_cls_logits=cls_logits,
         tile_lesion_mass=lesion_mass,
         tiles=[plan.volume_corner(c) for c in plan.tiles],
+        probabilities=probabilities,
     )
 
 
@@ -224,20 +268,27 @@ def slab_memory_bytes(
     patch_size: Sequence[int],
     step_fraction: float = 0.5,
     num_classes: int = 3,
+    keep_probabilities: bool = True,
 ) -> int:
     """Bytes the streaming accumulator holds for a volume (or ROI box) of ``image_size``.
 
     The ring of ``num_classes x patch_z x Y x X`` float32 logits plus the temporaries of emitting
-    the largest run of finished rows (int64 argmax and a strided read of the ring). The uint8
-    labels (``Z*Y*X`` bytes) and the input are the caller's and are not included.
+    the largest run of finished rows (int64 argmax and a strided read of the ring); with
+    ``keep_probabilities`` (as the runtime runs it) also the ring of weight sums and the softmax
+    temporaries of the emitted rows. The uint8 labels (``Z*Y*X`` bytes), the region probabilities
+    (two bytes per voxel of the box) and the input are the caller's and are not included.
     """
     pads = padding_for(image_size, patch_size)
     frame = [int(s) + a + b for s, (a, b) in zip(image_size, pads, strict=True)]
     steps_z = compute_steps_for_sliding_window(frame, patch_size, step_fraction)[0]
     largest_emit = max([b - a for a, b in itertools.pairwise(steps_z)] + [int(patch_size[0])])
     plane = frame[1] * frame[2]
-    ring = num_classes * int(patch_size[0]) * plane * FLOAT_BYTES
-    emit = largest_emit * plane * (8 + num_classes * FLOAT_BYTES)
+    channels = num_classes + 1 if keep_probabilities else num_classes
+    ring = channels * int(patch_size[0]) * plane * FLOAT_BYTES
+    # argmax (int64) and a strided read of the ring; softmax: the logits and their sum
+    emit = largest_emit * plane * (8 + channels * FLOAT_BYTES)
+    if keep_probabilities:
+        emit += largest_emit * plane * (num_classes + 1) * FLOAT_BYTES
     return int(ring + emit)
 
 

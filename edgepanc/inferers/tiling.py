@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 Corner = tuple[int, int, int]
+Region = tuple[slice, slice, slice]  # a box of a volume, (z, y, x)
 
 
 def compute_steps_for_sliding_window(
@@ -135,6 +136,7 @@ def padding_for(image_size: Sequence[int], patch_size: Sequence[int]) -> list[tu
 
 __all__ = [
     "Corner",
+    "Region",
     "compute_steps_for_sliding_window",
     "constant_importance_map",
     "covering_steps",

@@ -30,10 +30,8 @@ def evaluate_predictor(
 
     results = []
     for case in cases:
-        labels, probabilities = predict_with(
-            predictor, case.image, case.spacing, patch_size, step_fraction
-        )
-        results.append(score_case(case, labels, probabilities))
+        prediction = predict_with(predictor, case.image, case.spacing, patch_size, step_fraction)
+        results.append(score_case(case, prediction))
     return summarize_results(results)
 
 

@@ -75,6 +75,7 @@ def run_baseline(
     from edgepanc.runtime.pipeline import StageTimer, check_output_folder, mask_name_for
     from edgepanc.runtime.postprocess import (
         PostprocessConfig,
+        mask_region_probabilities,
         postprocess_labels,
         voxel_volume_ml,
     )
@@ -108,16 +109,19 @@ def run_baseline(
             tile_batch=config.tile_batch,
             importance=config.importance,  # type: ignore[arg-type]
             keep_logits=True,  # the whole-volume logits stay in memory, as in nnU-Net
+            keep_probabilities=True,
         )
         probabilities = classify_from_tiles(result)
     del volume
     with timer("postprocess"):
         labels = postprocess_labels(result.labels, spacing, PostprocessConfig())
+        assert result.probabilities is not None
+        soft_regions = mask_region_probabilities(result.probabilities, labels)
     tile_count = len(result.tiles)
     del result
     with timer("restore"):
-        restored = restore_label(labels, grid)
-    del labels
+        restored = restore_label(labels, grid, soft_regions)
+    del labels, soft_regions
     view = np.asarray(_array_view(restored))
     ml = voxel_volume_ml(tuple(reversed(restored.GetSpacing())))
     written: list[Path] = []

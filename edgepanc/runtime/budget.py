@@ -8,11 +8,13 @@ largest of three phases, because the pipeline frees each phase's buffers before 
   the file into a buffer of its own before the image; int16 stays int16), then the image with
   the resampled float32 volume and its normalised float32 copy (the image is resampled straight
   into the canonical orientation, so no reoriented copy of it is made);
-- **infer**: the preprocessed float32 volume, its uint8 label map, the streaming slab of logits
-  still in play (:func:`edgepanc.inferers.streaming.slab_memory_bytes`) and one batch of tiles
-  through the network (input, activations, logits);
-- **restore**: the uint8 labels on the preprocessed grid and their image copy, the resampled
-  and the reoriented uint8 labels on the input grid.
+- **infer**: the preprocessed float32 volume, its uint8 label map, the two uint8 region
+  probability maps kept for restoring (:mod:`edgepanc.inferers.probabilities`; counted over the
+  whole volume, an upper bound for the tiled box), the streaming slab of logits still in play
+  (:func:`edgepanc.inferers.streaming.slab_memory_bytes`) and one batch of tiles through the
+  network (input, activations, logits);
+- **restore**: the uint8 labels on the preprocessed grid, the two probability maps and the image
+  copy of one, the resampled and the reoriented uint8 labels on the input grid.
 
 Network activations are measured, not guessed: :func:`measure_activation_bytes_per_voxel` runs
 one forward pass on a small probe patch and records the largest total size of intermediate
@@ -93,8 +95,9 @@ def preprocess_phase_bytes(sizes: VolumeSizes) -> int:
 
 
 def restore_phase_bytes(sizes: VolumeSizes) -> int:
-    """Labels (array and image) on the preprocessed grid + two uint8 copies on the input grid."""
-    return 2 * sizes.preprocessed_voxels * UINT8 + 2 * sizes.input_voxels * UINT8
+    """Labels, the two probability maps and the image of one on the preprocessed grid + two
+    uint8 copies on the input grid."""
+    return 4 * sizes.preprocessed_voxels * UINT8 + 2 * sizes.input_voxels * UINT8
 
 
 def tile_batch_bytes(
@@ -116,9 +119,10 @@ def estimate_memory(
     tile_batch: int,
 ) -> MemoryEstimate:
     """Peak-memory estimate for one case at a given tile batch."""
-    # the volume, the raw and the post-processed labels, the slab; the coarse pass (1/8 the
-    # voxels) runs before the fine pass and is smaller than its slab and labels
-    infer_data = sizes.preprocessed_voxels * (FLOAT32 + 2 * UINT8) + slab_bytes
+    # the volume, the raw and the post-processed labels, the raw and the masked probability maps
+    # (two bytes each), the slab; the coarse pass (1/8 the voxels) runs before the fine pass and
+    # is smaller than its slab and labels
+    infer_data = sizes.preprocessed_voxels * (FLOAT32 + 6 * UINT8) + slab_bytes
     return MemoryEstimate(
         baseline=baseline,
         preprocess=preprocess_phase_bytes(sizes),

@@ -38,6 +38,7 @@ from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
 from edgepanc.runtime.postprocess import (
     PostprocessConfig,
     keep_main_components,
+    mask_region_probabilities,
     postprocess_labels,
     voxel_volume_ml,
 )
@@ -330,10 +331,13 @@ def run_case(
             between_batches=backoff,
             region=box,
             progress=config.progress,
+            keep_probabilities=True,
         )
         probabilities = classify_from_tiles(result)
     with timer("postprocess"):
         labels = postprocess_labels(result.labels, spacing, config.postprocess)
+        assert result.probabilities is not None
+        soft_regions = mask_region_probabilities(result.probabilities, labels)
     tile_count = len(result.tiles)
     del result
     preview_path = config.out_dir / f"{name[: -len(MASK_SUFFIX)]}_preview.png"
@@ -345,8 +349,8 @@ def run_case(
             written.append(preview_path)
         del volume
         with timer("restore"):
-            restored = restore_label(labels, grid)
-        del labels
+            restored = restore_label(labels, grid, soft_regions)
+        del labels, soft_regions
         restored_view = sitk.GetArrayViewFromImage(restored)
         ml = voxel_volume_ml(tuple(reversed(restored.GetSpacing())))
         pancreas_ml = float(np.count_nonzero(restored_view)) * ml

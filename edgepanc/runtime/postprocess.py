@@ -9,6 +9,8 @@ Pure functions on uint8 ``(z, y, x)`` arrays, built on :mod:`scipy.ndimage`:
 - :func:`restrict_lesion_to_pancreas` removes lesion components that neither lie inside nor touch
   a pancreas voxel: a lesion of the pancreas always borders pancreatic tissue in the reference
   labels of this data set.
+- :func:`mask_region_probabilities` makes the soft maps kept for restoring agree with the
+  cleaned labels: what post-processing removed does not come back through them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from edgepanc.inferers.probabilities import RegionProbabilities
 
 PANCREAS = 1
 LESION = 2
@@ -95,3 +99,41 @@ def postprocess_labels(
     if config.lesion_in_pancreas:
         out = restrict_lesion_to_pancreas(out)
     return out if out is not labels else labels.copy()
+
+
+def mask_region_probabilities(
+    probabilities: RegionProbabilities, labels: np.ndarray
+) -> RegionProbabilities:
+    """The soft maps zeroed beyond one voxel round the regions that ``labels`` keeps.
+
+    ``labels`` is the post-processed label map of the whole volume. Each map keeps its values on
+    its region (labels >= 1, labels == 2) grown by one voxel, so the interpolation that restores
+    the mask still sees the network's probabilities just outside the boundary, while removed
+    components and lesions outside the pancreas stay removed. A new object; the input is not
+    modified.
+    """
+    box_labels = labels[probabilities.box]
+    values = np.zeros_like(probabilities.values)
+    for index, region in enumerate((box_labels >= PANCREAS, box_labels == LESION)):
+        occupied = _bounding_box(region, margin=1)
+        if occupied is None:
+            continue
+        near = ndimage.binary_dilation(region[occupied], structure=_FULL_CONNECTIVITY)
+        values[(index, *occupied)] = np.where(near, probabilities.values[(index, *occupied)], 0)
+    return RegionProbabilities(values, probabilities.box)
+
+
+def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every true voxel of ``mask``, grown by ``margin``."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(mask.ndim):
+        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(
+            slice(
+                max(int(occupied[0]) - margin, 0),
+                min(int(occupied[-1]) + 1 + margin, mask.shape[axis]),
+            )
+        )
+    return tuple(box)

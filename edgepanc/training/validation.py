@@ -4,9 +4,10 @@ Each whole validation volume (preprocessed once, kept in memory) goes through th
 sliding-window inference with a :class:`~edgepanc.backends.torch_backend.TorchPredictor` (fp32),
 the subtype comes from :func:`~edgepanc.inferers.sliding_window.classify_from_tiles`, the
 runtime's post-processing runs on the preprocessed grid, and the label map is mapped back onto
-the ORIGINAL image grid with ``restore_label`` and compared there with the original reference
-mask through :mod:`edgepanc.metrics`. Mapping back costs a nearest-neighbour resample per case
-(milliseconds at quiz size) and makes the numbers the ones ``evaluate`` reports.
+the ORIGINAL image grid with ``restore_label`` (interpolating the network's soft maps, as the
+runtime does) and compared there with the original reference mask through :mod:`edgepanc.metrics`.
+Mapping back costs a resample of the labels' box per case (milliseconds at quiz size) and makes
+the numbers the ones ``evaluate`` reports.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from edgepanc.inferers.probabilities import RegionProbabilities
 from edgepanc.training.dataset import PreparedCase
 
 
@@ -34,6 +36,16 @@ class CaseResult:
     probabilities: list[float]
 
 
+@dataclass(frozen=True)
+class CasePrediction:
+    """What the runtime would make of one preprocessed volume: post-processed ``labels`` on the
+    preprocessed grid, the soft maps it restores them with, and the subtype probabilities."""
+
+    labels: np.ndarray
+    region_probabilities: RegionProbabilities | None
+    subtype_probabilities: np.ndarray
+
+
 # Tiles per forward pass in validation: with two or more, PyTorch's CPU convolutions take the
 # oneDNN path (a batch of one sends small 3D convolutions to a far slower fallback).
 VALIDATION_TILE_BATCH = 2
@@ -46,8 +58,8 @@ def predict_case(
     device: str,
     step_fraction: float = 0.5,
     postprocess: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels on the preprocessed grid (post-processed) and subtype probabilities."""
+) -> CasePrediction:
+    """:func:`predict_with` through an fp32 PyTorch predictor of ``model``."""
     from edgepanc.backends.torch_backend import TorchPredictor
 
     predictor = TorchPredictor(model, device=device, precision="fp32")
@@ -61,32 +73,47 @@ def predict_with(
     patch_size: Sequence[int],
     step_fraction: float = 0.5,
     postprocess: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> CasePrediction:
     """The runtime's tiling, stitching and post-processing for one preprocessed volume, through
-    any backend: (labels on the preprocessed grid, subtype probabilities)."""
+    any backend."""
     from edgepanc.inferers.sliding_window import classify_from_tiles, sliding_window_inference
+    from edgepanc.runtime.postprocess import (
+        PostprocessConfig,
+        mask_region_probabilities,
+        postprocess_labels,
+    )
 
     result = sliding_window_inference(
-        image, predictor, patch_size, step_fraction=step_fraction, tile_batch=VALIDATION_TILE_BATCH
+        image,
+        predictor,
+        patch_size,
+        step_fraction=step_fraction,
+        tile_batch=VALIDATION_TILE_BATCH,
+        keep_probabilities=True,
     )
     labels = result.labels
     if postprocess:
-        from edgepanc.runtime.postprocess import PostprocessConfig, postprocess_labels
-
         labels = postprocess_labels(labels, spacing, PostprocessConfig())
-    return labels, classify_from_tiles(result)
+    assert result.probabilities is not None
+    return CasePrediction(
+        labels=labels,
+        region_probabilities=mask_region_probabilities(result.probabilities, labels),
+        subtype_probabilities=classify_from_tiles(result),
+    )
 
 
-def score_case(case: PreparedCase, labels: np.ndarray, probabilities: np.ndarray) -> CaseResult:
+def score_case(case: PreparedCase, prediction: CasePrediction) -> CaseResult:
     """Compare with the reference on the original grid (the preprocessed one if none is known)."""
     from edgepanc.metrics import segmentation_metrics
 
+    labels, probabilities = prediction.labels, prediction.subtype_probabilities
     if case.label_path is not None:
         from edgepanc.io.volume import read_label
         from edgepanc.preprocessing import restore_label
 
         reference = sitk.GetArrayFromImage(read_label(case.label_path))
-        predicted = sitk.GetArrayFromImage(restore_label(labels, case.grid))
+        restored = restore_label(labels, case.grid, prediction.region_probabilities)
+        predicted = sitk.GetArrayFromImage(restored)
     else:
         reference, predicted = case.label, labels
     seg = segmentation_metrics(predicted, reference)
@@ -113,8 +140,8 @@ def validate_cases(
     try:
         results = []
         for case in cases:
-            labels, probabilities = predict_case(model, case, patch_size, device, step_fraction)
-            results.append(score_case(case, labels, probabilities))
+            prediction = predict_case(model, case, patch_size, device, step_fraction)
+            results.append(score_case(case, prediction))
         return results
     finally:
         model.train(was_training)
