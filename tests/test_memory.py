@@ -154,3 +154,24 @@ def test_cgroup_v1_limit_and_unlimited(tmp_path):
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     assert cgroup_memory(tmp_path) is None
     assert cgroup_memory(tmp_path / "absent") is None
+
+
+def test_memory_by_stage_script_reports_every_stage_of_a_run(tmp_path) -> None:
+    from pathlib import Path
+
+    from runtime_support import make_tiny_bundle, phantom, write_image
+
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    scan = write_image(phantom(), tmp_path / "scan_0000.nii.gz")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "memory_by_stage.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(scan), "--model", str(bundle), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    assert (tmp_path / "out" / "scan.nii.gz").is_file()
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("stage"))
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[header + 1 :]}
+    assert {"read", "preprocess", "fine", "postprocess", "restore", "write"} <= set(rows)
+    for stage, (start, peak, end) in rows.items():
+        assert 50 < start <= peak and end <= peak, (stage, start, peak, end)
