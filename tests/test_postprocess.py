@@ -111,3 +111,24 @@ def test_region_probabilities_keep_one_voxel_round_the_kept_regions() -> None:
         expected = np.where(near[box], 200, 0)
         np.testing.assert_array_equal(masked.values[index], expected)
     assert masked.box == box
+
+
+def test_postprocessing_the_labels_box_equals_postprocessing_the_whole_grid() -> None:
+    rng = np.random.default_rng(3)
+    labels = np.zeros((40, 60, 50), dtype=np.uint8)
+    for _ in range(12):  # blobs of pancreas, some with lesion, some far apart
+        z, y, x = rng.integers(8, 32), rng.integers(8, 52), rng.integers(8, 42)
+        r = int(rng.integers(1, 6))
+        labels[z - r : z + r, y - r : y + r, x - r : x + r] = 1
+        if rng.random() < 0.5:
+            labels[z - 1 : z + 1, y + r - 1 : y + r + 2, x : x + 2] = 2  # some poke out
+    labels[30:33, 2:5, 40:44] = 2  # a lesion alone
+    config = PostprocessConfig(min_volume_ml=0.01)
+    whole = restrict_lesion_to_pancreas(
+        keep_main_components(labels, SPACING, config.min_fraction, config.min_volume_ml)
+    )
+    result = postprocess_labels(labels, SPACING, config)
+    assert 0 < (result > 0).sum() < (labels > 0).sum() and (result == 2).any()
+    np.testing.assert_array_equal(result, whole)
+    empty = np.zeros((4, 5, 6), np.uint8)
+    assert not postprocess_labels(empty, SPACING, config).any()
