@@ -17,6 +17,9 @@ Classification (subtypes ``0 .. num_classes - 1``):
 
 No metric is ever NaN or missing. With no cases at all every score is 0.0 (nothing was shown to
 be right, and a checkpoint must not win on an empty validation set) and the counts say 0.
+
+:func:`bootstrap_intervals` says how far a summary can be trusted: with 12 validation cases one
+case moves macro F1 by about 0.08.
 """
 
 from __future__ import annotations
@@ -119,6 +122,47 @@ def summarize_cases(
     summary["n_cases"] = len(per_case)
     summary["n_classified"] = len(y_true)
     return summary
+
+
+def bootstrap_intervals(
+    per_case: Sequence[Mapping[str, Any]],
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    num_classes: int = 3,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Percentile bootstrap intervals of the summary metrics over cases.
+
+    The segmented cases and the classified ones are each drawn with replacement ``resamples``
+    times (a fixed ``seed``: the same data give the same intervals) and every metric recomputed
+    as :func:`summarize_cases` does. Returns ``{"whole_dsc": [low, high], "lesion_dsc": ...,
+    "macro_f1": ..., "accuracy": ..., "level": level, "resamples": resamples}``; a metric over
+    no cases gets the interval [0.0, 0.0], as its value is 0.0.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    tails = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+    intervals: dict[str, Any] = {}
+    for key in SEGMENTATION_KEYS:
+        values = np.array([float(case[key]) for case in per_case])
+        draws = rng.integers(0, len(values), size=(resamples, len(values))) if len(values) else None
+        means = values[draws].mean(axis=1) if draws is not None else np.zeros(1)
+        intervals[key] = [float(v) for v in np.percentile(means, tails)]
+    truth = _class_indices(y_true, num_classes, "y_true")
+    predicted = _class_indices(y_pred, num_classes, "y_pred")
+    scores: dict[str, list[float]] = {"macro_f1": [], "accuracy": []}
+    for _ in range(resamples if truth.size else 1):
+        pick = rng.integers(0, truth.size, size=truth.size)
+        metrics = classification_metrics(truth[pick], predicted[pick], num_classes)
+        for key in scores:
+            scores[key].append(metrics[key])
+    for key, values in scores.items():
+        intervals[key] = [float(v) for v in np.percentile(values, tails)]
+    intervals.update(level=level, resamples=resamples)
+    return intervals
 
 
 def combined_score(metrics: Mapping[str, Any]) -> float:

@@ -80,6 +80,11 @@ def test_evaluate_quiz_layout_matches_direct_metrics(quiz_dataset: Path, tmp_pat
     assert [int(r["predicted_subtype"]) for r in rows] == [predicted[c.label.name] for c in cases]
     assert float(rows[0]["whole_dsc"]) == round(per_case[0]["whole_dsc"], 6)
     assert "macro F1" in result.stdout
+    ci = summary["ci95"]
+    for key in ("whole_dsc", "lesion_dsc", "macro_f1", "accuracy"):
+        low, high = ci[key]
+        assert low <= expected[key] <= high, key
+        assert f"(95% CI {low:.4f}-{high:.4f})" in result.stdout
 
 
 def test_missing_prediction_counts_as_empty_and_wrong(nnunet_dataset: Path, tmp_path: Path) -> None:

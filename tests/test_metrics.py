@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from edgepanc.metrics import (
+    bootstrap_intervals,
     classification_metrics,
     combined_score,
     confusion_matrix,
@@ -151,3 +152,33 @@ def test_combined_score_needs_all_three():
     )
     with pytest.raises(KeyError, match="macro_f1"):
         combined_score({"whole_dsc": 0.9, "lesion_dsc": 0.3})
+
+
+def test_bootstrap_intervals_narrow_with_more_cases_and_are_reproducible() -> None:
+    rng = np.random.default_rng(0)
+    per_case = [{"whole_dsc": w, "lesion_dsc": w / 2} for w in rng.uniform(0.8, 0.95, 12)]
+    truth = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    predicted = [0, 0, 1, 0, 1, 2, 1, 1, 2, 0, 2, 2]
+    small = bootstrap_intervals(per_case, truth, predicted)
+    assert small == bootstrap_intervals(per_case, truth, predicted)  # fixed seed
+    summary = summarize_cases(per_case, truth, predicted)
+    for key in ("whole_dsc", "lesion_dsc", "macro_f1", "accuracy"):
+        low, high = small[key]
+        assert 0.0 <= low < summary[key] < high <= 1.0, key
+    # the same cases four times over: the same centre, about half the width
+    large = bootstrap_intervals(per_case * 4, truth * 4, predicted * 4)
+    for key in ("whole_dsc", "macro_f1"):
+        ratio = (large[key][1] - large[key][0]) / (small[key][1] - small[key][0])
+        assert 0.35 < ratio < 0.7, (key, ratio)
+    assert small["level"] == 0.95 and small["resamples"] == 2000
+
+
+def test_bootstrap_intervals_of_constant_or_empty_data_have_no_width() -> None:
+    same = [{"whole_dsc": 0.9, "lesion_dsc": 0.4}] * 5
+    intervals = bootstrap_intervals(same, [1] * 5, [1] * 5)
+    assert intervals["whole_dsc"] == pytest.approx([0.9, 0.9])
+    assert intervals["macro_f1"] == [1.0, 1.0]
+    empty = bootstrap_intervals([], [], [])
+    assert all(empty[key] == [0.0, 0.0] for key in ("whole_dsc", "lesion_dsc", "macro_f1"))
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_intervals(same, [1] * 5, [1] * 5, level=1.0)

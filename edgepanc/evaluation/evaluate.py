@@ -23,7 +23,7 @@ from edgepanc.data.cases import SPLITS, Case, discover_cases
 from edgepanc.errors import InputError
 from edgepanc.io.atomic import write_json_atomic, write_text_atomic
 from edgepanc.io.volume import read_label
-from edgepanc.metrics import segmentation_metrics, summarize_cases
+from edgepanc.metrics import bootstrap_intervals, segmentation_metrics, summarize_cases
 
 SUBTYPE_CSV = "subtype_results.csv"
 NUM_SUBTYPES = 3
@@ -139,6 +139,7 @@ def evaluate_predictions(
     summary = summarize_cases(per_case, y_true, y_pred)
     summary.update(
         {
+            "ci95": bootstrap_intervals(per_case, y_true, y_pred, level=0.95),
             "split": split,
             "n_cases": len(cases),
             "n_classified": len(y_true),
@@ -178,13 +179,20 @@ def write_evaluation(
 def format_summary(summary: dict[str, Any]) -> str:
     """Readable summary for the terminal."""
     missing = summary["missing_predictions"]
+    ci = summary["ci95"]
+
+    def row(label: str, key: str) -> str:
+        low, high = ci[key]
+        return f"{label:<15}{summary[key]:.4f}  (95% CI {low:.4f}-{high:.4f})"
+
     lines = [
         f"cases          {summary['n_cases']} ({summary['split']})",
-        f"whole DSC      {summary['whole_dsc']:.4f}",
-        f"lesion DSC     {summary['lesion_dsc']:.4f}",
-        f"macro F1       {summary['macro_f1']:.4f}",
-        f"accuracy       {summary['accuracy']:.4f}",
+        row("whole DSC", "whole_dsc"),
+        row("lesion DSC", "lesion_dsc"),
+        row("macro F1", "macro_f1"),
+        row("accuracy", "accuracy"),
         f"confusion      {summary['confusion']} (rows: truth)",
+        f"(bootstrap over cases, {ci['resamples']} resamples)",
     ]
     if missing["masks"] or missing["subtypes"]:
         lines.append(f"missing masks: {', '.join(missing['masks']) or 'none'}")
