@@ -26,6 +26,7 @@ from edgepanc.networks import (
 from edgepanc.networks.unet import (
     ClassificationHead,
     attention_pool,
+    class_probabilities,
     lesion_surroundings,
     normalized_attention,
     region_intensity_statistics,
@@ -277,6 +278,20 @@ def test_onnx_export_matches_pytorch(tiny_any_pooling, tmp_path):
         seg, cls = tiny(x)
     np.testing.assert_allclose(seg_ort, seg.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(cls_ort, cls.numpy(), rtol=1e-4, atol=1e-4)
+    onnx = pytest.importorskip("onnx")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    # no Softmax node: ONNX Runtime runs it on the class axis through transposes (unet.py)
+    assert "Softmax" not in ops
+    if tiny.cls_head.lesion_attention:
+        assert "Exp" in ops  # the written-out softmax of the lesion-attention pooling
+
+
+def test_class_probabilities_are_the_softmax_over_classes():
+    logits = torch.randn(2, 3, 4, 5, 6) * 30  # large logits: the max shift keeps exp finite
+    logits[0, :, 0, 0, 0] = torch.tensor([1000.0, -1000.0, 0.0])
+    probabilities = class_probabilities(logits)
+    torch.testing.assert_close(probabilities, torch.softmax(logits, dim=1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(2, 4, 5, 6))
 
 
 def test_bf16_autocast_on_cpu(tiny):

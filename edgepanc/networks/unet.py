@@ -103,6 +103,19 @@ class Decoder(nn.Module):
         return outputs
 
 
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis (dim 1) of ``logits`` [B, C, D, H, W], written out.
+
+    Exported as ReduceMax, Sub, Exp, ReduceSum and Div rather than one Softmax node: ONNX
+    Runtime (1.32, CPU) runs Softmax on a non-last axis through transposes, 60 ms for two
+    32 x 64 x 64 tiles of three classes against 1.4 ms for this form, with the same values to
+    1e-7. PyTorch runs both about equally fast.
+    """
+    shifted = logits - logits.amax(dim=1, keepdim=True)
+    exponential = torch.exp(shifted)
+    return exponential / exponential.sum(dim=1, keepdim=True)
+
+
 def normalized_attention(probability: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``probability`` [B, D, H, W] scaled to sum to 1 per sample -> weights [B, 1, D, H, W].
 
@@ -242,7 +255,7 @@ class ClassificationHead(nn.Module):
             # outside the pancreas).
             # On a small phantom run, not detaching cost lesion Dice (0.80 vs 0.84 at 400 steps)
             # and spread the weights more outside the lesion, with no gain in subtype F1.
-            probability = torch.softmax(seg_logits.detach().float(), dim=1)
+            probability = class_probabilities(seg_logits.detach().float())
             if reference is not None:
                 probability = teacher_forced_probability(probability, *reference)
             # The decoder features are read, not trained, by the classifier: with its gradient
@@ -334,6 +347,7 @@ __all__ = [
     "UNetConfig",
     "attention_pool",
     "check_input_shape",
+    "class_probabilities",
     "normalized_attention",
     "region_pooled_features",
     "teacher_forced_probability",
