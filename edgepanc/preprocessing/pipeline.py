@@ -214,14 +214,7 @@ def restore_label(
     canonical = np.zeros(target.shape, dtype=np.uint8)
     box = _label_box_on(label_zyx, grid.resampled, target)
     if box is not None:
-        start_xyz = [box[2].start, box[1].start, box[0].start]
-        size_xyz = [
-            box[2].stop - box[2].start,
-            box[1].stop - box[1].start,
-            box[0].stop - box[0].start,
-        ]
-        matrix = np.asarray(target.direction, dtype=float).reshape(3, 3)
-        origin = np.asarray(target.origin) + matrix @ (np.asarray(start_xyz) * target.spacing)
+        window_grid = _box_geometry(target, box)
         window = canonical[box]
         for value in range(1, int(label_zyx.max(initial=0)) + 1):
             if probabilities is None:
@@ -235,10 +228,10 @@ def restore_label(
             del region
             resampled = sitk.Resample(
                 on_network_grid,
-                size_xyz,
+                list(window_grid.size),
                 sitk.Transform(),
                 sitk.sitkLinear,
-                [float(v) for v in origin],
+                list(window_grid.origin),
                 list(target.spacing),
                 list(target.direction),
                 0.0,

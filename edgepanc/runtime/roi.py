@@ -91,9 +91,14 @@ def expand_box(
     (:func:`~edgepanc.inferers.sliding_window.plan_sliding_window`), which always adds context
     and never leaves a box smaller than a patch.
     """
+    margins = [math.ceil(margin_mm / spacing) for spacing in spacing_zyx]
+    return grow_box(box, shape, margins)
+
+
+def grow_box(box: Box, shape: Sequence[int], margins: Sequence[int]) -> Box:
+    """``box`` grown by ``margins`` voxels per side (per axis), clipped to ``shape``."""
     out = []
-    for sl, n, spacing in zip(box, shape, spacing_zyx, strict=True):
-        margin = math.ceil(margin_mm / spacing)
+    for sl, n, margin in zip(box, shape, margins, strict=True):
         out.append(slice(max(0, sl.start - margin), min(n, sl.stop + margin)))
     return tuple(out)  # type: ignore[return-value]
 
