@@ -167,12 +167,13 @@ def _spread_cells(spread: dict[str, Any], fmt=_s) -> list[str]:
     return [fmt(spread["median"]), f"{fmt(spread['low'])}-{fmt(spread['high'])}", str(spread["n"])]
 
 
-def _reference_pair(record: dict[str, Any]) -> str:
-    """Each path's whole-pancreas DSC against the phantom's own label (newer records only)."""
+def _reference_pair(record: dict[str, Any], keys: tuple[str, str] = ("on", "off")) -> str:
+    """Two masks' whole-pancreas DSC against the phantom's own label, ``a / b`` (newer records
+    only; ``-`` for older ones)."""
     reference = record.get("reference_whole_dsc")
     if not reference:
         return "-"
-    return f"{reference['on']:.4f} / {reference['off']:.4f}"
+    return f"{reference[keys[0]]:.4f} / {reference[keys[1]]:.4f}"
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -406,7 +407,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             "## Peers",
             "",
             "The same network and pre/post-processing; only the sliding-window "
-            "inference differs. Agreement is Dice against edgepanc's own mask.",
+            "inference differs. Agreement is Dice against edgepanc's own mask; the last column "
+            "scores the peer's mask and ours against the phantom's reference label.",
             "",
         ]
         ours = {
@@ -433,6 +435,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 _mb(r.get("peak_rss_bytes")),
                 f"{r['whole_dsc']:.3f}",
                 f"{r['lesion_dsc']:.3f}",
+                _reference_pair(r, ("peer", "ours")),
             ]
             for r in sections["peers"]
         ]
@@ -448,6 +451,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "peak RSS MB",
                 "whole DSC vs ours",
                 "lesion DSC vs ours",
+                "whole DSC vs reference, peer / ours",
             ],
             rows,
         )

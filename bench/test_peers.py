@@ -70,6 +70,12 @@ def test_peer(
     )
     assert theirs.shape == ours.shape
     agreement = segmentation_metrics(theirs, ours)
+    # Where the two disagree, the phantom's reference label says which one is right.
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
+    reference_whole = {
+        "peer": segmentation_metrics(theirs, reference)["whole_dsc"],
+        "ours": segmentation_metrics(ours, reference)["whole_dsc"],
+    }
     recorder.record(
         "peers",
         peer=peer,
@@ -78,5 +84,10 @@ def test_peer(
         peak_rss_bytes=max(r.peak_rss_bytes for r in runs),
         whole_dsc=agreement["whole_dsc"],
         lesion_dsc=agreement["lesion_dsc"],
+        reference_whole_dsc=reference_whole,
     )
-    print(f"{peer} on {case_name}: {runs[-1].seconds:.2f} s, agreement {agreement}")
+    print(
+        f"{peer} on {case_name}: {runs[-1].seconds:.2f} s, agreement {agreement}, whole DSC "
+        f"against the reference: {peer} {reference_whole['peer']:.4f}, "
+        f"ours {reference_whole['ours']:.4f}"
+    )

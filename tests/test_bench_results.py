@@ -36,6 +36,7 @@ def test_peer_rows_state_how_much_faster_and_smaller_edgepanc_is() -> None:
                     "peak_rss_bytes": 2000 * 2**20,
                     "whole_dsc": 0.991,
                     "lesion_dsc": 0.9,
+                    "reference_whole_dsc": {"peer": 0.7002, "ours": 0.9104},
                 }
             ],
             "coarse_to_fine": [
@@ -60,6 +61,7 @@ def test_peer_rows_state_how_much_faster_and_smaller_edgepanc_is() -> None:
     peer_row = next(line for line in text.splitlines() if line.startswith("| nnunet"))
     assert "| 10.00x |" in peer_row  # 110 s against our median of 11 s
     assert "| 0.25 |" in peer_row  # 500 MB against 2000 MB
+    assert peer_row.endswith("| 0.7002 / 0.9104 |")  # each mask against the reference label
     c2f_row = next(line for line in text.splitlines() if "| 10.00x |" in line)
     assert "| 3.20x |" in c2f_row and "5.0%" in c2f_row
     assert "40 / 900" in c2f_row and "0.9950" in c2f_row
