@@ -18,6 +18,7 @@ from edgepanc.preprocessing import (
     Geometry,
     GridRecord,
     PreprocessingPlan,
+    canonical_array_in_original_order,
     canonical_geometry,
     canonical_spacing,
     ct_intensity_statistics,
@@ -87,6 +88,16 @@ def _axis_directions() -> list[tuple[float, ...]]:
     )
     directions.append(tuple((tilt @ np.asarray(directions[5]).reshape(3, 3)).ravel()))
     return directions
+
+
+def test_canonical_array_in_original_order_equals_reorienting_back() -> None:
+    values = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    for direction in _axis_directions():
+        img = make_image(values, spacing=(0.7, 0.8, 2.5), direction=direction)
+        canonical = sitk.GetArrayFromImage(to_canonical(img))
+        view = canonical_array_in_original_order(canonical, direction)
+        np.testing.assert_array_equal(view, values, err_msg=f"direction {direction}")
+        assert np.shares_memory(view, canonical)  # a view: no copy is made
 
 
 def test_canonical_geometry_from_the_header_equals_reorienting() -> None:

@@ -7,6 +7,7 @@ from edgepanc.preprocessing.normalization import (
 )
 from edgepanc.preprocessing.orientation import (
     CANONICAL_ORIENTATION,
+    canonical_array_in_original_order,
     canonical_geometry,
     canonical_spacing,
     from_canonical,
@@ -18,6 +19,7 @@ from edgepanc.preprocessing.pipeline import (
     GridRecord,
     preprocess_image,
     preprocess_label,
+    resample_for_network,
     restore_label,
 )
 from edgepanc.preprocessing.plan import PreprocessingPlan, median_spacing, plan_from_cases
@@ -25,6 +27,7 @@ from edgepanc.preprocessing.resampling import resample_onto, resample_to_spacing
 
 __all__ = [
     "CANONICAL_ORIENTATION",
+    "canonical_array_in_original_order",
     "Geometry",
     "GridRecord",
     "IntensityStatistics",
@@ -39,6 +42,7 @@ __all__ = [
     "plan_from_cases",
     "preprocess_image",
     "preprocess_label",
+    "resample_for_network",
     "resample_onto",
     "resample_to_spacing",
     "restore_label",

@@ -29,6 +29,36 @@ def to_canonical(img: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(img, CANONICAL_ORIENTATION)
 
 
+def canonical_axes(direction: Sequence[float]) -> list[tuple[int, bool]]:
+    """For each image axis (x, y, z): the canonical axis it becomes and whether it is flipped.
+
+    Each axis goes to the physical axis its orientation letter names, flipped where the letter
+    is the opposite of the canonical one.
+    """
+    axes = []
+    for letter in orientation_of(direction):
+        target = next(i for i, pair in enumerate(_AXIS_LETTERS) if letter in pair)
+        axes.append((target, letter != CANONICAL_ORIENTATION[target]))
+    return axes
+
+
+def canonical_array_in_original_order(
+    canonical_zyx: np.ndarray, direction: Sequence[float]
+) -> np.ndarray:
+    """A (z, y, x) array on the canonical grid as a view in the voxel order of an image with
+    ``direction``: what :func:`from_canonical` does to the voxels, without copying them.
+
+    Restoring a mask onto a 512 x 512 x 300 CT then needs no second full-size image for the
+    reorientation (SimpleITK's ``DICOMOrient`` writes a new one).
+    """
+    axes = canonical_axes(direction)
+    # array axis i is image axis 2 - i (z, y, x order); image axis a came from canonical axis t
+    order = [2 - axes[2 - i][0] for i in range(3)]
+    view = np.transpose(canonical_zyx, order)
+    flipped = tuple(i for i in range(3) if axes[2 - i][1])
+    return np.flip(view, flipped) if flipped else view
+
+
 def canonical_geometry(
     size: Sequence[int],
     spacing: Sequence[float],
@@ -39,17 +69,13 @@ def canonical_geometry(
 
     Lets the preprocessing resample straight from the stored orientation onto the canonical grid
     instead of first copying every voxel into it (a 512 x 512 x 300 CT: 150 MB less at peak).
-    Each image axis goes to the physical axis its orientation letter names, flipped where the
-    letter is the opposite of the canonical one; the new origin is the centre of the voxel that
+    Axes map as :func:`canonical_axes` says; the new origin is the centre of the voxel that
     becomes the first.
     """
-    code = orientation_of(direction)
     matrix = np.asarray(direction, dtype=float).reshape(3, 3)
     new_size, new_spacing, columns = [0, 0, 0], [0.0, 0.0, 0.0], [None, None, None]
     first_index = np.zeros(3)
-    for axis, letter in enumerate(code):
-        target = next(i for i, pair in enumerate(_AXIS_LETTERS) if letter in pair)
-        flip = letter != CANONICAL_ORIENTATION[target]
+    for axis, (target, flip) in enumerate(canonical_axes(direction)):
         new_size[target] = int(size[axis])
         new_spacing[target] = float(spacing[axis])
         columns[target] = -matrix[:, axis] if flip else matrix[:, axis]

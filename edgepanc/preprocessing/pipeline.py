@@ -15,8 +15,8 @@ import SimpleITK as sitk
 
 from edgepanc.preprocessing.normalization import normalize_ct
 from edgepanc.preprocessing.orientation import (
+    canonical_array_in_original_order,
     canonical_geometry,
-    from_canonical,
     orientation_of,
     to_canonical,
 )
@@ -108,7 +108,19 @@ class GridRecord:
 
 
 def preprocess_image(img: sitk.Image, plan: PreprocessingPlan) -> tuple[np.ndarray, GridRecord]:
-    """The network input for ``img`` as float32 (z, y, x), and the record needed to invert it.
+    """The network input for ``img`` as float32 (z, y, x), and the record needed to invert it:
+    :func:`resample_for_network` then :func:`normalize_ct`.
+
+    A caller that can let go of ``img`` (the runtime) calls the two itself and drops the image in
+    between, so that the scan and two float32 volumes are never held at once.
+    """
+    resampled, grid = resample_for_network(img, plan)
+    return normalize_ct(sitk.GetArrayViewFromImage(resampled), plan), grid
+
+
+def resample_for_network(img: sitk.Image, plan: PreprocessingPlan) -> tuple[sitk.Image, GridRecord]:
+    """``img`` on the canonical grid at the plan's spacing (float32, not yet normalised), and the
+    record needed to invert it.
 
     Resampling works in physical space, so when the spacing changes the image is resampled
     straight from its stored orientation onto the canonical grid: the reoriented full-resolution
@@ -129,7 +141,7 @@ def preprocess_image(img: sitk.Image, plan: PreprocessingPlan) -> tuple[np.ndarr
         canonical=canonical,
         resampled=Geometry.of(resampled),
     )
-    return normalize_ct(sitk.GetArrayViewFromImage(resampled), plan), grid
+    return resampled, grid
 
 
 def _label_box_on(
@@ -239,6 +251,10 @@ def restore_label(
             )
             window[sitk.GetArrayViewFromImage(resampled) >= 128] = value
             del resampled, on_network_grid
-    restored = target.stamp(sitk.GetImageFromArray(canonical))
+    # Reoriented in numpy (a copy, then the canonical array goes) rather than by DICOMOrient on
+    # an image of it: one full-size uint8 copy fewer at this stage's peak.
+    in_original_order = np.ascontiguousarray(
+        canonical_array_in_original_order(canonical, grid.original.direction)
+    )
     del canonical
-    return grid.original.stamp(from_canonical(restored, grid.original_orientation))
+    return grid.original.stamp(sitk.GetImageFromArray(in_original_order))

@@ -6,15 +6,17 @@ largest of three phases, because the pipeline frees each phase's buffers before 
 
 - **preprocess**: reading holds the image twice at its peak (SimpleITK's NIfTI reader decodes
   the file into a buffer of its own before the image; int16 stays int16), then the image with
-  the resampled float32 volume and its normalised float32 copy (the image is resampled straight
-  into the canonical orientation, so no reoriented copy of it is made);
+  the resampled float32 volume (the image is resampled straight into the canonical orientation,
+  so no reoriented copy of it is made), then that volume and its normalised copy (the image is
+  released first);
 - **infer**: the preprocessed float32 volume, its uint8 label map, the two uint8 region
   probability maps kept for restoring (:mod:`edgepanc.inferers.probabilities`; counted over the
   whole volume, an upper bound for the tiled box), the streaming slab of logits still in play
   (:func:`edgepanc.inferers.streaming.slab_memory_bytes`) and one batch of tiles through the
   network (input, activations, logits);
 - **restore**: the uint8 labels on the preprocessed grid, the two probability maps and the image
-  copy of one, the resampled and the reoriented uint8 labels on the input grid.
+  copy of one, and two uint8 label arrays on the input grid (canonical and reoriented, or
+  reoriented and its image).
 
 Network activations are measured, not guessed: :func:`measure_activation_bytes_per_voxel` runs
 one forward pass on a small probe patch and records the largest total size of intermediate
@@ -89,9 +91,11 @@ class BudgetPlan:
 
 
 def preprocess_phase_bytes(sizes: VolumeSizes) -> int:
-    """The larger of reading (the image twice) and resampling (image + two float32 volumes)."""
+    """The largest of reading (the image twice), resampling (the image + the float32 volume)
+    and normalising (the float32 volume and its normalised copy; the image is gone by then)."""
     image = sizes.input_voxels * sizes.input_itemsize
-    return max(2 * image, image + 2 * sizes.preprocessed_voxels * FLOAT32)
+    volume = sizes.preprocessed_voxels * FLOAT32
+    return max(2 * image, image + volume, 2 * volume)
 
 
 def restore_phase_bytes(sizes: VolumeSizes) -> int:

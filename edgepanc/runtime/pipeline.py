@@ -281,7 +281,7 @@ def run_case(
     scan: Path, model: LoadedModel, config: RunConfig, thermal_guard: ThermalGuard
 ) -> CaseReport:
     """Segment and classify one scan, write its outputs; raise EdgepancError on bad input."""
-    from edgepanc.preprocessing import preprocess_image, restore_label
+    from edgepanc.preprocessing import normalize_ct, resample_for_network, restore_label
 
     name = mask_name_for(scan)
     mask_path = config.out_dir / name
@@ -305,8 +305,12 @@ def run_case(
         image, estimate_preprocessed_shape(image, spacing), model, config, scan
     )
     with timer("preprocess"):
-        volume, grid = preprocess_image(image, model.plan)
-    del image  # the grid record keeps the geometry; the voxels are not needed again
+        resampled, grid = resample_for_network(image, model.plan)
+        # The grid record keeps the geometry; the scan's voxels go before the normalised copy
+        # is made, so the scan and two float32 volumes are never held at once.
+        del image
+        volume = normalize_ct(sitk.GetArrayViewFromImage(resampled), model.plan)
+        del resampled
 
     policy = BatchPolicy(memory_plan.tile_batch)
     backoff = ThermalBackoff(thermal_guard, policy)
