@@ -24,7 +24,11 @@ from scipy import ndimage
 from edgepanc.bundle import load_bundle
 from edgepanc.inferers.sliding_window import classify_from_tiles, sliding_window_inference
 from edgepanc.metrics import classification_metrics, dice
-from edgepanc.runtime.postprocess import PostprocessConfig, postprocess_labels
+from edgepanc.runtime.postprocess import (
+    PostprocessConfig,
+    mask_region_probabilities,
+    postprocess_labels,
+)
 from edgepanc.training.dataset import PreparedCase, prepare_case
 from edgepanc.training.runner import labelled_cases
 from edgepanc.training.sampling import extract_patch
@@ -79,7 +83,13 @@ def main() -> None:
     for case in (c for c in labelled_cases(args.data) if c.split == "validation"):
         prepared = prepare_case(case, plan)
         result = sliding_window_inference(
-            prepared.image, predictor, patch, step_fraction=0.5, tile_batch=4, keep_logits=True
+            prepared.image,
+            predictor,
+            patch,
+            step_fraction=0.5,
+            tile_batch=4,
+            keep_logits=True,
+            keep_probabilities=True,
         )
         logits = result.logits
         probability = np.exp(logits - logits.max(0))
@@ -97,7 +107,8 @@ def main() -> None:
         volume = reference.sum() * float(np.prod(prepared.spacing))
         diameter = 2 * (3 * volume / (4 * np.pi)) ** (1 / 3)
         truth.append(int(case.subtype))
-        tiles.append(int(np.argmax(classify_from_tiles(result))))
+        kept = mask_region_probabilities(result.probabilities, labels)
+        tiles.append(int(np.argmax(classify_from_tiles(result, labels, kept))))
         own.append(named[0])
         forced.append(named[1])
         print(

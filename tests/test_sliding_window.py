@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from edgepanc.inferers.probabilities import RegionProbabilities
 from edgepanc.inferers.sliding_window import (
     BatchPolicy,
     SlidingWindowResult,
     classify_from_tiles,
+    kept_lesion_mass,
     sliding_window_inference,
 )
 from edgepanc.inferers.streaming import (
@@ -287,6 +289,67 @@ def test_classification_without_lesion_uses_uniform_weights():
     mean = np.array([0.0, 4.0, 6.0]) / 3
     np.testing.assert_allclose(probs, np.exp(mean) / np.exp(mean).sum(), rtol=1e-5)
     assert probs.argmax() == 2
+
+
+def test_kept_lesion_mass_is_the_windowed_sum_of_the_kept_map():
+    rng = np.random.default_rng(3)
+    shape, patch = (10, 12, 14), (4, 6, 6)
+    box = (slice(2, 9), slice(1, 12), slice(3, 10))
+    values = rng.integers(0, 256, size=(2, 7, 11, 7), dtype=np.uint8)
+    kept = RegionProbabilities(values, box)
+    importance = rng.random(patch).astype(np.float32)
+    tiles = [(-2, 0, 0), (0, 0, 0), (6, 6, 8), (8, 10, 10), (0, 0, 10)]  # last: outside the box
+    whole = np.zeros((shape[0] + 8, shape[1] + 8, shape[2] + 8))  # room for tiles past the edges
+    whole[tuple(slice(s.start + 2, s.stop + 2) for s in box)] = values[1] / 255.0
+    expected = [
+        float(
+            (
+                whole[tuple(slice(c + 2, c + 2 + p) for c, p in zip(t, patch, strict=True))]
+                * importance
+            ).sum()
+        )
+        for t in tiles
+    ]
+    mass = kept_lesion_mass(kept, tiles, importance)
+    np.testing.assert_allclose(mass, expected, rtol=1e-5)
+    assert mass[-1] == 0.0 and mass[2] > 0
+
+
+def test_classification_follows_the_lesion_post_processing_kept():
+    # tile 0 predicted most lesion (a false lesion that post-processing removed); tile 2 holds
+    # the lesion of the written mask: with the kept maps the subtype is tile 2's.
+    result = SlidingWindowResult(
+        labels=np.zeros((4, 4, 12), dtype=np.uint8),
+        tile_cls_logits=np.array([[5.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 3.0]], np.float32),
+        tile_lesion_mass=np.array([60.0, 1.0, 10.0], np.float32),
+        tiles=[(0, 0, 0), (0, 0, 4), (0, 0, 8)],
+        importance=np.ones((4, 4, 4), dtype=np.float32),
+    )
+    labels = np.zeros((4, 4, 12), dtype=np.uint8)
+    labels[1:3, 1:3, 9:11] = 2
+    values = np.zeros((2, 4, 4, 12), dtype=np.uint8)
+    values[:, 1:3, 1:3, 9:11] = 255
+    kept = RegionProbabilities(values, (slice(0, 4), slice(0, 4), slice(0, 12)))
+    result.labels[:] = labels
+    result.labels[0, 0, 0] = 2  # the raw prediction's false lesion
+    assert classify_from_tiles(result).argmax() == 0
+    assert classify_from_tiles(result, labels, kept).argmax() == 2
+    no_lesion = np.zeros_like(labels)
+    uniform = classify_from_tiles(
+        result, no_lesion, RegionProbabilities(np.zeros_like(values), kept.box)
+    )
+    mean = np.array([5.0, 0.0, 3.0]) / 3
+    np.testing.assert_allclose(uniform, np.exp(mean) / np.exp(mean).sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="both"):
+        classify_from_tiles(result, labels)
+
+
+def test_both_inferers_report_their_importance_map():
+    volume = phantom((20, 20, 20))
+    whole = sliding_window_inference(volume, FieldPredictor(), PATCH, 0.5)
+    streamed = streaming_sliding_window_inference(volume, FieldPredictor(), PATCH, 0.5)
+    np.testing.assert_array_equal(whole.importance, gaussian_importance_map(PATCH))
+    np.testing.assert_array_equal(streamed.importance, gaussian_importance_map(PATCH))
 
 
 def test_slab_accumulator_refuses_tiles_out_of_z_order():

@@ -18,7 +18,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from edgepanc.backends.base import Predictor
-from edgepanc.inferers.probabilities import RegionProbabilities, region_probability_bytes
+from edgepanc.inferers.probabilities import (
+    PROBABILITY_SCALE,
+    RegionProbabilities,
+    region_probability_bytes,
+)
 from edgepanc.inferers.tiling import (
     Corner,
     Region,
@@ -60,7 +64,8 @@ class SlidingWindowResult:
     volume's voxel coordinates (negative on an axis padded because it was smaller than the patch).
     ``logits``: blended ``[C, z, y, x]`` float32 logits when asked for (whole-volume only).
     ``probabilities``: the soft whole-pancreas and lesion maps of the tiled box when asked for
-    (:class:`~edgepanc.inferers.probabilities.RegionProbabilities`).
+    (:class:`~edgepanc.inferers.probabilities.RegionProbabilities`). ``importance``: the
+    per-voxel tile weights the pass blended with (patch-shaped).
     """
 
     labels: np.ndarray
@@ -69,6 +74,7 @@ class SlidingWindowResult:
     tiles: list[Corner]
     logits: np.ndarray | None = None
     probabilities: RegionProbabilities | None = None
+    importance: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -360,6 +366,7 @@ def sliding_window_inference(
         tiles=[plan.volume_corner(c) for c in plan.tiles],
         logits=logits,
         probabilities=probabilities,
+        importance=weights,
     )
 
 
@@ -372,17 +379,37 @@ def _check_volume(volume: np.ndarray) -> np.ndarray:
     return volume
 
 
-def classify_from_tiles(result: SlidingWindowResult) -> np.ndarray:
+def classify_from_tiles(
+    result: SlidingWindowResult,
+    labels: np.ndarray | None = None,
+    kept: RegionProbabilities | None = None,
+) -> np.ndarray:
     """Subtype probabilities ``[S]``: softmax of the lesion-mass-weighted mean tile logits.
 
-    Tiles that saw more lesion say more about its subtype. When no voxel is labelled lesion the
-    lesion mass is noise, so every tile counts the same.
+    Tiles that saw more lesion say more about its subtype. Without ``labels`` the mass is the
+    lesion probability each tile predicted (``result.tile_lesion_mass``). With the post-processed
+    ``labels`` and ``kept``, the soft maps limited to them
+    (:func:`~edgepanc.runtime.postprocess.mask_region_probabilities`), it is the lesion
+    probability of the written mask inside each tile, importance-weighted
+    (:func:`kept_lesion_mass`): a lesion that post-processing removed (outside the pancreas, in a
+    dropped organ component) no longer names the subtype. On recipe7's bundle that raised macro
+    F1 from 0.439 to 0.500 on its 12 validation phantoms and from 0.499 to 0.568 on 48 fresh ones
+    (session 8). When no voxel is labelled lesion the mass is noise, so every tile counts the
+    same.
     """
     logits = np.asarray(result.tile_cls_logits, dtype=np.float64)
     if logits.ndim != 2 or logits.shape[0] == 0:
         raise ValueError(f"expected tile class logits [T, S] with T > 0, got {list(logits.shape)}")
-    mass = np.asarray(result.tile_lesion_mass, dtype=np.float64)
-    has_lesion = bool(np.any(result.labels == LESION_LABEL))
+    if (labels is None) != (kept is None):
+        raise ValueError("pass both the post-processed labels and their kept soft maps, or neither")
+    if labels is None or kept is None:
+        mass = np.asarray(result.tile_lesion_mass, dtype=np.float64)
+        has_lesion = bool(np.any(result.labels == LESION_LABEL))
+    else:
+        if result.importance is None:
+            raise ValueError("the sliding-window result does not carry its importance map")
+        mass = kept_lesion_mass(kept, result.tiles, result.importance)
+        has_lesion = bool(np.any(labels == LESION_LABEL))
     if has_lesion and mass.sum() > 0:
         weights = mass / mass.sum()
     else:
@@ -392,6 +419,27 @@ def classify_from_tiles(result: SlidingWindowResult) -> np.ndarray:
     return (exp / exp.sum()).astype(np.float32)
 
 
+def kept_lesion_mass(
+    kept: RegionProbabilities, tiles: Sequence[Corner], importance: np.ndarray
+) -> np.ndarray:
+    """``[T]``: for each tile (corner in volume coordinates, ``importance``-shaped), the sum over
+    its voxels of the importance weight times the lesion probability in ``kept``."""
+    lesion = kept.values[1]
+    start = np.array([s.start for s in kept.box])
+    stop = np.array([s.stop for s in kept.box])
+    patch = np.array(importance.shape)
+    mass = np.zeros(len(tiles), dtype=np.float64)
+    for i, corner in enumerate(tiles):
+        low = np.maximum(np.asarray(corner), start)
+        high = np.minimum(np.asarray(corner) + patch, stop)
+        if np.any(high <= low):
+            continue  # the tile lies outside the box: nothing kept there
+        in_box = tuple(slice(a, b) for a, b in zip(low - start, high - start, strict=True))
+        in_tile = tuple(slice(a, b) for a, b in zip(low - corner, high - corner, strict=True))
+        mass[i] = float(np.tensordot(lesion[in_box], importance[in_tile], axes=3))
+    return mass / PROBABILITY_SCALE
+
+
 __all__ = [
     "LESION_LABEL",
     "BatchPolicy",
@@ -399,6 +447,7 @@ __all__ = [
     "WindowPlan",
     "classify_from_tiles",
     "importance_map",
+    "kept_lesion_mass",
     "plan_sliding_window",
     "predict_tiles",
     "sliding_window_inference",

@@ -239,6 +239,7 @@ def streaming_sliding_window_inference(
         tile_lesion_mass=lesion_mass,
         tiles=[plan.volume_corner(c) for c in plan.tiles],
         probabilities=probabilities,
+        importance=weights,
     )
 
 

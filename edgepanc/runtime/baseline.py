@@ -111,12 +111,12 @@ def run_baseline(
             keep_logits=True,  # the whole-volume logits stay in memory, as in nnU-Net
             keep_probabilities=True,
         )
-        probabilities = classify_from_tiles(result)
     del volume
     with timer("postprocess"):
         labels = postprocess_labels(result.labels, spacing, PostprocessConfig())
         assert result.probabilities is not None
         soft_regions = mask_region_probabilities(result.probabilities, labels)
+        probabilities = classify_from_tiles(result, labels, soft_regions)
     tile_count = len(result.tiles)
     del result
     with timer("restore"):

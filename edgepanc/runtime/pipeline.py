@@ -337,11 +337,11 @@ def run_case(
             progress=config.progress,
             keep_probabilities=True,
         )
-        probabilities = classify_from_tiles(result)
     with timer("postprocess"):
         labels = postprocess_labels(result.labels, spacing, config.postprocess)
         assert result.probabilities is not None
         soft_regions = mask_region_probabilities(result.probabilities, labels)
+        probabilities = classify_from_tiles(result, labels, soft_regions)
     tile_count = len(result.tiles)
     del result
     preview_path = config.out_dir / f"{name[: -len(MASK_SUFFIX)]}_preview.png"

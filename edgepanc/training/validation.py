@@ -2,8 +2,8 @@
 
 Each whole validation volume (preprocessed once, kept in memory) goes through the runtime's
 sliding-window inference with a :class:`~edgepanc.backends.torch_backend.TorchPredictor` (fp32),
-the subtype comes from :func:`~edgepanc.inferers.sliding_window.classify_from_tiles`, the
-runtime's post-processing runs on the preprocessed grid, and the label map is mapped back onto
+the runtime's post-processing runs on the preprocessed grid, the subtype comes from
+:func:`~edgepanc.inferers.sliding_window.classify_from_tiles` weighted by the lesion it kept, and the label map is mapped back onto
 the ORIGINAL image grid with ``restore_label`` (interpolating the network's soft maps, as the
 runtime does) and compared there with the original reference mask through :mod:`edgepanc.metrics`.
 Mapping back costs a resample of the labels' box per case (milliseconds at quiz size) and makes
@@ -95,10 +95,11 @@ def predict_with(
     if postprocess:
         labels = postprocess_labels(labels, spacing, PostprocessConfig())
     assert result.probabilities is not None
+    kept = mask_region_probabilities(result.probabilities, labels)
     return CasePrediction(
         labels=labels,
-        region_probabilities=mask_region_probabilities(result.probabilities, labels),
-        subtype_probabilities=classify_from_tiles(result),
+        region_probabilities=kept,
+        subtype_probabilities=classify_from_tiles(result, labels, kept),
     )
 
 
