@@ -98,6 +98,20 @@ def test_peak_rss_remembers_memory_that_was_freed():
     assert peak - current >= 100 * MB
 
 
+def test_peak_rss_is_not_the_parent_process_peak():
+    # Linux carries getrusage's ru_maxrss across fork and exec: a child of a large process
+    # would report the parent's peak as its own.
+    parent_block = b"y" * (300 * 2**20)  # resident in this (the parent) process
+    out = subprocess.run(
+        [sys.executable, "-c", "from edgepanc.memory import peak_rss; print(peak_rss())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    del parent_block
+    assert int(out.stdout) < 200 * MB
+
+
 ALLOCATE_200MB = "import time; block = b'x' * (200 * 2**20); time.sleep(0.3)"
 # A parent that stays small and starts a child that allocates 200 MB.
 PARENT_OF_ALLOCATOR = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {ALLOCATE_200MB!r}], check=True)"
