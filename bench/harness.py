@@ -114,9 +114,12 @@ def edgepanc_executable() -> list[str]:
 
 
 def optimised_command(
-    scan: Path, bundle: Path, out: Path, memory_budget: str | None = MEMORY_BUDGET
+    scan: Path, bundle: Path, out: Path, memory_budget: str | None = None
 ) -> list[str]:
-    """``edgepanc run`` with the runtime's defaults (auto backend, ROI auto, streaming)."""
+    """``edgepanc run`` with the runtime's defaults (auto backend, ROI auto, streaming), which
+    is the optimised path every comparison means. The memory gate adds ``memory_budget``: a
+    budget lets the runtime grow its tile batch up to it (8 tiles instead of 2 at 1.5GB on the
+    full-size phantom, 547 MB instead of 505 MB, no faster on 2 cores)."""
     cmd = [
         *edgepanc_executable(),
         "run",

@@ -43,7 +43,9 @@ def gate_runs(request: pytest.FixtureRequest, bench_bundle, bench_dir: Path, rec
             outs = {p: bench_dir / f"gate_{case_name}_{p}" for p in ("baseline", "optimised")}
             commands = {
                 "baseline": baseline_command(case.image, bench_bundle.path, outs["baseline"]),
-                "optimised": optimised_command(case.image, bench_bundle.path, outs["optimised"]),
+                "optimised": optimised_command(
+                    case.image, bench_bundle.path, outs["optimised"], MEMORY_BUDGET
+                ),
             }
             # CI: 3 alternations on the quiz case, 2 on the full one (medians of 2 = means).
             n = rounds(3 if case_name == "quiz" else 2)
