@@ -8,6 +8,7 @@ from edgepanc.inferers.probabilities import RegionProbabilities
 from edgepanc.runtime.postprocess import (
     PostprocessConfig,
     keep_main_components,
+    keep_main_lesions,
     mask_region_probabilities,
     postprocess_labels,
     restrict_lesion_to_pancreas,
@@ -72,12 +73,29 @@ def test_lesion_outside_pancreas_removed_touching_kept() -> None:
     assert out[9, 9, 9] == 2  # inside lesion kept
 
 
+def test_small_lesion_components_become_pancreas() -> None:
+    labels = _volume()  # main lesion: 64 voxels
+    labels[4:6, 4:6, 4:6] = 2  # 8 voxels: under a quarter of the largest
+    labels[14:17, 14:17, 14:16] = 2  # 18 voxels: over a quarter
+    before = labels.copy()
+    out = keep_main_lesions(labels, 0.25)
+    assert out[4, 4, 4] == 1 and out[15, 15, 15] == 2 and out[9, 9, 9] == 2
+    assert np.array_equal(out > 0, labels > 0)  # the gland is unchanged
+    assert np.array_equal(labels, before)
+    assert np.array_equal(keep_main_lesions(labels, 0.0), labels)
+    assert postprocess_labels(labels, SPACING, PostprocessConfig())[4, 4, 4] == 1
+    kept_all = PostprocessConfig(lesion_min_fraction=0)
+    assert postprocess_labels(labels, SPACING, kept_all)[4, 4, 4] == 2
+
+
 def test_switches_and_input_untouched() -> None:
     labels = _volume()
     labels[15:17, 35:37, 35:37] = 2  # isolated lesion speck
     before = labels.copy()
     off = postprocess_labels(
-        labels, SPACING, PostprocessConfig(largest_component=False, lesion_in_pancreas=False)
+        labels,
+        SPACING,
+        PostprocessConfig(largest_component=False, lesion_in_pancreas=False, lesion_min_fraction=0),
     )
     assert np.array_equal(off, before)
     on = postprocess_labels(labels, SPACING, PostprocessConfig())
@@ -124,8 +142,11 @@ def test_postprocessing_the_labels_box_equals_postprocessing_the_whole_grid() ->
             labels[z - 1 : z + 1, y + r - 1 : y + r + 2, x : x + 2] = 2  # some poke out
     labels[30:33, 2:5, 40:44] = 2  # a lesion alone
     config = PostprocessConfig(min_volume_ml=0.01)
-    whole = restrict_lesion_to_pancreas(
-        keep_main_components(labels, SPACING, config.min_fraction, config.min_volume_ml)
+    whole = keep_main_lesions(
+        restrict_lesion_to_pancreas(
+            keep_main_components(labels, SPACING, config.min_fraction, config.min_volume_ml)
+        ),
+        config.lesion_min_fraction,
     )
     result = postprocess_labels(labels, SPACING, config)
     assert 0 < (result > 0).sum() < (labels > 0).sum() and (result == 2).any()

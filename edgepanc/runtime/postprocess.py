@@ -9,6 +9,9 @@ Pure functions on uint8 ``(z, y, x)`` arrays, built on :mod:`scipy.ndimage`:
 - :func:`restrict_lesion_to_pancreas` removes lesion components that neither lie inside nor touch
   a pancreas voxel: a lesion of the pancreas always borders pancreatic tissue in the reference
   labels of this data set.
+- :func:`keep_main_lesions` turns lesion components smaller than ``lesion_min_fraction`` of the
+  largest lesion into pancreas: the network leaves 5-10 small lesion specks inside the gland on
+  most phantoms, and they are gland, not background.
 - :func:`mask_region_probabilities` makes the soft maps kept for restoring agree with the
   cleaned labels: what post-processing removed does not come back through them.
 """
@@ -47,6 +50,12 @@ class PostprocessConfig:
     # 0.5 cost the quiz cases 0.005.
     min_fraction: float = 0.25
     min_volume_ml: float = 1.0
+    # Lesion components under a quarter of the largest lesion become pancreas (0 keeps them all).
+    # recipe7's bundle, lesion DSC / macro F1: 12 validation phantoms 0.4027 / 0.500 -> 0.4087 /
+    # 0.500; 48 fresh phantoms 0.3868 / 0.568 -> 0.3977 / 0.570 (0.1: 0.4048 / 0.500 and
+    # 0.3928 / 0.589; an absolute floor of 0.05-0.5 ml: -0.012 to +0.002 lesion DSC). Whole DSC
+    # cannot change: the voxels stay in the gland.
+    lesion_min_fraction: float = 0.25
 
 
 def voxel_volume_ml(spacing_zyx: Sequence[float]) -> float:
@@ -90,6 +99,20 @@ def restrict_lesion_to_pancreas(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def keep_main_lesions(labels: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Relabel as pancreas every lesion component (26-connected) smaller than ``min_fraction``
+    of the largest; the largest always stays. A new array."""
+    lesion = labels == LESION
+    components, count = ndimage.label(lesion, structure=_FULL_CONNECTIVITY)
+    if count <= 1 or min_fraction <= 0:
+        return labels.copy()
+    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
+    small = np.concatenate(([False], sizes < min_fraction * sizes.max()))
+    out = labels.copy()
+    out[small[components]] = PANCREAS
+    return out
+
+
 def postprocess_labels(
     labels: np.ndarray, spacing_zyx: Sequence[float], config: PostprocessConfig
 ) -> np.ndarray:
@@ -110,6 +133,8 @@ def postprocess_labels(
         )
     if config.lesion_in_pancreas:
         cropped = restrict_lesion_to_pancreas(cropped)
+    if config.lesion_min_fraction > 0:
+        cropped = keep_main_lesions(cropped, config.lesion_min_fraction)
     out[box] = cropped
     return out
 
