@@ -70,17 +70,20 @@ def keep_main_components(
     min_volume_ml: float = PostprocessConfig.min_volume_ml,
 ) -> np.ndarray:
     """Zero every organ component (labels 1+2) except the largest and the large-enough others."""
-    organ = labels > 0
-    components, count = ndimage.label(organ, structure=_FULL_CONNECTIVITY)
-    if count <= 1:
+    components, sizes = _components(labels > 0)
+    if len(sizes) <= 1:
         return labels.copy()
-    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
-    largest = int(sizes.max())
-    min_voxels = max(min_fraction * largest, min_volume_ml / voxel_volume_ml(spacing_zyx))
+    min_voxels = max(min_fraction * sizes.max(), min_volume_ml / voxel_volume_ml(spacing_zyx))
     keep = sizes >= min_voxels
     keep[int(sizes.argmax())] = True  # the largest always stays, whatever the thresholds
     keep_lut = np.concatenate(([False], keep))
     return np.where(keep_lut[components], labels, 0).astype(labels.dtype, copy=False)
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """26-connected components of ``mask`` (0 outside) and the voxel count of each, 1..n."""
+    components, count = ndimage.label(mask, structure=_FULL_CONNECTIVITY)
+    return components, np.bincount(components.ravel(), minlength=count + 1)[1:]
 
 
 def restrict_lesion_to_pancreas(labels: np.ndarray) -> np.ndarray:
@@ -102,11 +105,9 @@ def restrict_lesion_to_pancreas(labels: np.ndarray) -> np.ndarray:
 def keep_main_lesions(labels: np.ndarray, min_fraction: float) -> np.ndarray:
     """Relabel as pancreas every lesion component (26-connected) smaller than ``min_fraction``
     of the largest; the largest always stays. A new array."""
-    lesion = labels == LESION
-    components, count = ndimage.label(lesion, structure=_FULL_CONNECTIVITY)
-    if count <= 1 or min_fraction <= 0:
+    components, sizes = _components(labels == LESION)
+    if len(sizes) <= 1 or min_fraction <= 0:
         return labels.copy()
-    sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
     small = np.concatenate(([False], sizes < min_fraction * sizes.max()))
     out = labels.copy()
     out[small[components]] = PANCREAS
