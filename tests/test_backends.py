@@ -119,14 +119,20 @@ def test_onnxruntime_matches_torch_on_a_phantom(tiny_model, tiny_onnx):
     volume = phantom()
     onnx = OnnxRuntimePredictor(tiny_onnx, intra_op_threads=1)
     assert (onnx.name, onnx.device, onnx.precision) == ("onnxruntime", "cpu", "fp32")
-    reference = sliding_window_inference(volume, TorchPredictor(tiny_model), PATCH, 0.5, 2)
-    result = sliding_window_inference(volume, onnx, PATCH, 0.5, 2)
+    reference = sliding_window_inference(
+        volume, TorchPredictor(tiny_model), PATCH, 0.5, 2, keep_probabilities=True
+    )
+    result = sliding_window_inference(volume, onnx, PATCH, 0.5, 2, keep_probabilities=True)
     present = np.unique(reference.labels)
     assert len(present) > 1
     for label in present:
         assert dice(result.labels, reference.labels, label) >= 0.99
     np.testing.assert_allclose(result.tile_cls_logits, reference.tile_cls_logits, atol=1e-3)
-    assert classify_from_tiles(result).argmax() == classify_from_tiles(reference).argmax()
+    ours = classify_from_tiles(result, result.labels, result.probabilities)
+    assert (
+        ours.argmax()
+        == classify_from_tiles(reference, reference.labels, reference.probabilities).argmax()
+    )
 
 
 def test_onnxruntime_reports_a_missing_or_broken_file(tmp_path):

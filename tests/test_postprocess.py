@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from scipy import ndimage
 
 from edgepanc.inferers.probabilities import RegionProbabilities
 from edgepanc.runtime.postprocess import (
     PostprocessConfig,
+    component_gaps_mm,
     keep_main_components,
     keep_main_lesions,
     mask_region_probabilities,
@@ -37,6 +40,36 @@ def test_second_large_component_kept() -> None:
     assert np.array_equal(out[:, :24, :24], labels[:, :24, :24])  # main part untouched
 
 
+def test_large_component_far_from_the_gland_removed() -> None:
+    labels = np.zeros((20, 40, 120), dtype=np.uint8)
+    labels[2:18, 2:22, 2:22] = 1  # the gland: 6400 voxels
+    labels[2:18, 2:22, 30:42] = 1  # a split-off half 8 mm away: kept
+    labels[2:18, 2:22, 80:100] = 1  # gland-sized, 58 mm away: a false positive elsewhere
+    out = keep_main_components(labels, SPACING, min_fraction=0.25, min_volume_ml=1.0)
+    assert out[10, 10, 35] == 1 and out[10, 10, 90] == 0
+    assert np.array_equal(out[:, :, :60], labels[:, :, :60])
+    anywhere = keep_main_components(labels, SPACING, 0.25, 1.0, max_gap_mm=None)
+    assert np.array_equal(anywhere, labels)
+    # the gap is measured in millimetres: at 0.5 mm voxels the far block lies 29 mm away
+    assert keep_main_components(labels, (0.5, 0.5, 0.5), 0.25, 0.0, max_gap_mm=30.0)[10, 10, 90]
+
+
+def test_component_gaps_match_a_brute_force_distance() -> None:
+    rng = np.random.default_rng(5)
+    mask = rng.random((12, 20, 24)) < 0.02
+    mask[4:8, 8:12, 8:12] = True  # the largest
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    main = int(np.bincount(components.ravel())[1:].argmax()) + 1
+    spacing = (2.0, 1.2, 0.8)
+    gaps = component_gaps_mm(components, main, count, spacing, reach_mm=6.0)
+    main_points = np.argwhere(components == main) * spacing
+    for label in range(1, count + 1):
+        points = np.argwhere(components == label) * spacing
+        nearest = np.sqrt(((points[:, None] - main_points[None]) ** 2).sum(-1)).min()
+        expected = nearest if nearest <= 6.0 else np.inf
+        assert gaps[label - 1] == pytest.approx(expected)
+
+
 def test_isolated_speck_removed() -> None:
     labels = _volume()
     labels[15:17, 35:37, 35:37] = 1  # 8 voxels, not touching anything
@@ -49,8 +82,8 @@ def test_absolute_threshold_removes_component_above_fraction() -> None:
     labels = np.zeros((10, 30, 30), dtype=np.uint8)
     labels[0:10, 0:10, 0:10] = 1  # 1000 voxels
     labels[0:5, 20:25, 20:28] = 1  # 200 voxels: 20 % of the largest but only 0.2 ml
-    kept = keep_main_components(labels, SPACING, min_fraction=0.1, min_volume_ml=0.0)
-    dropped = keep_main_components(labels, SPACING, min_fraction=0.1, min_volume_ml=0.5)
+    kept = keep_main_components(labels, SPACING, 0.1, min_volume_ml=0.0, max_gap_mm=None)
+    dropped = keep_main_components(labels, SPACING, 0.1, min_volume_ml=0.5, max_gap_mm=None)
     assert kept[2, 22, 22] == 1
     assert dropped[2, 22, 22] == 0
 

@@ -106,7 +106,6 @@ def test_streaming_matches_whole_volume_exactly(shape, step, tile_batch, region)
     )
     np.testing.assert_array_equal(streamed.labels, whole.labels)
     np.testing.assert_array_equal(streamed.tile_cls_logits, whole.tile_cls_logits)
-    np.testing.assert_array_equal(streamed.tile_lesion_mass, whole.tile_lesion_mass)
     assert streamed.tiles == whole.tiles
     assert whole.labels.shape == shape and whole.labels.dtype == np.uint8
     assert len(np.unique(whole.labels)) == 3  # the phantom exercises every class
@@ -248,47 +247,41 @@ def test_batch_policy_can_shrink_between_batches():
     np.testing.assert_array_equal(result.labels, fixed.labels)
 
 
-def test_lesion_mass_is_importance_weighted_lesion_probability():
-    class HalfLesion:
-        name, precision, device = "half", "fp32", "cpu"
-
-        def __call__(self, batch):
-            # softmax([0, 0, log 2]) = [1/4, 1/4, 1/2]
-            seg = np.zeros((len(batch), 3, *PATCH), dtype=np.float32)
-            seg[:, 2] = np.log(2.0)
-            return seg, np.zeros((len(batch), 3), dtype=np.float32)
-
-    result = sliding_window_inference(phantom((16, 16, 32)), HalfLesion(), PATCH, 0.5)
-    expected = 0.5 * gaussian_importance_map(PATCH).sum(dtype=np.float64)
-    np.testing.assert_allclose(result.tile_lesion_mass, expected, rtol=1e-4)
-    assert len(result.tile_lesion_mass) == len(result.tiles) == 3
-
-
-def _result(labels_have_lesion: bool) -> SlidingWindowResult:
-    labels = np.zeros((4, 4, 4), dtype=np.uint8)
-    labels[0, 0, 0] = 2 if labels_have_lesion else 1
-    return SlidingWindowResult(
-        labels=labels,
-        # tile 0 saw the lesion and says subtype 1; two lesion-free tiles say subtype 2
+def _tiles_and_kept(lesion_in_labels: bool):
+    """Three 4^3 tiles along x; the kept lesion map has 8 voxels in tile 0 and 1 in tile 2."""
+    labels = np.zeros((4, 4, 12), dtype=np.uint8)
+    values = np.zeros((2, 4, 4, 12), dtype=np.uint8)
+    values[1, 0:2, 0:2, 0:2] = 255
+    values[1, 3, 3, 9] = 255
+    labels[values[1] > 0] = 2 if lesion_in_labels else 1
+    result = SlidingWindowResult(
+        labels=labels.copy(),
+        # tile 0 saw most lesion and says subtype 1; the others say subtype 2
         tile_cls_logits=np.array([[0.0, 4.0, 0.0], [0.0, 0.0, 3.0], [0.0, 0.0, 3.0]], np.float32),
-        tile_lesion_mass=np.array([50.0, 0.5, 0.5], np.float32),
-        tiles=[(0, 0, 0), (0, 0, 1), (0, 0, 2)],
+        tiles=[(0, 0, 0), (0, 0, 4), (0, 0, 8)],
+        importance=np.ones((4, 4, 4), dtype=np.float32),
     )
+    return result, labels, RegionProbabilities(values, (slice(0, 4), slice(0, 4), slice(0, 12)))
 
 
 def test_classification_weights_tiles_by_lesion_mass():
-    probs = classify_from_tiles(_result(labels_have_lesion=True))
+    result, labels, kept = _tiles_and_kept(lesion_in_labels=True)
+    probs = classify_from_tiles(result, labels, kept)
     assert probs.shape == (3,) and probs.sum() == pytest.approx(1.0)
     assert probs.argmax() == 1
-    mean = (50 * np.array([0, 4, 0]) + 0.5 * np.array([0, 0, 3]) * 2) / 51
+    mean = (8 * np.array([0, 4, 0]) + 1 * np.array([0, 0, 3])) / 9
     np.testing.assert_allclose(probs, np.exp(mean) / np.exp(mean).sum(), rtol=1e-5)
 
 
 def test_classification_without_lesion_uses_uniform_weights():
-    probs = classify_from_tiles(_result(labels_have_lesion=False))
+    result, labels, kept = _tiles_and_kept(lesion_in_labels=False)
+    probs = classify_from_tiles(result, labels, kept)
     mean = np.array([0.0, 4.0, 6.0]) / 3
     np.testing.assert_allclose(probs, np.exp(mean) / np.exp(mean).sum(), rtol=1e-5)
     assert probs.argmax() == 2
+    result.importance = None
+    with pytest.raises(ValueError, match="importance"):
+        classify_from_tiles(result, labels, kept)
 
 
 def test_kept_lesion_mass_is_the_windowed_sum_of_the_kept_map():
@@ -321,7 +314,6 @@ def test_classification_follows_the_lesion_post_processing_kept():
     result = SlidingWindowResult(
         labels=np.zeros((4, 4, 12), dtype=np.uint8),
         tile_cls_logits=np.array([[5.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 3.0]], np.float32),
-        tile_lesion_mass=np.array([60.0, 1.0, 10.0], np.float32),
         tiles=[(0, 0, 0), (0, 0, 4), (0, 0, 8)],
         importance=np.ones((4, 4, 4), dtype=np.float32),
     )
@@ -332,7 +324,6 @@ def test_classification_follows_the_lesion_post_processing_kept():
     kept = RegionProbabilities(values, (slice(0, 4), slice(0, 4), slice(0, 12)))
     result.labels[:] = labels
     result.labels[0, 0, 0] = 2  # the raw prediction's false lesion
-    assert classify_from_tiles(result).argmax() == 0
     assert classify_from_tiles(result, labels, kept).argmax() == 2
     no_lesion = np.zeros_like(labels)
     uniform = classify_from_tiles(
@@ -340,8 +331,6 @@ def test_classification_follows_the_lesion_post_processing_kept():
     )
     mean = np.array([5.0, 0.0, 3.0]) / 3
     np.testing.assert_allclose(uniform, np.exp(mean) / np.exp(mean).sum(), rtol=1e-5)
-    with pytest.raises(ValueError, match="both"):
-        classify_from_tiles(result, labels)
 
 
 def test_both_inferers_report_their_importance_map():

@@ -58,9 +58,7 @@ class SlidingWindowResult:
     """What a sliding-window pass produces.
 
     ``labels``: uint8 (z, y, x) of the input's shape, argmax of the blended logits (0 outside the
-    region). ``tile_cls_logits``: ``[T, S]`` subtype logits per tile. ``tile_lesion_mass``: ``[T]``
-    sum over each tile of the softmax lesion probability times the importance map (how much lesion
-    each tile saw, used to weight classification). ``tiles``: tile start corners in the input
+    region). ``tile_cls_logits``: ``[T, S]`` subtype logits per tile. ``tiles``: tile start corners in the input
     volume's voxel coordinates (negative on an axis padded because it was smaller than the patch).
     ``logits``: blended ``[C, z, y, x]`` float32 logits when asked for (whole-volume only).
     ``probabilities``: the soft whole-pancreas and lesion maps of the tiled box when asked for
@@ -70,7 +68,6 @@ class SlidingWindowResult:
 
     labels: np.ndarray
     tile_cls_logits: np.ndarray
-    tile_lesion_mass: np.ndarray
     tiles: list[Corner]
     logits: np.ndarray | None = None
     probabilities: RegionProbabilities | None = None
@@ -214,17 +211,16 @@ def predict_tiles(
     policy: BatchPolicy,
     between_batches: Callable[[], None] | None = None,
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray:
     """Run every tile of ``plan`` through ``predictor`` and hand weighted logits to a sink.
 
     ``read_tile(corner, out)`` fills ``out`` (one patch) with the input at a padded-frame corner.
     ``sink(num_classes)`` is called once, after the first batch tells how many classes there are.
-    Returns the per-tile classification logits ``[T, S]`` and lesion mass ``[T]``.
+    Returns the per-tile classification logits ``[T, S]``.
     """
     tiles = plan.tiles
     patch = plan.patch_size
     cls_rows: list[np.ndarray] = []
-    lesion_mass = np.zeros(len(tiles), dtype=np.float32)
     batch_buffer = np.empty((0, 1, *patch), dtype=np.float32)
     target: TileSink | None = None
     done = 0
@@ -242,7 +238,6 @@ def predict_tiles(
             seg, cls = _check_outputs(seg, cls, size, patch)
             if target is None:
                 target = sink(seg.shape[1])
-            lesion_mass[done : done + size] = _lesion_mass(seg, weights)
             for i, corner in enumerate(corners):
                 np.multiply(seg[i], weights, out=seg[i])  # in place: no per-tile temporaries
                 target.add(corner, seg[i])
@@ -251,7 +246,7 @@ def predict_tiles(
             bar.update(size)
             if between_batches is not None and done < len(tiles):
                 between_batches()
-    return np.concatenate(cls_rows, axis=0), lesion_mass
+    return np.concatenate(cls_rows, axis=0)
 
 
 def _check_outputs(
@@ -268,18 +263,6 @@ def _check_outputs(
     if seg.dtype != np.float32 or not seg.flags.writeable or not seg.flags.c_contiguous:
         seg = np.array(seg, dtype=np.float32, order="C")
     return seg, cls
-
-
-def _lesion_mass(seg: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Importance-weighted sum of the softmax lesion probability of each tile in ``seg [B, C, ...]``."""
-    if seg.shape[1] <= LESION_LABEL:
-        return np.zeros(seg.shape[0], dtype=np.float32)
-    # softmax_l = 1 / sum_k exp(z_k - z_l): stable without a max pass (overflow gives inf -> 0).
-    with np.errstate(over="ignore"):
-        lesion = seg[:, LESION_LABEL : LESION_LABEL + 1]
-        denominator = np.exp(seg - lesion).sum(axis=1)
-    probability = np.reciprocal(denominator, out=denominator)
-    return probability.reshape(len(seg), -1) @ weights.reshape(-1)
 
 
 class _VolumeAccumulator:
@@ -340,7 +323,7 @@ def sliding_window_inference(
         holder.append(_VolumeAccumulator(plan.padded_shape, patch, num_classes, weights))
         return holder[0]
 
-    cls_logits, lesion_mass = predict_tiles(
+    cls_logits = predict_tiles(
         read_tile, plan, predictor, weights, make_sink, policy, between_batches, progress
     )
     acc = holder[0]
@@ -362,7 +345,6 @@ def sliding_window_inference(
     return SlidingWindowResult(
         labels=labels,
         tile_cls_logits=cls_logits,
-        tile_lesion_mass=lesion_mass,
         tiles=[plan.volume_corner(c) for c in plan.tiles],
         logits=logits,
         probabilities=probabilities,
@@ -380,37 +362,27 @@ def _check_volume(volume: np.ndarray) -> np.ndarray:
 
 
 def classify_from_tiles(
-    result: SlidingWindowResult,
-    labels: np.ndarray | None = None,
-    kept: RegionProbabilities | None = None,
+    result: SlidingWindowResult, labels: np.ndarray, kept: RegionProbabilities
 ) -> np.ndarray:
     """Subtype probabilities ``[S]``: softmax of the lesion-mass-weighted mean tile logits.
 
-    Tiles that saw more lesion say more about its subtype. Without ``labels`` the mass is the
-    lesion probability each tile predicted (``result.tile_lesion_mass``). With the post-processed
-    ``labels`` and ``kept``, the soft maps limited to them
-    (:func:`~edgepanc.runtime.postprocess.mask_region_probabilities`), it is the lesion
-    probability of the written mask inside each tile, importance-weighted
-    (:func:`kept_lesion_mass`): a lesion that post-processing removed (outside the pancreas, in a
-    dropped organ component) no longer names the subtype. On recipe7's bundle that raised macro
-    F1 from 0.439 to 0.500 on its 12 validation phantoms and from 0.499 to 0.568 on 48 fresh ones
-    (session 8). When no voxel is labelled lesion the mass is noise, so every tile counts the
-    same.
+    Tiles that saw more lesion say more about its subtype. The mass is the lesion probability of
+    the written mask inside each tile, importance-weighted (:func:`kept_lesion_mass`): ``labels``
+    are the post-processed labels and ``kept`` the soft maps limited to them
+    (:func:`~edgepanc.runtime.postprocess.mask_region_probabilities`), so a lesion that
+    post-processing removed (outside the pancreas, in a dropped organ component) does not name
+    the subtype. On recipe7's bundle that raised macro F1 from 0.439 to 0.500 on its 12
+    validation phantoms and from 0.499 to 0.568 on 48 fresh ones (session 8) over weighting by
+    the lesion each tile predicted. When no voxel is labelled lesion the mass is noise, so every
+    tile counts the same.
     """
     logits = np.asarray(result.tile_cls_logits, dtype=np.float64)
     if logits.ndim != 2 or logits.shape[0] == 0:
         raise ValueError(f"expected tile class logits [T, S] with T > 0, got {list(logits.shape)}")
-    if (labels is None) != (kept is None):
-        raise ValueError("pass both the post-processed labels and their kept soft maps, or neither")
-    if labels is None or kept is None:
-        mass = np.asarray(result.tile_lesion_mass, dtype=np.float64)
-        has_lesion = bool(np.any(result.labels == LESION_LABEL))
-    else:
-        if result.importance is None:
-            raise ValueError("the sliding-window result does not carry its importance map")
-        mass = kept_lesion_mass(kept, result.tiles, result.importance)
-        has_lesion = bool(np.any(labels == LESION_LABEL))
-    if has_lesion and mass.sum() > 0:
+    if result.importance is None:
+        raise ValueError("the sliding-window result does not carry its importance map")
+    mass = kept_lesion_mass(kept, result.tiles, result.importance)
+    if np.any(labels == LESION_LABEL) and mass.sum() > 0:
         weights = mass / mass.sum()
     else:
         weights = np.full(logits.shape[0], 1.0 / logits.shape[0])

@@ -222,7 +222,7 @@ def streaming_sliding_window_inference(
         )
         return holder[0]
 
-    cls_logits, lesion_mass = predict_tiles(
+    cls_logits = predict_tiles(
         _tile_reader(source, plan),
         plan,
         predictor,
@@ -236,7 +236,6 @@ def streaming_sliding_window_inference(
     return SlidingWindowResult(
         labels=labels,
         tile_cls_logits=cls_logits,
-        tile_lesion_mass=lesion_mass,
         tiles=[plan.volume_corner(c) for c in plan.tiles],
         probabilities=probabilities,
         importance=weights,

@@ -258,7 +258,11 @@ def coarse_roi(
         cleanup = config.postprocess
         coarse_spacing = tuple(s * factor for s in spacing)
         kept = keep_main_components(
-            result.labels, coarse_spacing, cleanup.min_fraction, cleanup.min_volume_ml
+            result.labels,
+            coarse_spacing,
+            cleanup.min_fraction,
+            cleanup.min_volume_ml,
+            cleanup.max_gap_mm,
         )
         organ = kept > 0
     box = bounding_box(organ)
