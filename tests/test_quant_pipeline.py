@@ -238,7 +238,7 @@ def test_unwritable_or_non_empty_output_is_refused(
 
 
 def test_report_says_whether_qat_beat_ptq_and_what_each_int8_variant_lost() -> None:
-    from edgepanc.quantization.pipeline import VariantResult, _qat_note, _target_notes
+    from edgepanc.quantization.report import VariantResult, qat_note, target_notes
 
     def variant(name: str, ms: float, whole: float, lesion: float, f1: float, ok: bool):
         metrics = {"whole_dsc": whole, "lesion_dsc": lesion, "macro_f1": f1}
@@ -247,10 +247,10 @@ def test_report_says_whether_qat_beat_ptq_and_what_each_int8_variant_lost() -> N
     reference = variant("torch_fp32", 500.0, 0.78, 0.26, 0.58, True)
     ptq = variant("onnx_int8_percentile", 290.0, 0.785, 0.268, 0.478, False)
     qat = variant("onnx_int8_qat", 227.0, 0.788, 0.258, 0.483, False)
-    (note,) = _qat_note([reference, ptq, qat])
+    (note,) = qat_note([reference, ptq, qat])
     assert "QAT beat PTQ on whole DSC, macro F1, not on lesion DSC" in note
     assert "0.2580 vs 0.2680" in note
-    notes = _target_notes([reference, ptq, qat], reference)
+    notes = target_notes([reference, ptq, qat], reference)
     assert "best INT8: no variant within the accuracy tolerance" in notes
     qat_line = next(n for n in notes if "onnx_int8_qat" in n)
     assert "2.20x faster" in qat_line and "macro F1 -0.0970" in qat_line

@@ -42,10 +42,10 @@ from edgepanc.networks import (
 )
 from edgepanc.quantization.config import QuantizeConfig
 from edgepanc.quantization.report import (
-    SPEEDUP_TARGETS,
     VariantResult,
     choose_default,
-    target_variant,
+    qat_note,
+    target_notes,
     write_report,
 )
 from edgepanc.runtime.budget import network_activation_bytes_per_voxel
@@ -558,8 +558,8 @@ class QuantizeRun:
         for variant in self.variants:
             variant.within_tolerance = config.tolerance.accepts(reference.metrics, variant.metrics)
         default = choose_default(self.variants, REFERENCE, config.tolerance.accepts)
-        self.notes += _target_notes(self.variants, reference)
-        self.notes += _qat_note(self.variants)
+        self.notes += target_notes(self.variants, reference)
+        self.notes += qat_note(self.variants)
         bundle = copy.deepcopy(self.bundle)
         bundle.path = self.staging
         bundle.kind = "quantized"
@@ -611,62 +611,6 @@ def _artifact_record(variant: VariantResult, run: QuantizeRun) -> dict[str, Any]
     if variant.name.startswith("pruned"):
         record["network"] = run.pruned_network.to_dict()
     return record
-
-
-def _target_notes(variants: Sequence[VariantResult], reference: VariantResult) -> list[str]:
-    """One line per compression target: met or not, with the numbers."""
-    notes = []
-    for label, prefix, target in SPEEDUP_TARGETS:
-        chosen = target_variant(variants, prefix)
-        if chosen is None or not reference.latency_ms:
-            notes.append(f"{label}: no variant measured")
-            continue
-        speedup = reference.latency_ms / chosen.latency_ms
-        if not chosen.within_tolerance:
-            notes.append(f"{label}: no variant within the accuracy tolerance")
-            notes.append(
-                f"{label} candidate {chosen.name}: {speedup:.2f}x faster than fp32 "
-                f"PyTorch (target {target}x); {_metric_deltas(chosen, reference)}"
-            )
-            continue
-        verdict = "meets" if speedup >= target else "misses"
-        notes.append(
-            f"{label}: {chosen.name} is {speedup:.2f}x faster than fp32 PyTorch ({verdict} the {target}x target)"
-        )
-    return notes
-
-
-def _metric_deltas(variant: VariantResult, reference: VariantResult) -> str:
-    """``whole DSC -0.0123, lesion DSC +0.0040, macro F1 -0.0980`` against ``reference``."""
-    names = {"whole_dsc": "whole DSC", "lesion_dsc": "lesion DSC", "macro_f1": "macro F1"}
-    return ", ".join(
-        f"{label} {variant.metrics[key] - reference.metrics[key]:+.4f}"
-        for key, label in names.items()
-    )
-
-
-def _qat_note(variants: Sequence[VariantResult]) -> list[str]:
-    """Whether quantization-aware training beat post-training quantization, metric by metric."""
-    qat = next((v for v in variants if v.name == "onnx_int8_qat"), None)
-    ptq = [v for v in variants if v.name.startswith("onnx_int8_") and v.name != "onnx_int8_qat"]
-    if qat is None or not ptq:
-        return []
-    best_ptq = max(ptq, key=lambda v: v.metrics["whole_dsc"])
-    names = {"whole_dsc": "whole DSC", "lesion_dsc": "lesion DSC", "macro_f1": "macro F1"}
-    better = [label for key, label in names.items() if qat.metrics[key] > best_ptq.metrics[key]]
-    worse = [label for key, label in names.items() if qat.metrics[key] < best_ptq.metrics[key]]
-    verdict = (
-        "QAT beat PTQ on every metric"
-        if not worse
-        else "QAT did not beat PTQ on any metric"
-        if not better
-        else f"QAT beat PTQ on {', '.join(better)}, not on {', '.join(worse)}"
-    )
-    figures = "; ".join(
-        f"{label} {qat.metrics[key]:.4f} vs {best_ptq.metrics[key]:.4f}"
-        for key, label in names.items()
-    )
-    return [f"QAT against PTQ ({best_ptq.name}): {verdict} ({figures})"]
 
 
 def _resolve_device(device: str) -> str:

@@ -64,6 +64,62 @@ def choose_default(
     return min(eligible, key=lambda v: v.latency_ms) if eligible else base
 
 
+def target_notes(variants: Sequence[VariantResult], reference: VariantResult) -> list[str]:
+    """One line per compression target: met or not, with the numbers."""
+    notes = []
+    for label, prefix, target in SPEEDUP_TARGETS:
+        chosen = target_variant(variants, prefix)
+        if chosen is None or not reference.latency_ms:
+            notes.append(f"{label}: no variant measured")
+            continue
+        speedup = reference.latency_ms / chosen.latency_ms
+        if not chosen.within_tolerance:
+            notes.append(f"{label}: no variant within the accuracy tolerance")
+            notes.append(
+                f"{label} candidate {chosen.name}: {speedup:.2f}x faster than fp32 "
+                f"PyTorch (target {target}x); {metric_deltas(chosen, reference)}"
+            )
+            continue
+        verdict = "meets" if speedup >= target else "misses"
+        notes.append(
+            f"{label}: {chosen.name} is {speedup:.2f}x faster than fp32 PyTorch ({verdict} the {target}x target)"
+        )
+    return notes
+
+
+def metric_deltas(variant: VariantResult, reference: VariantResult) -> str:
+    """``whole DSC -0.0123, lesion DSC +0.0040, macro F1 -0.0980`` against ``reference``."""
+    names = {"whole_dsc": "whole DSC", "lesion_dsc": "lesion DSC", "macro_f1": "macro F1"}
+    return ", ".join(
+        f"{label} {variant.metrics[key] - reference.metrics[key]:+.4f}"
+        for key, label in names.items()
+    )
+
+
+def qat_note(variants: Sequence[VariantResult]) -> list[str]:
+    """Whether quantization-aware training beat post-training quantization, metric by metric."""
+    qat = next((v for v in variants if v.name == "onnx_int8_qat"), None)
+    ptq = [v for v in variants if v.name.startswith("onnx_int8_") and v.name != "onnx_int8_qat"]
+    if qat is None or not ptq:
+        return []
+    best_ptq = max(ptq, key=lambda v: v.metrics["whole_dsc"])
+    names = {"whole_dsc": "whole DSC", "lesion_dsc": "lesion DSC", "macro_f1": "macro F1"}
+    better = [label for key, label in names.items() if qat.metrics[key] > best_ptq.metrics[key]]
+    worse = [label for key, label in names.items() if qat.metrics[key] < best_ptq.metrics[key]]
+    verdict = (
+        "QAT beat PTQ on every metric"
+        if not worse
+        else "QAT did not beat PTQ on any metric"
+        if not better
+        else f"QAT beat PTQ on {', '.join(better)}, not on {', '.join(worse)}"
+    )
+    figures = "; ".join(
+        f"{label} {qat.metrics[key]:.4f} vs {best_ptq.metrics[key]:.4f}"
+        for key, label in names.items()
+    )
+    return [f"QAT against PTQ ({best_ptq.name}): {verdict} ({figures})"]
+
+
 def markdown_table(variants: Sequence[VariantResult], reference: str, default: str) -> str:
     """A Markdown table of every variant; speed-up is against ``reference`` (fp32 PyTorch)."""
     base = next(v for v in variants if v.name == reference)
