@@ -61,6 +61,37 @@ def test_dice_loss_is_zero_for_a_perfect_prediction_and_high_for_a_wrong_one() -
     assert soft_dice_loss(wrong, target) > 0.9
 
 
+def _one_hot_logits(label: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(label, 3).permute(0, 4, 1, 2, 3).float() * 50
+
+
+def test_sample_lesion_dice_weighs_a_missed_small_lesion_like_a_large_one() -> None:
+    # Patch 0: a 4^3 lesion, found; patch 1: a single lesion voxel, missed (called pancreas);
+    # patch 2: no lesion and no false lesion. Pancreas and whole regions are perfect.
+    target = torch.ones(3, 6, 6, 6, dtype=torch.long)
+    target[0, 1:5, 1:5, 1:5] = 2
+    target[1, 3, 3, 3] = 2
+    prediction = target.clone()
+    prediction[1, 3, 3, 3] = 1
+    logits = _one_hot_logits(prediction)
+    batch = float(soft_dice_loss(logits, target))
+    sample = float(soft_dice_loss(logits, target, lesion_dice="sample"))
+    # Batch Dice of the lesion: 2 * 64 / (64 + 65); pancreas (reference 152 + 215 + 216 voxels,
+    # prediction one more): 2 * 583 / (583 + 584).
+    pancreas = 2 * 583 / (583 + 584)
+    assert batch == pytest.approx(1 - (pancreas + 128 / 129 + 1) / 3, abs=1e-4)
+    # Per patch with lesion: (1 + 0) / 2; the lesion-free patch does not count.
+    assert sample == pytest.approx(1 - (pancreas + 0.5 + 1) / 3, abs=1e-4)
+    # Without lesion anywhere both modes are the batch Dice.
+    empty = torch.ones(2, 4, 4, 4, dtype=torch.long)
+    noisy = torch.randn(2, 3, 4, 4, 4)
+    assert float(soft_dice_loss(noisy, empty, lesion_dice="sample")) == pytest.approx(
+        float(soft_dice_loss(noisy, empty))
+    )
+    with pytest.raises(ValueError, match="lesion_dice"):
+        soft_dice_loss(logits, target, lesion_dice="mean")
+
+
 def test_subtype_loss_counts_only_patches_with_lesion() -> None:
     seg = torch.zeros(2, 3, 4, 4, 4, requires_grad=True)
     cls = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 5.0]], requires_grad=True)
@@ -236,3 +267,11 @@ def test_worker_count_is_part_of_the_experiment_but_zero_keeps_old_identities() 
     assert base.identity() == "f6cf5c32da60ae98"
     assert base.identity() != TrainConfig(data="d", out="o", workers=2).identity()
     assert base.to_dict()["workers"] == 0
+
+
+def test_sample_lesion_dice_is_another_experiment_but_batch_keeps_old_identities() -> None:
+    base = TrainConfig(data="d", out="o")
+    assert base.identity() == "f6cf5c32da60ae98"  # as before --lesion-dice existed
+    assert base.identity() != base.replace(lesion_dice="sample").identity()
+    with pytest.raises(ValueError, match="lesion_dice"):
+        base.replace(lesion_dice="mean")

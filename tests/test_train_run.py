@@ -173,6 +173,7 @@ def test_invalid_data_set_stops_before_training(tmp_path: Path) -> None:
         ("--patch-size", "0,64,64", "--patch-size"),
         ("--cls-weight", "-1", "--cls-weight"),
         ("--fold", "3", "--fold"),
+        ("--lesion-dice", "mean", "--lesion-dice"),
     ],
 )
 def test_out_of_range_flags_are_refused(
@@ -251,3 +252,20 @@ def test_training_with_background_workers_is_reproducible(tiny_data: Path, tmp_p
         losses.append([r["loss"] for r in read_records(run)])
     assert len(losses[0]) == 2 and all(math.isfinite(v) for v in losses[0])
     assert losses[0] == losses[1]
+
+
+def test_lesion_dice_option_reaches_the_loss(tiny_data: Path, tmp_path: Path) -> None:
+    seg_losses = {}
+    for mode in ("batch", "sample"):
+        run = tmp_path / mode
+        result = CliRunner().invoke(
+            main,
+            ["train", "--data", str(tiny_data), "--out", str(run), "--preset", "tiny"]
+            + ["--patch-size", "16,16,16", "--target-spacing", "2,2,2", "--epochs", "1"]
+            + ["--steps-per-epoch", "2", "--warmup-epochs", "0", "--lesion-dice", mode],
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads((run / "config.json").read_text())["lesion_dice"] == mode
+        seg_losses[mode] = read_records(run)[0]["seg_loss"]
+    # Same seed, same batches: only the lesion term of the Dice differs.
+    assert seg_losses["batch"] != pytest.approx(seg_losses["sample"], rel=1e-6)

@@ -116,6 +116,13 @@ def _parse_fold(text: str | None) -> int | None | str:
     show_default=True,
     help="Share centred on a pancreas voxel.",
 )
+@click.option(
+    "--lesion-dice",
+    type=click.Choice(["batch", "sample"]),
+    default="batch",
+    show_default=True,
+    help="Lesion Dice over the whole batch, or per patch with lesion (small lesions count more).",
+)
 @click.option("--deep-supervision/--no-deep-supervision", default=False, show_default=True)
 @click.option(
     "--init-from",

@@ -472,10 +472,14 @@ class QuantizeRun:
     def loss_fn(self) -> Any:
         from edgepanc.training.losses import LossWeights, multitask_loss
 
+        # The loss the model was trained with (Taylor importance is its first-order change).
+        lesion_dice = self.bundle.provenance.get("training", {}).get("lesion_dice", "batch")
+
         def loss(
             outputs: tuple[torch.Tensor, torch.Tensor], label: torch.Tensor, subtype: torch.Tensor
         ) -> torch.Tensor:
-            return multitask_loss(outputs[0], outputs[1], label, subtype, LossWeights())[0]
+            weights = LossWeights()
+            return multitask_loss(outputs[0], outputs[1], label, subtype, weights, lesion_dice)[0]
 
         return loss
 

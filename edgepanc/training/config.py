@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+LESION_DICE_MODES = ("batch", "sample")  # see edgepanc.training.losses
+
 # Fields that may differ between a run and its resumption without changing the experiment.
 _NON_IDENTITY_FIELDS = frozenset(
     {
@@ -55,6 +57,7 @@ class TrainConfig:
     teacher_forcing: float = 0.5
     lesion_fraction: float = 0.6  # share of patches centred on a lesion voxel
     pancreas_fraction: float = 0.25  # share centred on a pancreas voxel; the rest random
+    lesion_dice: str = "batch"  # "sample": per-patch lesion Dice (edgepanc.training.losses)
     zoom_out_probability: float = 0.15  # patches seen at half scale (the runtime's coarse pass)
     deep_supervision: bool = False
     # A trained bundle to start from: its weights, network and preprocessing plan (fine-tuning,
@@ -83,6 +86,8 @@ class TrainConfig:
             object.__setattr__(self, "features", tuple(int(v) for v in self.features))
         if self.target_spacing is not None:
             object.__setattr__(self, "target_spacing", tuple(float(v) for v in self.target_spacing))
+        if self.lesion_dice not in LESION_DICE_MODES:
+            raise ValueError(f"lesion_dice must be one of {LESION_DICE_MODES}")
         if self.lesion_fraction + self.pancreas_fraction > 1.0:
             raise ValueError("lesion_fraction + pancreas_fraction must be <= 1")
 
@@ -104,7 +109,10 @@ class TrainConfig:
     def identity(self) -> str:
         """A short hash of the fields that define the experiment (see module docstring)."""
         data = {k: v for k, v in self.to_dict().items() if k not in _NON_IDENTITY_FIELDS}
+        # Options at the value that reproduces runs made before they existed are left out, so
+        # those runs' identities stay valid.
         if data.get("workers") == 0:
-            # Draws as runs did before the option existed: their identities stay valid.
             del data["workers"]
+        if data.get("lesion_dice") == "batch":
+            del data["lesion_dice"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -233,7 +233,9 @@ class Trainer:
             enabled=self.amp_dtype is not None,
         ):
             seg_output, cls_logits = self.train_model(image, reference=self.reference(label))
-        total, seg, cls = multitask_loss(seg_output, cls_logits, label, subtype, self.loss_weights)
+        total, seg, cls = multitask_loss(
+            seg_output, cls_logits, label, subtype, self.loss_weights, self.config.lesion_dice
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)

@@ -5,6 +5,11 @@ lesion does not produce a degenerate 0/0 term. It covers three regions: pancreas
 lesion (label 2) and the whole pancreas (labels 1 and 2), the last because whole-pancreas DSC is
 one of the targets and region-based supervision is what optimises it directly.
 
+``lesion_dice="sample"`` takes the lesion's Dice per patch instead, averaged over the patches
+that hold lesion: in batch Dice a 5 mm lesion (tens of voxels) beside a 40 mm one (thousands)
+hardly counts, and the small lesions are the ones the segmentation misses and the subtype is
+then lost with them. Patches without lesion still learn its absence from the cross-entropy.
+
 The subtype is a case-level label about the lesion, so its cross-entropy is averaged only over
 patches that contain lesion voxels: a patch of plain pancreas carries no subtype evidence, and
 asking the head to name one would teach it to guess the prior.
@@ -17,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from edgepanc.training.config import LESION_DICE_MODES
+
 LESION_LABEL = 2
 
 
@@ -27,28 +34,41 @@ class LossWeights:
 
 
 def soft_dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, lesion_dice: str = "batch"
 ) -> torch.Tensor:
-    """1 - mean batch Dice over pancreas, lesion and the whole pancreas.
+    """1 - mean Dice over pancreas, lesion and the whole pancreas (module docstring).
 
     ``logits`` [B, 3, D, H, W], ``target`` [B, D, H, W] integer labels.
     """
+    if lesion_dice not in LESION_DICE_MODES:
+        raise ValueError(f"lesion_dice must be one of {LESION_DICE_MODES}, got {lesion_dice!r}")
     probs = torch.softmax(logits.float(), dim=1)
     pred_regions = torch.stack([probs[:, 1], probs[:, 2], probs[:, 1] + probs[:, 2]], dim=1)
     ref_regions = torch.stack([target == 1, target == 2, target > 0], dim=1).to(probs.dtype)
-    dims = (0, 2, 3, 4)
-    intersection = (pred_regions * ref_regions).sum(dims)
-    denominator = pred_regions.sum(dims) + ref_regions.sum(dims)
-    dice = (2 * intersection + smooth) / (denominator + smooth)
+    # Sums per sample and region [B, 3]; batch Dice adds them over the batch.
+    intersection = (pred_regions * ref_regions).sum((2, 3, 4))
+    denominator = pred_regions.sum((2, 3, 4)) + ref_regions.sum((2, 3, 4))
+    dice = (2 * intersection.sum(0) + smooth) / (denominator.sum(0) + smooth)
+    has_lesion = ref_regions[:, 1].flatten(1).any(dim=1)
+    if lesion_dice == "sample" and bool(has_lesion.any()):
+        per_sample = (2 * intersection[has_lesion, 1] + smooth) / (
+            denominator[has_lesion, 1] + smooth
+        )
+        dice = torch.stack((dice[0], per_sample.mean(), dice[2]))
     return 1.0 - dice.mean()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, lesion_dice: str = "batch"
+) -> torch.Tensor:
     """Soft Dice + cross-entropy at one resolution."""
-    return soft_dice_loss(logits, target) + F.cross_entropy(logits.float(), target.long())
+    dice = soft_dice_loss(logits, target, lesion_dice=lesion_dice)
+    return dice + F.cross_entropy(logits.float(), target.long())
 
 
-def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+def deep_supervision_loss(
+    outputs: list[torch.Tensor], target: torch.Tensor, lesion_dice: str = "batch"
+) -> torch.Tensor:
     """Weighted sum over resolutions (weights halve per level, normalised), as nnU-Net does.
 
     Targets for lower resolutions are nearest-neighbour downsampled labels.
@@ -62,7 +82,7 @@ def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> 
             level_target = F.interpolate(
                 target[:, None].float(), size=logits.shape[2:], mode="nearest"
             )[:, 0].long()
-        total = total + weight * segmentation_loss(logits, level_target)
+        total = total + weight * segmentation_loss(logits, level_target, lesion_dice)
     return total
 
 
@@ -82,12 +102,13 @@ def multitask_loss(
     target: torch.Tensor,
     subtype: torch.Tensor,
     weights: LossWeights,
+    lesion_dice: str = "batch",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``(total, seg, cls)``; ``total = weights.seg * seg + weights.cls * cls``."""
     if isinstance(seg_output, list | tuple):
-        seg = deep_supervision_loss(list(seg_output), target)
+        seg = deep_supervision_loss(list(seg_output), target, lesion_dice)
     else:
-        seg = segmentation_loss(seg_output, target)
+        seg = segmentation_loss(seg_output, target, lesion_dice)
     has_lesion = (target == LESION_LABEL).flatten(1).any(dim=1)
     cls = subtype_loss(cls_logits, subtype, has_lesion)
     return weights.seg * seg + weights.cls * cls, seg, cls
