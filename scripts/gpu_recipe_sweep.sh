@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Variants of the CPU training recipe side by side on one lent GPU, at the recipe's own step
-# budget (66 x 50 steps of batch 2), to choose what the 45-minute CPU run should try; and, on
+# budget (88 x 50 steps of batch 2), to choose what the 45-minute CPU run should try; and, on
 # that machine's CPU, the compression stage of a trained CPU-recipe bundle (INT8 on a CPU with
 # AVX-512 VNNI, which the project's own machine lacks).
 # Usage: OUT=folder BUNDLE=trained_bundle bash scripts/gpu_recipe_sweep.sh  (SimpleITK wheel in .whl/)
@@ -22,8 +22,8 @@ t0=$SECONDS
 python3 -m edgepanc synth --out /tmp/sweep/data --cases 100 --size quiz --seed 0 --quiet
 echo "synth: $((SECONDS - t0)) s" >> "$OUT/machine.txt"
 COMMON=(--data /tmp/sweep/data --preset cpu --target-spacing 2.0,1.2,1.2 --patch-size 32,64,64
-  --batch-size 2 --epochs 66 --steps-per-epoch 50 --val-every 22 --cls-weight 1.0 --threads 1
-  --device cuda --no-amp)
+  --batch-size 2 --epochs 88 --steps-per-epoch 50 --val-every 44 --lesion-dice sample --cls-weight 1.0
+  --threads 1 --device cuda --no-amp)
 variant() { local name=$1; shift
   taskset -c 0-11 timeout "$DEADLINE" python3 -m edgepanc train "${COMMON[@]}" --out "/tmp/sweep/$name" "$@" \
     > "/tmp/sweep/$name.log" 2>&1; echo "$name rc $? $((SECONDS - t0)) s" >> "$OUT/machine.txt"; }
