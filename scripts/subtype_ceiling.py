@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,19 +42,27 @@ def lesion_statistics(
     with torch.no_grad():
         seg, _ = network(x)
     predicted = class_probabilities(seg.float())
-    reference = torch.nn.functional.one_hot(torch.from_numpy(label.astype(np.int64))[None], 3)
+    config = network.config
+    reference = torch.nn.functional.one_hot(
+        torch.from_numpy(label.astype(np.int64))[None], config.num_classes
+    )
     reference = reference.movedim(-1, 1).float()
     return tuple(
-        region_intensity_statistics(x, probability, regions=5)[0].numpy()
+        region_intensity_statistics(x, probability, config.intensity_regions)[0].numpy()
         for probability in (reference, predicted)
     )
 
 
-def collect(network: torch.nn.Module, plan, data: Path, splits: set[str]) -> dict[str, np.ndarray]:
+def collect(
+    network: torch.nn.Module, plan: Any, data: Path, splits: set[str]
+) -> dict[str, np.ndarray]:
+    """Statistics of every labelled case in ``splits`` that has a lesion (the subtype is about it)."""
     patch = tuple(int(p) for p in plan.patch_size)
     reference, predicted, subtypes = [], [], []
     for case in (c for c in labelled_cases(data) if c.split in splits):
         prepared = prepare_case(case, plan)
+        if not np.any(prepared.label == LESION):
+            continue
         centre = np.array(ndimage.center_of_mass(prepared.label == LESION))
         image, label = extract_patch(prepared, centre, patch, np.eye(3))
         ref, pred = lesion_statistics(network, image, label)
