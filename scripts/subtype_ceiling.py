@@ -26,12 +26,15 @@ import torch
 from scipy import ndimage
 
 from edgepanc.bundle import load_bundle
-from edgepanc.networks.unet import class_probabilities, region_intensity_statistics
+from edgepanc.networks.config import LESION_LABEL
+from edgepanc.networks.unet import (
+    class_probabilities,
+    region_intensity_statistics,
+    teacher_forced_probability,
+)
 from edgepanc.training.dataset import prepare_case
 from edgepanc.training.runner import labelled_cases
 from edgepanc.training.sampling import extract_patch
-
-LESION = 2
 
 
 def lesion_statistics(
@@ -42,13 +45,13 @@ def lesion_statistics(
     with torch.no_grad():
         seg, _ = network(x)
     predicted = class_probabilities(seg.float())
-    config = network.config
-    reference = torch.nn.functional.one_hot(
-        torch.from_numpy(label.astype(np.int64))[None], config.num_classes
+    # The reference mask as the head sees it under teacher forcing.
+    reference = teacher_forced_probability(
+        predicted, torch.from_numpy(label.astype(np.int64))[None], torch.tensor([True])
     )
-    reference = reference.movedim(-1, 1).float()
+    regions = network.config.intensity_regions
     return tuple(
-        region_intensity_statistics(x, probability, config.intensity_regions)[0].numpy()
+        region_intensity_statistics(x, probability, regions)[0].numpy()
         for probability in (reference, predicted)
     )
 
@@ -61,9 +64,9 @@ def collect(
     reference, predicted, subtypes = [], [], []
     for case in (c for c in labelled_cases(data) if c.split in splits):
         prepared = prepare_case(case, plan)
-        if not np.any(prepared.label == LESION):
+        if not np.any(prepared.label == LESION_LABEL):
             continue
-        centre = np.array(ndimage.center_of_mass(prepared.label == LESION))
+        centre = np.array(ndimage.center_of_mass(prepared.label == LESION_LABEL))
         image, label = extract_patch(prepared, centre, patch, np.eye(3))
         ref, pred = lesion_statistics(network, image, label)
         reference.append(ref)
