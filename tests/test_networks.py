@@ -478,3 +478,16 @@ def test_shell_statistics_see_a_bright_ring_outside_the_lesion():
     lesion_mean, shell_mean = stats[0].item(), stats[6].item()
     assert lesion_mean == pytest.approx(0.0, abs=1e-5)
     assert shell_mean == pytest.approx(3.0 * (7**3 - 5**3) / (9**3 - 5**3), abs=1e-4)
+
+
+def test_statistics_image_feeds_only_the_subtype_head():
+    torch.manual_seed(0)
+    model = MultiTaskUNet(PRESETS["tiny"]).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        seg, cls = model(x)
+        same_seg, same_cls = model(x, statistics_image=x.clone())
+        other_seg, other_cls = model(x, statistics_image=x + 0.5)
+    torch.testing.assert_close(same_cls, cls)
+    torch.testing.assert_close(other_seg, seg)  # segmentation reads x alone
+    assert (other_cls - cls).abs().max() > 1e-4

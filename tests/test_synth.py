@@ -288,18 +288,48 @@ def test_nnunet_layout(tmp_path, fast_generation):
     assert label.dtype == np.uint8 and set(np.unique(label)) == {0, 1, 2}
 
 
-def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
-    calls = iter(range(100))
+def _flaky_phantom(spec: PhantomSpec) -> Phantom:
+    # Chosen by spec, not by call count: worker processes each count their own calls.
+    if (spec.split, spec.subtype, spec.index) == ("train", 1, 1):
+        raise RuntimeError("boom")
+    return _tiny_phantom(spec)
 
-    def flaky(spec: PhantomSpec) -> Phantom:
-        if next(calls) == 3:
-            raise RuntimeError("boom")
-        return _tiny_phantom(spec)
 
-    monkeypatch.setattr(synth_dataset, "generate_phantom", flaky)
-    with pytest.raises(RuntimeError):
-        synthesize(SynthConfig(out=tmp_path / "data", cases=12, progress=False))
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failure_leaves_nothing_behind(tmp_path, monkeypatch, workers):
+    # Worker processes are forked, so they see the patched generator too.
+    monkeypatch.setattr(synth_dataset, "generate_phantom", _flaky_phantom)
+    with pytest.raises(RuntimeError, match="boom"):
+        synthesize(SynthConfig(out=tmp_path / "data", cases=12, progress=False, workers=workers))
     assert list(tmp_path.iterdir()) == []
+
+
+def _dataset_contents(root) -> tuple[dict[str, tuple[np.ndarray, tuple]], list[dict]]:
+    """Every image's voxels and geometry by relative path, and the synth.json records."""
+    images = {}
+    for path in sorted(root.rglob("*.nii.gz")):
+        image = sitk.ReadImage(str(path))
+        geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+        images[path.relative_to(root).as_posix()] = (sitk.GetArrayFromImage(image), geometry)
+    return images, json.loads((root / "synth.json").read_text())
+
+
+def test_same_data_set_for_any_number_of_workers(tmp_path):
+    """Real generation in one process and in two gives the same voxels and records, in order."""
+    contents = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        synthesize(SynthConfig(out=out, cases=3, seed=5, progress=False, workers=workers))
+        contents.append(_dataset_contents(out))
+    (images_1, manifest_1), (images_2, manifest_2) = contents
+    assert sorted(images_1) == sorted(images_2) and len(images_1) == 7, "3 + 1 images, 3 masks"
+    for rel, (array, geometry) in images_1.items():
+        np.testing.assert_array_equal(array, images_2[rel][0], err_msg=rel)
+        assert geometry == images_2[rel][1], rel
+    assert manifest_1["workers"] == 1 and manifest_2["workers"] == 2
+    for manifest in (manifest_1, manifest_2):
+        del manifest["workers"], manifest["out"]
+    assert manifest_1 == manifest_2
 
 
 # --- CLI ------------------------------------------------------------------------------------------
@@ -309,6 +339,10 @@ def test_cli_refuses_bad_requests_and_keeps_user_data(tmp_path, fast_generation)
     runner = CliRunner()
     result = runner.invoke(main, ["synth", "--out", str(tmp_path / "d"), "--cases", "0"])
     assert result.exit_code == 2 and "--cases must be at least 1" in result.output
+    assert not (tmp_path / "d").exists()
+    result = runner.invoke(main, ["synth", "--out", str(tmp_path / "d"), "--workers", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--workers'" in result.output
+    assert "0 is not in the range x>=1" in result.output
     assert not (tmp_path / "d").exists()
 
     user = tmp_path / "mine"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from edgepanc.training.sampling import (
     balanced_case_weights,
     extract_patch,
 )
-from edgepanc.training.schedule import warmup_cosine_factor
+from edgepanc.training.schedule import teacher_forcing_share, warmup_cosine_factor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -275,3 +276,43 @@ def test_sample_lesion_dice_is_another_experiment_but_batch_keeps_old_identities
     assert base.identity() != base.replace(lesion_dice="sample").identity()
     with pytest.raises(ValueError, match="lesion_dice"):
         base.replace(lesion_dice="mean")
+
+
+def test_sampler_hands_out_the_patch_before_intensity_augmentation_on_request() -> None:
+    cases = [_case(0), _case(1), _case(2)]
+    sampling = SamplingConfig((8, 8, 8), lesion_fraction=1.0, pancreas_fraction=0.0)
+    augmentation = dataclasses.replace(
+        AugmentationConfig.disabled(), intensity_shift_probability=1.0, rotation_probability=1.0
+    )
+    plain = PatchSampler(cases, sampling, augmentation, seed=5)
+    keeping = PatchSampler(cases, sampling, augmentation, seed=5, keep_clean_image=True)
+    plain.start_epoch(1)
+    keeping.start_epoch(1)
+    a, b = plain.sample_batch(4), keeping.sample_batch(4)
+    assert "clean_image" not in a and b["clean_image"].shape == b["image"].shape
+    # The same stream either way: asking for the clean patch changes no batch.
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+    # A shift moves every voxel by one constant per patch; the clean patch is the one before it.
+    shift = (b["image"] - b["clean_image"]).reshape(4, -1)
+    assert np.all(np.abs(shift).max(axis=1) > 0)
+    np.testing.assert_allclose(shift, shift[:, :1].repeat(shift.shape[1], axis=1), atol=1e-5)
+
+
+def test_teacher_forcing_is_constant_by_default_and_linear_to_its_end_value() -> None:
+    assert [teacher_forcing_share(s, 10, 0.5, None) for s in (0, 4, 9)] == [0.5, 0.5, 0.5]
+    shares = [teacher_forcing_share(s, 10, 0.5, 0.0) for s in range(10)]
+    assert shares[0] == 0.5 and shares[-1] == 0.0
+    assert shares == pytest.approx([0.5 - 0.5 * s / 9 for s in range(10)])
+    assert teacher_forcing_share(25, 10, 0.5, 0.0) == 0.0  # past the planned steps: stays
+
+
+def test_head_options_are_other_experiments_but_their_defaults_keep_old_identities() -> None:
+    base = TrainConfig(data="d", out="o")
+    assert base.identity() == "f6cf5c32da60ae98"  # as before these options existed
+    assert base.identity() != base.replace(teacher_forcing_end=0.0).identity()
+    assert base.identity() != base.replace(head_statistics="clean").identity()
+    with pytest.raises(ValueError, match="head_statistics"):
+        base.replace(head_statistics="raw")
+    with pytest.raises(ValueError, match="teacher_forcing_end"):
+        base.replace(teacher_forcing_end=1.5)

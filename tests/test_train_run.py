@@ -65,6 +65,17 @@ def scripted_guard(readings: list[float], timeout_s: float = 600.0) -> ThermalGu
     return ThermalGuard(ScriptedSource(readings), limits, clock=clock, sleep=clock.sleep)
 
 
+def cli_train_tiny(data: Path, run: Path, *flags: str) -> None:
+    """One epoch of the tiny preset through the CLI, with ``flags`` added."""
+    result = CliRunner().invoke(
+        main,
+        ["train", "--data", str(data), "--out", str(run), "--preset", "tiny"]
+        + ["--patch-size", "16,16,16", "--target-spacing", "2,2,2", "--epochs", "1"]
+        + ["--warmup-epochs", "0", *flags],
+    )
+    assert result.exit_code == 0, result.output
+
+
 def read_records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -174,6 +185,8 @@ def test_invalid_data_set_stops_before_training(tmp_path: Path) -> None:
         ("--cls-weight", "-1", "--cls-weight"),
         ("--fold", "3", "--fold"),
         ("--lesion-dice", "mean", "--lesion-dice"),
+        ("--teacher-forcing-end", "1.5", "--teacher-forcing-end"),
+        ("--head-statistics", "raw", "--head-statistics"),
     ],
 )
 def test_out_of_range_flags_are_refused(
@@ -258,14 +271,33 @@ def test_lesion_dice_option_reaches_the_loss(tiny_data: Path, tmp_path: Path) ->
     seg_losses = {}
     for mode in ("batch", "sample"):
         run = tmp_path / mode
-        result = CliRunner().invoke(
-            main,
-            ["train", "--data", str(tiny_data), "--out", str(run), "--preset", "tiny"]
-            + ["--patch-size", "16,16,16", "--target-spacing", "2,2,2", "--epochs", "1"]
-            + ["--steps-per-epoch", "2", "--warmup-epochs", "0", "--lesion-dice", mode],
-        )
-        assert result.exit_code == 0, result.output
+        cli_train_tiny(tiny_data, run, "--steps-per-epoch", "2", "--lesion-dice", mode)
         assert json.loads((run / "config.json").read_text())["lesion_dice"] == mode
         seg_losses[mode] = read_records(run)[0]["seg_loss"]
     # Same seed, same batches: only the lesion term of the Dice differs.
     assert seg_losses["batch"] != pytest.approx(seg_losses["sample"], rel=1e-6)
+
+
+def test_clean_head_statistics_change_only_the_subtype_loss(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    records = {}
+    for mode in ("augmented", "clean"):
+        run = tmp_path / mode
+        cli_train_tiny(
+            tiny_data,
+            run,
+            "--steps-per-epoch",
+            "4",
+            "--head-statistics",
+            mode,
+            "--teacher-forcing-end",
+            "0",
+        )
+        saved = json.loads((run / "config.json").read_text())
+        assert saved["head_statistics"] == mode and saved["teacher_forcing_end"] == 0.0
+        records[mode] = read_records(run)[0]
+    # Same batches; the head's gradient does not reach the trunk, so segmentation is unchanged
+    # while the head read different attenuation statistics.
+    assert records["augmented"]["seg_loss"] == pytest.approx(records["clean"]["seg_loss"], rel=1e-6)
+    assert records["augmented"]["cls_loss"] != pytest.approx(records["clean"]["cls_loss"], rel=1e-6)

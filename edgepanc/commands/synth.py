@@ -39,9 +39,23 @@ SIZES = ("quiz", "full")
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same data set.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes generating cases in parallel; the data set is the same for any value.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(
-    out: Path, cases: int, layout: str, size: str, seed: int, overwrite: bool, quiet: bool
+    out: Path,
+    cases: int,
+    layout: str,
+    size: str,
+    seed: int,
+    overwrite: bool,
+    workers: int,
+    quiet: bool,
 ) -> None:
     """Generate CT phantoms with pancreas, lesion and subtype labels."""
     from edgepanc.synth.dataset import SynthConfig, synthesize
@@ -54,6 +68,7 @@ def synth(
         seed=seed,
         overwrite=overwrite,
         progress=not quiet,
+        workers=workers,
     )
     records = synthesize(config)
     splits = {s: sum(r["split"] == s for r in records) for s in ("train", "validation", "test")}

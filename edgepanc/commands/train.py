@@ -103,6 +103,20 @@ def _parse_fold(text: str | None) -> int | None | str:
     help="Share of patches whose subtype head pools under the reference lesion mask.",
 )
 @click.option(
+    "--teacher-forcing-end",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Move that share linearly to this value by the last step (default: constant).",
+)
+@click.option(
+    "--head-statistics",
+    type=click.Choice(["augmented", "clean"]),
+    default="augmented",
+    show_default=True,
+    help="Whether the subtype head's attenuation statistics read the intensity-augmented "
+    "training patch or the same patch before intensity augmentation.",
+)
+@click.option(
     "--lesion-fraction",
     type=click.FloatRange(0, 1),
     default=0.6,

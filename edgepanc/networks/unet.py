@@ -306,16 +306,23 @@ class MultiTaskUNet(nn.Module):
         self.apply(_init_weights)
 
     def forward(
-        self, x: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+        statistics_image: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
         """``reference``, for training only: ``(label [B, D, H, W], use [B] bool)``; the
-        classifier pools under the reference label instead of the prediction where ``use``."""
+        classifier pools under the reference label instead of the prediction where ``use``.
+        ``statistics_image``, for training only: the input before intensity augmentation, which
+        the classifier's attenuation statistics then read instead of ``x`` (at inference the two
+        are the same image)."""
         if not _is_exporting():
             check_input_shape(x.shape, self.config)
         skips = self.encoder(x)
         decoded = self.decoder(skips)
         seg_logits = self.seg_head(decoded[-1])
-        cls_logits = self.cls_head(skips, decoded[-1], seg_logits, x, reference)
+        image = x if statistics_image is None else statistics_image
+        cls_logits = self.cls_head(skips, decoded[-1], seg_logits, image, reference)
         if self.training and self.config.deep_supervision:
             # decoded[:-1] is deepest first; heads were built in the same order.
             lower = [head(feat) for head, feat in zip(self.ds_heads, decoded[:-1], strict=True)]

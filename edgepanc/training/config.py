@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LESION_DICE_MODES = ("batch", "sample")  # see edgepanc.training.losses
+HEAD_STATISTICS_MODES = ("augmented", "clean")  # see TrainConfig.head_statistics
 
 # Fields that may differ between a run and its resumption without changing the experiment.
 _NON_IDENTITY_FIELDS = frozenset(
@@ -55,6 +56,15 @@ class TrainConfig:
     # Share of lesion patches whose classifier pools under the reference mask instead of the
     # prediction (see edgepanc.networks.unet.teacher_forced_probability).
     teacher_forcing: float = 0.5
+    # None: that share all through training. A value: the share moves linearly from
+    # teacher_forcing at the first step to this at the last, so the head ends the schedule on
+    # the predicted masks the runtime gives it.
+    teacher_forcing_end: float | None = None
+    # What the subtype head's attenuation statistics read in training: the intensity-augmented
+    # patch the segmentation sees ("augmented"), or the same patch before intensity augmentation
+    # ("clean"). CT attenuation is calibrated, and the subtypes differ in it by a few HU, which
+    # gamma, scale, shift, noise and blur move by more.
+    head_statistics: str = "augmented"
     lesion_fraction: float = 0.6  # share of patches centred on a lesion voxel
     pancreas_fraction: float = 0.25  # share centred on a pancreas voxel; the rest random
     lesion_dice: str = "batch"  # "sample": per-patch lesion Dice (edgepanc.training.losses)
@@ -88,6 +98,12 @@ class TrainConfig:
             object.__setattr__(self, "target_spacing", tuple(float(v) for v in self.target_spacing))
         if self.lesion_dice not in LESION_DICE_MODES:
             raise ValueError(f"lesion_dice must be one of {LESION_DICE_MODES}")
+        if self.head_statistics not in HEAD_STATISTICS_MODES:
+            raise ValueError(f"head_statistics must be one of {HEAD_STATISTICS_MODES}")
+        for name in ("teacher_forcing", "teacher_forcing_end"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.lesion_fraction + self.pancreas_fraction > 1.0:
             raise ValueError("lesion_fraction + pancreas_fraction must be <= 1")
 
@@ -115,4 +131,8 @@ class TrainConfig:
             del data["workers"]
         if data.get("lesion_dice") == "batch":
             del data["lesion_dice"]
+        if data.get("teacher_forcing_end") is None:
+            data.pop("teacher_forcing_end", None)
+        if data.get("head_statistics") == "augmented":
+            del data["head_statistics"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

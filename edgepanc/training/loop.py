@@ -46,7 +46,7 @@ from edgepanc.training.distributed import (
 from edgepanc.training.logs import plot_curves, write_metrics
 from edgepanc.training.losses import LossWeights, multitask_loss
 from edgepanc.training.sampling import PatchSampler, SamplingConfig
-from edgepanc.training.schedule import build_scheduler
+from edgepanc.training.schedule import build_scheduler, teacher_forcing_share
 from edgepanc.training.validation import summarize_results, validate_cases
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,7 @@ class Trainer:
             augmentation or AugmentationConfig(zoom_out_probability=config.zoom_out_probability),
             seed=config.seed,
             rank=self.context.rank,
+            keep_clean_image=config.head_statistics == "clean",
         )
         self.loss_weights = LossWeights(seg=config.seg_weight, cls=config.cls_weight)
         self.state = TrainState()
@@ -227,12 +228,17 @@ class Trainer:
         image = image.contiguous(memory_format=self.memory_format)
         label = torch.from_numpy(batch["label"]).to(self.device, non_blocking=True)
         subtype = torch.from_numpy(batch["subtype"]).to(self.device, non_blocking=True)
+        clean = batch.get("clean_image")
+        if clean is not None:
+            clean = torch.from_numpy(clean).to(self.device, non_blocking=True)
         with torch.autocast(
             self.device.type,
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            seg_output, cls_logits = self.train_model(image, reference=self.reference(label))
+            seg_output, cls_logits = self.train_model(
+                image, reference=self.reference(label), statistics_image=clean
+            )
         total, seg, cls = multitask_loss(
             seg_output, cls_logits, label, subtype, self.loss_weights, self.config.lesion_dice
         )
@@ -249,7 +255,12 @@ class Trainer:
     def reference(self, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Teacher forcing for the subtype head: (label, which samples use it), drawn from the
         sampler's generator so that a resumed run draws the same."""
-        share = self.config.teacher_forcing
+        share = teacher_forcing_share(
+            self.state.step,
+            self.config.epochs * self.config.steps_per_epoch,
+            self.config.teacher_forcing,
+            self.config.teacher_forcing_end,
+        )
         if share <= 0 or self.model.config.classifier_pooling != "lesion_attention":
             return None
         use = self.sampler.rng.random(label.shape[0]) < share

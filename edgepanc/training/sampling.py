@@ -129,6 +129,7 @@ class PatchSampler:
         augmentation: AugmentationConfig,
         seed: int = 0,
         rank: int = 0,
+        keep_clean_image: bool = False,
     ) -> None:
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
@@ -137,26 +138,35 @@ class PatchSampler:
         self.augmentation = augmentation
         self.seed = seed
         self.rank = rank
+        # Also hand out each patch before its intensity augmentation (``clean_image``): the
+        # subtype head's attenuation statistics can then be computed on calibrated HU while the
+        # segmentation still learns from augmented intensities (TrainConfig.head_statistics).
+        self.keep_clean_image = keep_clean_image
         self.case_weights = balanced_case_weights([c.subtype for c in self.cases])
         self.rng = np.random.default_rng([seed, 0, rank])
 
     def start_epoch(self, epoch: int, worker: int = 0) -> None:
         self.rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """One augmented patch: image [D, H, W] float32, label [D, H, W] uint8, subtype."""
+    def sample(self) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+        """One patch: augmented image [D, H, W] float32, label [D, H, W] uint8, subtype, and the
+        image before intensity augmentation (same spatial transform)."""
         case = self.cases[int(self.rng.choice(len(self.cases), p=self.case_weights))]
         centre = choose_centre(case, self.rng, self.sampling)
         matrix = random_spatial_matrix(self.rng, self.augmentation)
-        image, label = extract_patch(case, centre, self.sampling.patch_size, matrix)
-        image = augment_intensity(image, self.rng, self.augmentation)
-        return image, label, -100 if case.subtype is None else int(case.subtype)
+        clean, label = extract_patch(case, centre, self.sampling.patch_size, matrix)
+        image = augment_intensity(clean, self.rng, self.augmentation)
+        return image, label, -100 if case.subtype is None else int(case.subtype), clean
 
     def sample_batch(self, batch_size: int) -> dict[str, np.ndarray]:
-        """``image`` [B, 1, D, H, W] float32, ``label`` [B, D, H, W] int64, ``subtype`` [B]."""
+        """``image`` [B, 1, D, H, W] float32, ``label`` [B, D, H, W] int64, ``subtype`` [B];
+        with ``keep_clean_image`` also ``clean_image`` [B, 1, D, H, W]."""
         patches = [self.sample() for _ in range(batch_size)]
-        return {
+        batch = {
             "image": np.stack([p[0] for p in patches])[:, None],
             "label": np.stack([p[1] for p in patches]).astype(np.int64),
             "subtype": np.array([p[2] for p in patches], dtype=np.int64),
         }
+        if self.keep_clean_image:
+            batch["clean_image"] = np.stack([p[3] for p in patches])[:, None]
+        return batch

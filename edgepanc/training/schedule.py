@@ -1,4 +1,5 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to a small floor."""
+"""Schedules over optimiser steps: the learning rate (linear warm-up, then cosine decay to a
+small floor) and the subtype head's teacher-forcing share."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ def warmup_cosine_factor(
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def teacher_forcing_share(step: int, total_steps: int, start: float, end: float | None) -> float:
+    """Share of patches pooled under the reference mask at ``step``: ``start`` throughout when
+    ``end`` is None, else linear from ``start`` at step 0 to ``end`` at the last step (and
+    ``end`` beyond it)."""
+    if end is None:
+        return start
+    progress = min(step / max(total_steps - 1, 1), 1.0)
+    return start + (end - start) * progress
 
 
 def build_scheduler(
