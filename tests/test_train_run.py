@@ -301,3 +301,33 @@ def test_clean_head_statistics_change_only_the_subtype_loss(
     # while the head read different attenuation statistics.
     assert records["augmented"]["seg_loss"] == pytest.approx(records["clean"]["seg_loss"], rel=1e-6)
     assert records["augmented"]["cls_loss"] != pytest.approx(records["clean"]["cls_loss"], rel=1e-6)
+
+
+def test_score_bundle_script_reproduces_the_runs_last_validation(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run_training(tiny_config(tiny_data, run, epochs=2), guard=ThermalGuard([]))
+    logged = read_records(run)[-1]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "score_bundle.py"
+    out = tmp_path / "scores.json"
+    subprocess.run(
+        [sys.executable, str(script), str(run), str(tiny_data), "--out", str(out),
+         "--weights", str(run / "last.pt"), "--splits", "validation", "--threads", "1"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    scored = json.loads(out.read_text())
+    assert scored["cases"] == 3
+    for key in ("whole_dsc", "lesion_dsc", "macro_f1", "accuracy"):
+        assert scored[key] == pytest.approx(logged[key]), key
+    assert scored["confusion"] == logged["confusion"]
+    missing = subprocess.run(
+        [sys.executable, str(script), str(run), str(tiny_data), "--out", str(tmp_path / "x.json"),
+         "--splits", "test"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "no labelled cases" in missing.stderr
+    assert not (tmp_path / "x.json").exists()
