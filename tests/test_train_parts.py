@@ -316,3 +316,37 @@ def test_head_options_are_other_experiments_but_their_defaults_keep_old_identiti
         base.replace(head_statistics="raw")
     with pytest.raises(ValueError, match="teacher_forcing_end"):
         base.replace(teacher_forcing_end=1.5)
+
+
+def test_lesion_jitter_shifts_grows_and_shrinks_only_the_lesion() -> None:
+    from edgepanc.training.teacher import draw_lesion_jitter, jitter_lesion
+
+    label = torch.zeros(4, 12, 12, 12, dtype=torch.long)
+    label[:, 2:10, 2:10, 2:10] = 1
+    label[:, 5:8, 5:8, 5:8] = 2
+    label[3] = 1  # no lesion: left alone
+    shifts = np.array([[1, 0, -1], [0, 0, 0], [0, 0, 0], [2, 2, 2]])
+    radii = np.array([0, 1, -1, 1])
+    out = jitter_lesion(label, shifts, radii)
+    moved = torch.zeros(12, 12, 12, dtype=torch.bool)
+    moved[6:9, 5:8, 4:7] = True
+    assert torch.equal(out[0] == 2, moved)
+    assert int((out[1] == 2).sum()) == 5**3  # dilated by one voxel
+    assert int((out[2] == 2).sum()) == 1  # eroded to its centre
+    assert torch.equal(out[3], label[3])
+    # Lesion voxels the change removed became pancreas; the organ outside the lesion is kept.
+    assert set(out[0][label[0] == 2].unique().tolist()) <= {1, 2}
+    assert torch.equal((out[0] == 0), (label[0] == 0) & ~moved)
+    single = torch.zeros(1, 6, 6, 6, dtype=torch.long)
+    single[0, 3, 3, 3] = 2
+    assert int((jitter_lesion(single, np.zeros((1, 3), int), np.array([-1])) == 2).sum()) == 1
+    shifts, radii = draw_lesion_jitter(np.random.default_rng(0), 500, 2)
+    assert shifts.min() == -2 and shifts.max() == 2 and radii.min() == -1 and radii.max() == 2
+
+
+def test_teacher_mask_jitter_is_another_experiment_but_zero_keeps_old_identities() -> None:
+    base = TrainConfig(data="d", out="o")
+    assert base.identity() == "f6cf5c32da60ae98"
+    assert base.identity() != base.replace(teacher_mask_jitter=2).identity()
+    with pytest.raises(ValueError, match="teacher_mask_jitter"):
+        base.replace(teacher_mask_jitter=-1)

@@ -187,6 +187,7 @@ def test_invalid_data_set_stops_before_training(tmp_path: Path) -> None:
         ("--lesion-dice", "mean", "--lesion-dice"),
         ("--teacher-forcing-end", "1.5", "--teacher-forcing-end"),
         ("--head-statistics", "raw", "--head-statistics"),
+        ("--teacher-mask-jitter", "9", "--teacher-mask-jitter"),
     ],
 )
 def test_out_of_range_flags_are_refused(
@@ -293,9 +294,12 @@ def test_clean_head_statistics_change_only_the_subtype_loss(
             mode,
             "--teacher-forcing-end",
             "0",
+            "--teacher-mask-jitter",
+            "1",
         )
         saved = json.loads((run / "config.json").read_text())
         assert saved["head_statistics"] == mode and saved["teacher_forcing_end"] == 0.0
+        assert saved["teacher_mask_jitter"] == 1
         records[mode] = read_records(run)[0]
     # Same batches; the head's gradient does not reach the trunk, so segmentation is unchanged
     # while the head read different attenuation statistics.

@@ -109,6 +109,14 @@ def _parse_fold(text: str | None) -> int | None | str:
     help="Move that share linearly to this value by the last step (default: constant).",
 )
 @click.option(
+    "--teacher-mask-jitter",
+    type=click.IntRange(0, 8),
+    default=0,
+    show_default=True,
+    help="Shift the reference lesion by up to this many voxels per axis and grow it by up to as "
+    "many or shrink it by one before the head pools under it (margins like a prediction's).",
+)
+@click.option(
     "--head-statistics",
     type=click.Choice(["augmented", "clean"]),
     default="augmented",

@@ -65,6 +65,9 @@ class TrainConfig:
     # ("clean"). CT attenuation is calibrated, and the subtypes differ in it by a few HU, which
     # gamma, scale, shift, noise and blur move by more.
     head_statistics: str = "augmented"
+    # Teacher forcing pools under the reference lesion shifted by up to this many voxels per
+    # axis and grown by up to as many or shrunk by one (edgepanc.training.teacher); 0: exact.
+    teacher_mask_jitter: int = 0
     lesion_fraction: float = 0.6  # share of patches centred on a lesion voxel
     pancreas_fraction: float = 0.25  # share centred on a pancreas voxel; the rest random
     lesion_dice: str = "batch"  # "sample": per-patch lesion Dice (edgepanc.training.losses)
@@ -104,6 +107,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0 <= self.teacher_mask_jitter <= 8:
+            raise ValueError(f"teacher_mask_jitter must be in 0..8, got {self.teacher_mask_jitter}")
         if self.lesion_fraction + self.pancreas_fraction > 1.0:
             raise ValueError("lesion_fraction + pancreas_fraction must be <= 1")
 
@@ -135,4 +140,6 @@ class TrainConfig:
             data.pop("teacher_forcing_end", None)
         if data.get("head_statistics") == "augmented":
             del data["head_statistics"]
+        if data.get("teacher_mask_jitter") == 0:
+            del data["teacher_mask_jitter"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -47,6 +47,7 @@ from edgepanc.training.logs import plot_curves, write_metrics
 from edgepanc.training.losses import LossWeights, multitask_loss
 from edgepanc.training.sampling import PatchSampler, SamplingConfig
 from edgepanc.training.schedule import build_scheduler, teacher_forcing_share
+from edgepanc.training.teacher import draw_lesion_jitter, jitter_lesion
 from edgepanc.training.validation import summarize_results, validate_cases
 
 log = logging.getLogger(__name__)
@@ -264,6 +265,11 @@ class Trainer:
         if share <= 0 or self.model.config.classifier_pooling != "lesion_attention":
             return None
         use = self.sampler.rng.random(label.shape[0]) < share
+        if self.config.teacher_mask_jitter > 0:
+            shifts, radii = draw_lesion_jitter(
+                self.sampler.rng, label.shape[0], self.config.teacher_mask_jitter
+            )
+            label = jitter_lesion(label, shifts, radii)
         return label, torch.from_numpy(use).to(label.device)
 
     def thermal_pause(self) -> float:
