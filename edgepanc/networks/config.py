@@ -105,6 +105,7 @@ INTENSITY_REGIONS: tuple[int, ...] = (2, 5)
 # Label indices the attention pooling reads from the segmentation output (labels are fixed by the
 # product: 0 background, 1 pancreas, 2 lesion).
 BACKGROUND_LABEL = 0
+PANCREAS_LABEL = 1
 LESION_LABEL = 2
 
 # The weights are p ** 2, not p: a low lesion probability spread over the many background voxels
@@ -159,6 +160,7 @@ __all__ = [
     "CLASSIFIER_POOLINGS",
     "INTENSITY_REGIONS",
     "LESION_LABEL",
+    "PANCREAS_LABEL",
     "NORM_KINDS",
     "UNetConfig",
 ]

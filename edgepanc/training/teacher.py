@@ -6,6 +6,8 @@ or misplaced (lesion Dice 0.3-0.8 on the validation phantoms). A head trained on
 named 11 of 12 validation subtypes under the reference mask and 7 under its own prediction on the
 same lesion-centred patches (session 12, scripts/subtype_diagnosis.py). Shifting, growing and
 shrinking the reference lesion by a voxel or two shows the head the margins it will really get.
+Measured once so far (recipeH in docs/measurements/cpu_recipe.md, jitter 2): no gain in macro F1
+on 48 fresh phantoms and a loss on the 12 validation ones; off by default.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgepanc.networks.config import LESION_LABEL
-
-PANCREAS_LABEL = 1
+from edgepanc.networks.config import LESION_LABEL, PANCREAS_LABEL
 
 
 def draw_lesion_jitter(
