@@ -78,6 +78,7 @@ for log in sorted(root.glob("*/metrics.jsonl")):
               f"f1 {s['macro_f1']:.4f} acc {s['accuracy']:.3f} confusion {s.get('confusion')} {s['seconds']} s")
 PY
 }
-while [ "$(jobs -r | wc -l)" -gt 0 ]; do summarise; sleep 15; done
+# Summarised every few seconds, so a call cut off by its time limit still brings back nearly all.
+while [ "$(jobs -r | wc -l)" -gt 0 ]; do summarise; sleep 5; done
 summarise
 for f in /tmp/sweep/*.log; do echo "== $f"; tail -n 3 "$f"; done > "$OUT/logs_tail.txt" 2>&1
