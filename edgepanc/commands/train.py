@@ -1,7 +1,8 @@
 """``edgepanc train``: train the multi-task network into a run folder that is a model bundle.
 
 The training stage (``edgepanc/training/``) is imported inside the command, so the runtime commands work
-without it.
+without it; only its option lists come from ``edgepanc.training.config``, which needs the standard
+library alone.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import click
 
 from edgepanc.errors import InputError
+from edgepanc.training.config import HEAD_STATISTICS_MODES, LESION_DICE_MODES
 
 
 def _parse_triple(text: str | None, kind: type, name: str) -> tuple | None:
@@ -118,7 +120,7 @@ def _parse_fold(text: str | None) -> int | None | str:
 )
 @click.option(
     "--head-statistics",
-    type=click.Choice(["augmented", "clean"]),
+    type=click.Choice(HEAD_STATISTICS_MODES),
     default="augmented",
     show_default=True,
     help="Whether the subtype head's attenuation statistics read the intensity-augmented "
@@ -140,7 +142,7 @@ def _parse_fold(text: str | None) -> int | None | str:
 )
 @click.option(
     "--lesion-dice",
-    type=click.Choice(["batch", "sample"]),
+    type=click.Choice(LESION_DICE_MODES),
     default="batch",
     show_default=True,
     help="Lesion Dice over the whole batch, or per patch with lesion (small lesions count more).",

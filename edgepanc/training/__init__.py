@@ -7,7 +7,8 @@ One concept per module; the public entry point is :func:`edgepanc.training.runne
 - ``sampling`` / ``augmentation``: class-balanced cases, lesion-heavy patch centres, one affine
   interpolation per patch plus intensity augmentation.
 - ``losses``: batch soft Dice + cross-entropy, lesion-patch subtype cross-entropy.
-- ``schedule``: linear warm-up, cosine decay.
+- ``schedule``: linear warm-up, cosine decay; the teacher-forcing share per step.
+- ``teacher``: reference lesion masks shifted, grown or shrunk for teacher forcing.
 - ``loop``: :class:`Trainer` (AMP, clipping, thermal pauses, validation, checkpoints, bundle).
 - ``validation``: the runtime's sliding window, scored on the original grid.
 - ``checkpoint``, ``logs``, ``distributed``, ``kfold``, ``runner``.
