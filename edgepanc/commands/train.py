@@ -127,6 +127,13 @@ def _parse_fold(text: str | None) -> int | None | str:
     "training patch or the same patch before intensity augmentation.",
 )
 @click.option(
+    "--head-refit/--no-head-refit",
+    default=False,
+    show_default=True,
+    help="After the last epoch, refit the subtype head alone on the training cases' runtime "
+    "tiles (as `edgepanc run` tiles and weighs them), then validate again.",
+)
+@click.option(
     "--lesion-fraction",
     type=click.FloatRange(0, 1),
     default=0.6,

@@ -244,6 +244,22 @@ class ClassificationHead(nn.Module):
     ) -> torch.Tensor:
         """``skips``: encoder outputs; ``decoder_features``: what feeds ``seg_head``; ``image``:
         the network input; ``reference``: see :meth:`MultiTaskUNet.forward`."""
+        return self.classify(self.pool(skips, decoder_features, seg_logits, image, reference))
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """fc1's input [B, F] (:meth:`pool`) -> subtype logits [B, S]."""
+        hidden = self.norm(self.fc1(pooled))
+        return self.fc2(self.dropout(self.act(hidden)))
+
+    def pool(
+        self,
+        skips: Sequence[torch.Tensor],
+        decoder_features: torch.Tensor,
+        seg_logits: torch.Tensor,
+        image: torch.Tensor,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The pooled features fc1 reads, [B, F] float32 (layout: see the class docstring)."""
         pooled = []
         if self.context:
             for feature in skips[-self.scales :]:
@@ -264,8 +280,7 @@ class ClassificationHead(nn.Module):
             region = region_pooled_features(decoder_features.detach(), probability)
             intensity = region_intensity_statistics(image, probability, self.intensity_regions)
             pooled += [region, intensity]
-        hidden = self.norm(self.fc1(torch.cat(pooled, dim=1)))
-        return self.fc2(self.dropout(self.act(hidden)))
+        return torch.cat(pooled, dim=1)
 
 
 def teacher_forced_probability(
@@ -316,11 +331,7 @@ class MultiTaskUNet(nn.Module):
         ``statistics_image``, for training only: the input before intensity augmentation, which
         the classifier's attenuation statistics then read instead of ``x`` (at inference the two
         are the same image)."""
-        if not _is_exporting():
-            check_input_shape(x.shape, self.config)
-        skips = self.encoder(x)
-        decoded = self.decoder(skips)
-        seg_logits = self.seg_head(decoded[-1])
+        skips, decoded, seg_logits = self._segment(x)
         image = x if statistics_image is None else statistics_image
         cls_logits = self.cls_head(skips, decoded[-1], seg_logits, image, reference)
         if self.training and self.config.deep_supervision:
@@ -328,6 +339,23 @@ class MultiTaskUNet(nn.Module):
             lower = [head(feat) for head, feat in zip(self.ds_heads, decoded[:-1], strict=True)]
             return [seg_logits, *reversed(lower)], cls_logits
         return seg_logits, cls_logits
+
+    def head_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(seg_logits, pooled)`` as the eval-mode forward computes them: ``pooled`` [B, F] is
+        what the subtype head's :meth:`ClassificationHead.classify` maps to the logits. Used to
+        refit the head on features of the runtime's tiles (:mod:`edgepanc.training.head_refit`).
+        """
+        skips, decoded, seg_logits = self._segment(x)
+        return seg_logits, self.cls_head.pool(skips, decoded[-1], seg_logits, x)
+
+    def _segment(
+        self, x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        if not _is_exporting():
+            check_input_shape(x.shape, self.config)
+        skips = self.encoder(x)
+        decoded = self.decoder(skips)
+        return skips, decoded, self.seg_head(decoded[-1])
 
 
 def _is_exporting() -> bool:

@@ -68,6 +68,9 @@ class TrainConfig:
     # Teacher forcing pools under the reference lesion shifted by up to this many voxels per
     # axis and grown by up to as many or shrunk by one (edgepanc.training.teacher); 0: exact.
     teacher_mask_jitter: int = 0
+    # After the last epoch, refit the subtype head alone on the features of the runtime's tiles
+    # of the training cases (edgepanc.training.head_refit), then validate once more.
+    head_refit: bool = False
     lesion_fraction: float = 0.6  # share of patches centred on a lesion voxel
     pancreas_fraction: float = 0.25  # share centred on a pancreas voxel; the rest random
     lesion_dice: str = "batch"  # "sample": per-patch lesion Dice (edgepanc.training.losses)
@@ -142,4 +145,6 @@ class TrainConfig:
             del data["head_statistics"]
         if data.get("teacher_mask_jitter") == 0:
             del data["teacher_mask_jitter"]
+        if data.get("head_refit") is False:
+            del data["head_refit"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

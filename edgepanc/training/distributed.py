@@ -81,6 +81,14 @@ def mean_across_ranks(values: Sequence[float], context: DistContext) -> list[flo
     return (tensor / context.world_size).tolist()
 
 
+def broadcast_module(module: torch.nn.Module, context: DistContext) -> None:
+    """Every rank takes rank 0's parameters and buffers of ``module``."""
+    if not context.enabled:
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
 def barrier(context: DistContext) -> None:
     if context.enabled:
         dist.barrier()

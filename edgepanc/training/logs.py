@@ -67,20 +67,24 @@ def attach_file_log(run_dir: Path, logger: logging.Logger | None = None) -> logg
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
-    """Losses (left) and validation metrics with the targets (right) against epoch."""
+    """Losses (left) and validation metrics with the targets (right) against epoch; the
+    validation after ``--head-refit`` as stars at the epoch it refitted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    epochs = [r["epoch"] for r in records]
+    # Rows with a "phase" (the head refit after the last epoch) are not epochs of training.
+    epochs_only = [r for r in records if "phase" not in r]
+    epochs = [r["epoch"] for r in epochs_only]
     for key in ("loss", "seg_loss", "cls_loss"):
-        ax_loss.plot(epochs, [r.get(key) for r in records], label=key)
+        ax_loss.plot(epochs, [r.get(key) for r in epochs_only], label=key)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training loss")
     ax_loss.legend()
-    validated = [r for r in records if "whole_dsc" in r]
+    validated = [r for r in epochs_only if "whole_dsc" in r]
+    refitted = [r for r in records if r.get("phase") == "head_refit" and "whole_dsc" in r]
     colours = {"whole_dsc": "tab:blue", "lesion_dsc": "tab:orange", "macro_f1": "tab:green"}
     for key, target in TARGETS.items():
         ax_metric.plot(
@@ -90,6 +94,15 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
             color=colours[key],
             label=key,
         )
+        if refitted:
+            ax_metric.scatter(
+                [r["epoch"] for r in refitted],
+                [r[key] for r in refitted],
+                marker="*",
+                s=120,
+                color=colours[key],
+                label=f"{key} after head refit",
+            )
         ax_metric.axhline(target, color=colours[key], linestyle="--", linewidth=1)
     ax_metric.set_ylim(0, 1)
     ax_metric.set_xlabel("epoch")

@@ -41,6 +41,7 @@ from edgepanc.training.dataset import PreparedCase
 from edgepanc.training.distributed import (
     DistContext,
     barrier,
+    broadcast_module,
     gather_lists,
     mean_across_ranks,
     shard,
@@ -69,6 +70,7 @@ class TrainState:
     best_metrics: dict[str, Any] = field(default_factory=dict)
     stale_validations: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    head_refitted: bool = False  # --head-refit has run (after the last epoch)
 
 
 def resolve_device(requested: str, context: DistContext) -> torch.device:
@@ -135,6 +137,7 @@ class Trainer:
         self.plan = plan
         self.network_config = network_config
         self.guard = guard
+        self.train_cases = list(train_cases)
         self.val_cases = list(val_cases)
         seed_everything(config.seed)  # identical initial weights on every rank
         self.model = build_network(network_config).to(self.device)
@@ -332,6 +335,8 @@ class Trainer:
         try:
             while self.state.epoch < self.config.epochs and not self.should_stop():
                 self.one_epoch()
+            if self.config.head_refit and not self.state.head_refitted:
+                self.refit_head()
         except ThermalTimeout as exc:
             raise ThermalTimeout(
                 f"{exc}; training stopped, {self.last_path} holds epoch {self.state.epoch}: "
@@ -374,6 +379,75 @@ class Trainer:
         self.state.history.append(record)
         self.log_epoch(record)
         if self.context.is_main:
+            self.save_last()
+            write_metrics(self.run_dir, self.state.history)
+            plot_curves(self.state.history, self.run_dir / "curves.png")
+        barrier(self.context)
+
+    def refit_head(self) -> None:
+        """``--head-refit``: refit the subtype head on the training cases' runtime tiles
+        (:mod:`edgepanc.training.head_refit`), validate, and log it as a row of its own
+        (``"phase": "head_refit"``, the epoch of the weights it refitted). The best checkpoint and
+        bundle follow the combined score as after any validation."""
+        from edgepanc.training.head_refit import (
+            HeadRefitConfig,
+            collect_tile_features,
+            refit_head,
+        )
+
+        start = time.monotonic()
+        refit_config = HeadRefitConfig(seed=self.config.seed)
+        pause_s = 0.0
+
+        def cool_down() -> None:
+            nonlocal pause_s
+            pause_s += self.thermal_pause()
+
+        features = collect_tile_features(
+            self.model,
+            self.train_cases,
+            self.config.patch_size,
+            self.device,
+            self.config.val_step_fraction,
+            refit_config,
+            between_cases=cool_down,
+        )
+        fit = refit_head(self.model.cls_head, features, refit_config)
+        broadcast_module(self.model.cls_head, self.context)  # ranks agree to the last bit
+        record: dict[str, Any] = {
+            "epoch": self.state.epoch,
+            "phase": "head_refit",
+            "refit_cases": features.num_cases,
+            "refit_tiles": int(features.pooled.shape[0]),
+            "refit_loss_before": fit["loss_before"],
+            "refit_loss_after": fit["loss_after"],
+            "refit_train_accuracy": fit["train_accuracy"],
+            "pause_s": pause_s,
+            "train_s": time.monotonic() - start,
+        }
+        if self.val_cases:
+            val_start = time.monotonic()
+            record.update(self.validate())
+            record["val_s"] = time.monotonic() - val_start
+            self.update_best(record)
+        else:
+            self.update_best(record | {"combined_score": float(self.state.epoch)})
+        record["seconds"] = time.monotonic() - start
+        self.state.head_refitted = True
+        self.state.history.append(record)
+        if self.context.is_main:
+            text = (
+                f"head refit on {record['refit_tiles']} tiles of {record['refit_cases']} training "
+                f"cases: loss {fit['loss_before']:.4f} -> {fit['loss_after']:.4f}, training-case "
+                f"accuracy {fit['train_accuracy']:.4f}, {record['seconds']:.0f} s"
+            )
+            if "macro_f1" in record:
+                text += (
+                    f"; validation whole DSC {record['whole_dsc']:.4f}, lesion DSC "
+                    f"{record['lesion_dsc']:.4f}, macro F1 {record['macro_f1']:.4f}, "
+                    f"accuracy {record['accuracy']:.4f}, score {record['combined_score']:.4f}"
+                )
+            log.info(text)
             self.save_last()
             write_metrics(self.run_dir, self.state.history)
             plot_curves(self.state.history, self.run_dir / "curves.png")
