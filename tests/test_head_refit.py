@@ -122,21 +122,26 @@ def test_refit_learns_the_subtypes_and_leaves_the_head_where_it_was() -> None:
         assert torch.equal(a, b)
 
 
-def test_training_with_head_refit_logs_a_validated_refit_row(tmp_path: Path) -> None:
-    data = write_tiny_dataset(tmp_path / "data")
-    config = TrainConfig(
+def tiny_refit_config(data: Path, out: Path, **changes: object) -> TrainConfig:
+    return TrainConfig(
         data=str(data),
-        out=str(tmp_path / "run"),
+        out=str(out),
         preset="tiny",
         patch_size=PATCH,
         target_spacing=(2.0, 2.0, 2.0),
         epochs=2,
         steps_per_epoch=3,
         warmup_epochs=0,
-        head_refit=True,
-    )
-    assert config.identity() != config.replace(head_refit=False).identity()
-    run = Path(config.out)
+    ).replace(**changes)
+
+
+def read_records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_with_head_refit_logs_a_validated_refit_row(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data")
+    run = tmp_path / "run"
     result = CliRunner().invoke(
         main,
         ["train", "--data", str(data), "--out", str(run), "--preset", "tiny"]
@@ -144,8 +149,9 @@ def test_training_with_head_refit_logs_a_validated_refit_row(tmp_path: Path) -> 
         + ["--steps-per-epoch", "3", "--warmup-epochs", "0", "--head-refit"],
     )
     assert result.exit_code == 0, result.output
+    config = tiny_refit_config(data, run, head_refit=True)
     assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == config
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_records(run)
     assert [r.get("phase") for r in records] == [None, None, "head_refit"]
     refit = records[-1]
     assert refit["epoch"] == 2 and refit["refit_cases"] == 6 and refit["refit_tiles"] >= 6
@@ -160,5 +166,19 @@ def test_training_with_head_refit_logs_a_validated_refit_row(tmp_path: Path) -> 
     assert "phase" in (run / "metrics.csv").read_text().splitlines()[0]
     # Resuming a finished run trains nothing and refits nothing again.
     run_training(config.replace(resume=True), guard=ThermalGuard([]))
-    again = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert again == records
+    assert read_records(run) == records
+
+    # A run finished without the refit, resumed with it: no training, the same refit.
+    later = tmp_path / "later"
+    run_training(tiny_refit_config(data, later), guard=ThermalGuard([]))
+    before = read_records(later)
+    assert [r.get("phase") for r in before] == [None, None]
+    assert [r["loss"] for r in before] == pytest.approx([r["loss"] for r in records[:2]])
+    run_training(
+        tiny_refit_config(data, later, head_refit=True, resume=True), guard=ThermalGuard([])
+    )
+    resumed = read_records(later)
+    assert resumed[:2] == before and resumed[2]["phase"] == "head_refit"
+    for key in ("refit_tiles", "refit_loss_before", "refit_loss_after", "macro_f1"):
+        assert resumed[2][key] == pytest.approx(refit[key]), key
+    assert resumed[2]["confusion"] == refit["confusion"]

@@ -131,7 +131,8 @@ def _parse_fold(text: str | None) -> int | None | str:
     default=False,
     show_default=True,
     help="After the last epoch, refit the subtype head alone on the training cases' runtime "
-    "tiles (as `edgepanc run` tiles and weighs them), then validate again.",
+    "tiles (as `edgepanc run` tiles and weighs them), then validate again. With --resume on a "
+    "finished run: refit it without training again.",
 )
 @click.option(
     "--lesion-fraction",

@@ -11,5 +11,6 @@ One concept per module; the public entry point is :func:`edgepanc.training.runne
 - ``teacher``: reference lesion masks shifted, grown or shrunk for teacher forcing.
 - ``loop``: :class:`Trainer` (AMP, clipping, thermal pauses, validation, checkpoints, bundle).
 - ``validation``: the runtime's sliding window, scored on the original grid.
+- ``head_refit``: after the last epoch, the subtype head refitted on the runtime's tiles.
 - ``checkpoint``, ``logs``, ``distributed``, ``kfold``, ``runner``.
 """

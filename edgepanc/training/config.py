@@ -30,6 +30,9 @@ _NON_IDENTITY_FIELDS = frozenset(
         "resume",
         "epochs",
         "patience",
+        # Only adds a phase after the last epoch: a finished run resumed with --head-refit gets
+        # its head refitted without training again.
+        "head_refit",
     }
 )
 
@@ -145,6 +148,4 @@ class TrainConfig:
             del data["head_statistics"]
         if data.get("teacher_mask_jitter") == 0:
             del data["teacher_mask_jitter"]
-        if data.get("head_refit") is False:
-            del data["head_refit"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
