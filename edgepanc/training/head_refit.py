@@ -13,8 +13,10 @@ that hold lesion (:func:`lesion_tiles`); the pooled features fc1 reads are kept
 fc2) is trained on them, full batch, with the runtime's aggregation: per case the tile logits
 weighted by each tile's predicted lesion mass, class-balanced cross-entropy on the result.
 Gaussian noise on the features (a share of each feature's spread) and weight decay stand in for
-the variety 88 lesions lack. Refitting recipeG's head this way on its saved features raised macro
-F1 on its 12 validation phantoms from 0.444 to 0.639 and on 48 fresh ones from 0.567 to 0.692.
+the variety 88 lesions lack. Refitting recipeG's head this way raised macro F1 on its 12
+validation phantoms from 0.444 to 0.628 and on 48 fresh ones from 0.567 to 0.728; the documented
+recipe's from 0.544 to 0.743 (validation). It lowered the fp32 recipeB's (augmented statistics,
+constant teacher forcing) from 0.505 to 0.410 (docs/measurements/cpu_recipe.md, session 13).
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     ax_metric.set_ylim(0, 1)
     ax_metric.set_xlabel("epoch")
     ax_metric.set_ylabel("validation (dashed: target)")
-    ax_metric.legend(loc="lower right")
+    ax_metric.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
