@@ -336,7 +336,7 @@ class Trainer:
             while self.state.epoch < self.config.epochs and not self.should_stop():
                 self.one_epoch()
             if self.config.head_refit and not self.state.head_refitted:
-                self.refit_head()
+                self.run_head_refit()
         except ThermalTimeout as exc:
             raise ThermalTimeout(
                 f"{exc}; training stopped, {self.last_path} holds epoch {self.state.epoch}: "
@@ -384,7 +384,7 @@ class Trainer:
             plot_curves(self.state.history, self.run_dir / "curves.png")
         barrier(self.context)
 
-    def refit_head(self) -> None:
+    def run_head_refit(self) -> None:
         """``--head-refit``: refit the subtype head on the training cases' runtime tiles
         (:mod:`edgepanc.training.head_refit`), validate, and log it as a row of its own
         (``"phase": "head_refit"``, the epoch of the weights it refitted). The best checkpoint and
