@@ -167,6 +167,12 @@ def test_training_with_head_refit_logs_a_validated_refit_row(tmp_path: Path) -> 
     # Resuming a finished run trains nothing and refits nothing again.
     run_training(config.replace(resume=True), guard=ThermalGuard([]))
     assert read_records(run) == records
+    # Resumed for one more epoch: that epoch trains the refitted model, and the new last model
+    # is refitted in turn.
+    run_training(config.replace(resume=True, epochs=3), guard=ThermalGuard([]))
+    extended = read_records(run)
+    assert extended[:3] == records
+    assert [(r["epoch"], r.get("phase")) for r in extended[3:]] == [(3, None), (3, "head_refit")]
 
     # A run finished without the refit, resumed with it: no training, the same refit.
     later = tmp_path / "later"

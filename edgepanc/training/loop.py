@@ -333,9 +333,12 @@ class Trainer:
             # A checkpoint before the first step, so even a thermal timeout in epoch 1 leaves one.
             self.save_last()
         try:
+            trained = False
             while self.state.epoch < self.config.epochs and not self.should_stop():
                 self.one_epoch()
-            if self.config.head_refit and not self.state.head_refitted:
+                trained = True
+            # Refit once per final model: again when a resumed run trained further epochs.
+            if self.config.head_refit and (trained or not self.state.head_refitted):
                 self.run_head_refit()
         except ThermalTimeout as exc:
             raise ThermalTimeout(
