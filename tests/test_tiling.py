@@ -12,6 +12,7 @@ from edgepanc.inferers.tiling import (
     compute_steps_for_sliding_window,
     covering_steps,
     gaussian_importance_map,
+    tile_window,
 )
 
 SIZES = [(64, 64), (100, 32), (33, 32), (250, 96), (97, 40)]
@@ -114,3 +115,10 @@ def test_gaussian_map_sigma_controls_spread():
     wide = gaussian_importance_map((16, 16, 16), sigma_scale=1 / 4)
     assert narrow[0, 8, 8] < wide[0, 8, 8]
     assert narrow.sum() < wide.sum()
+
+
+def test_tile_window_is_the_patch_at_its_corner() -> None:
+    volume = np.arange(4 * 5 * 6).reshape(4, 5, 6)
+    window = tile_window((1, 2, 3), (2, 3, 2))
+    assert window == (slice(1, 3), slice(2, 5), slice(3, 5))
+    assert volume[window].shape == (2, 3, 2) and volume[window][0, 0, 0] == volume[1, 2, 3]

@@ -31,6 +31,7 @@ from edgepanc.inferers.tiling import (
     covering_steps,
     gaussian_importance_map,
     padding_for,
+    tile_window,
 )
 
 LESION_LABEL = 2
@@ -281,7 +282,7 @@ class _VolumeAccumulator:
         self.weights = weights
 
     def add(self, corner: Corner, weighted_logits: np.ndarray) -> None:
-        window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch, strict=True))
+        window = tile_window(corner, self.patch)
         self.logits[(slice(None), *window)] += weighted_logits
         self.weight_sum[window] += self.weights
 
@@ -315,7 +316,7 @@ def sliding_window_inference(
     patch = plan.patch_size
 
     def read_tile(corner: Corner, out: np.ndarray) -> None:
-        out[...] = padded[tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))]
+        out[...] = padded[tile_window(corner, patch)]
 
     holder: list[_VolumeAccumulator] = []
 

@@ -31,7 +31,12 @@ from edgepanc.inferers.sliding_window import (
     plan_sliding_window,
     predict_tiles,
 )
-from edgepanc.inferers.tiling import Corner, compute_steps_for_sliding_window, padding_for
+from edgepanc.inferers.tiling import (
+    Corner,
+    compute_steps_for_sliding_window,
+    padding_for,
+    tile_window,
+)
 
 FLOAT_BYTES = 4
 
@@ -250,7 +255,7 @@ def _tile_reader(source: np.ndarray, plan: WindowPlan) -> Callable[[Corner, np.n
 
     def read(corner: Corner, out: np.ndarray) -> None:
         if not padded_axes:
-            out[...] = source[tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))]
+            out[...] = source[tile_window(corner, patch)]
             return
         src, dst = [], []
         for c, p, before, size in zip(corner, patch, pad_before, source.shape, strict=True):

@@ -117,6 +117,11 @@ def constant_importance_map(patch_size: Sequence[int]) -> np.ndarray:
     return weights
 
 
+def tile_window(corner: Sequence[int], patch_size: Sequence[int]) -> tuple[slice, ...]:
+    """The slices of the tile at ``corner`` (its first voxel) of size ``patch_size``."""
+    return tuple(slice(c, c + p) for c, p in zip(corner, patch_size, strict=True))
+
+
 def padding_for(image_size: Sequence[int], patch_size: Sequence[int]) -> list[tuple[int, int]]:
     """(before, after) padding per axis that brings every axis up to at least the patch size.
 
@@ -142,4 +147,5 @@ __all__ = [
     "covering_steps",
     "gaussian_importance_map",
     "padding_for",
+    "tile_window",
 ]

@@ -33,6 +33,7 @@ from edgepanc.inferers.sliding_window import (
     importance_map,
     plan_sliding_window,
 )
+from edgepanc.inferers.tiling import tile_window
 from edgepanc.networks.config import LESION_LABEL
 from edgepanc.networks.unet import class_probabilities
 from edgepanc.training.dataset import PreparedCase
@@ -84,7 +85,7 @@ def lesion_tiles(
     framed, _ = frame_volume((label == LESION_LABEL).astype(np.float32), plan)
     masses = np.array(
         [
-            float(np.tensordot(framed[_tile_slices(corner, plan.patch_size)], importance, axes=3))
+            float(np.tensordot(framed[tile_window(corner, plan.patch_size)], importance, axes=3))
             for corner in plan.tiles
         ]
     )
@@ -121,7 +122,7 @@ def collect_tile_features(
                 continue
             plan = plan_sliding_window(case.image.shape, patch_size, step_fraction)
             framed, _ = frame_volume(case.image, plan)
-            tiles = np.stack([framed[_tile_slices(c, plan.patch_size)] for c in corners])
+            tiles = np.stack([framed[tile_window(c, plan.patch_size)] for c in corners])
             case_pooled, masses = [], []
             for start in range(0, len(tiles), config.tile_batch):
                 batch = torch.from_numpy(tiles[start : start + config.tile_batch, None])
@@ -207,10 +208,6 @@ def refit_head(
         head.train(was_training)
         head.to(device)
     return {"loss_before": before, "loss_after": after, "train_accuracy": accuracy}
-
-
-def _tile_slices(corner: Sequence[int], patch: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
 
 
 __all__ = [
