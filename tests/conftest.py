@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,10 +15,8 @@ from edgepanc.data.cases import Case
 TINY_SHAPE = (4, 6, 6)  # (z, y, x): the smallest volume that still has an interior
 
 
-def shared_dir() -> Path:
-    """The project's shared/ folder: $EDGEPANC_SHARED, else ../shared beside the repository."""
-    env = os.environ.get("EDGEPANC_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+# Small real CT volumes kept inside the repository (licence and attribution in their README).
+REAL_CT_DIR = Path(__file__).resolve().parent / "data" / "real_ct"
 
 
 def make_image(
@@ -99,12 +96,9 @@ def nnunet_dataset(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def real_ct_cases() -> list[Case]:
-    """The two real CT volumes with pancreas masks from shared/data/real_ct/."""
-    folder = shared_dir() / "data" / "real_ct"
+    """The two real CT volumes with pancreas masks from tests/data/real_ct/."""
+    folder = REAL_CT_DIR
     names = ["ts_example_ct", "ts_dataset_s0009"]
-    missing = [n for n in names if not (folder / n / "image.nii.gz").is_file()]
-    if missing:
-        pytest.fail(f"real CT data missing under {folder}: {missing}; set EDGEPANC_SHARED")
     return [
         Case(n, folder / n / "image.nii.gz", folder / n / "label.nii.gz", None, "train")
         for n in names
