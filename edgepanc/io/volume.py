@@ -12,14 +12,11 @@ an axis of length 0 as length 1.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import logging
 import os
 import shutil
-import struct
 import tempfile
 import uuid
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +24,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from edgepanc.errors import InputError
+from edgepanc.errors import BudgetError, InputError
 from edgepanc.io.atomic import atomic_path
+from edgepanc.io.nifti import (
+    NiftiHeader,
+    check_nifti_complete,
+    check_nifti_spacing,
+    count_non_finite,
+    orthonormal_sform,
+    patched_copy,
+    read_nifti_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,16 @@ LABEL_VALUES = (0, 1, 2)
 # Real masks of the pancreas data set store labels as floats such as 1.0000153.
 LABEL_ROUNDING_TOLERANCE = 1e-3
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+# The largest volume read at all, whatever the memory: a whole-body CT at 0.5 mm has about 2000
+# slices of 512 x 512, so anything past these is a corrupt or hostile header, not a scan.
+MAX_AXIS_LENGTH = 4096
+MAX_VOXELS = 2**30
+# Direction cosines this close to orthonormal (real exports carry float rounding of about 2e-4)
+# are orthonormalised with a warning; further off, the geometry is wrong and the file is refused.
+DIRECTION_TOLERANCE = 1e-3
+# The pipeline makes a float32 copy of every scan, so reading needs that much besides the scan.
+FLOAT32_BYTES = 4
 
 # DICOM UIDs: CT Image Storage, and a root for the UIDs we generate.
 _CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -73,75 +89,6 @@ def _quiet_itk() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
-# --- NIfTI header checks ------------------------------------------------------------------------
-
-
-def _read_head(path: Path, nbytes: int) -> bytes:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as fh:
-            return fh.read(nbytes)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(path, f"truncated or corrupt file ({exc})") from None
-
-
-def _nifti_layout(path: Path) -> tuple[tuple[int, ...], int]:
-    """Return (axis lengths, expected uncompressed file length) from a NIfTI-1 or -2 header."""
-    head = _read_head(path, 540)
-    for endian in "<>":
-        if len(head) >= 4 and struct.unpack(f"{endian}i", head[:4])[0] in (348, 540):
-            break
-    else:
-        raise InputError(path, "not a NIfTI file (bad header)")
-    if struct.unpack(f"{endian}i", head[:4])[0] == 348:
-        if len(head) < 348:
-            raise InputError(path, "truncated file (incomplete NIfTI header)")
-        dim = struct.unpack(f"{endian}8h", head[40:56])
-        bitpix = struct.unpack(f"{endian}h", head[72:74])[0]
-        vox_offset = int(struct.unpack(f"{endian}f", head[108:112])[0])
-    else:
-        if len(head) < 540:
-            raise InputError(path, "truncated file (incomplete NIfTI header)")
-        bitpix = struct.unpack(f"{endian}h", head[14:16])[0]
-        dim = struct.unpack(f"{endian}8q", head[16:80])
-        vox_offset = struct.unpack(f"{endian}q", head[168:176])[0]
-    ndim = dim[0]
-    if not 1 <= ndim <= 7:
-        raise InputError(path, f"not a valid NIfTI header (dim[0] = {ndim})")
-    shape = tuple(int(d) for d in dim[1 : ndim + 1])
-    return shape, vox_offset + int(np.prod(shape, dtype=np.int64)) * bitpix // 8
-
-
-def _uncompressed_length(path: Path) -> int:
-    """Decompress ``path`` in chunks and return its length; raise InputError if it is cut short."""
-    total = 0
-    try:
-        with gzip.open(path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                total += len(chunk)
-    except (EOFError, OSError, zlib.error) as exc:
-        raise InputError(path, f"truncated or corrupt gzip file ({exc})") from None
-    return total
-
-
-def _check_nifti_complete(path: Path, expected: int) -> None:
-    if path.name.lower().endswith(".gz"):
-        # Fast path: the gzip trailer stores the uncompressed length mod 2**32. A truncated file
-        # ends in arbitrary bytes, so a match is strong evidence the file is whole; on a mismatch
-        # (or a multi-member gzip) decompress it all to be sure.
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() >= 4:
-                fh.seek(-4, os.SEEK_END)
-                if struct.unpack("<I", fh.read(4))[0] == expected % 2**32:
-                    return
-        actual = _uncompressed_length(path)
-    else:
-        actual = path.stat().st_size
-    if actual < expected:
-        raise InputError(path, f"truncated file ({actual} of {expected} bytes of image data)")
-
-
 # --- headers --------------------------------------------------------------------------------
 
 
@@ -159,30 +106,102 @@ def _check_spacing(path: Path, spacing: tuple[float, ...]) -> None:
         raise InputError(path, f"has invalid voxel spacing {spacing}; need positive values")
 
 
-def inspect_image(path: str | Path) -> ImageInfo:
-    """Read and validate a file's header without loading its voxels.
+def check_declared_size(
+    path: Path, size: tuple[int, ...], itemsize: int, max_bytes: int | None = None
+) -> None:
+    """Refuse, from the header alone, a volume too large to be a scan or to fit ``max_bytes``.
 
-    Checks: the file exists and is an image, the volume is 3D and scalar with no zero-length axis
-    and a positive spacing, and (for NIfTI) the file is not truncated. DICOM folders are read.
+    Reading needs the voxels as stored plus the pipeline's float32 copy (or, for wider types,
+    the decode buffer ITK holds beside the image). Example: ``check_declared_size(p, (512, 512,
+    8192), 2, 10**9)`` raises BudgetError before a byte of voxels is read.
     """
-    path = Path(path)
+    voxels = int(np.prod(size, dtype=object))
+    needed = voxels * (itemsize + max(itemsize, FLOAT32_BYTES))
+    if max_bytes is not None and needed > max_bytes:
+        raise BudgetError(
+            f"{path}: memory budget {max_bytes / 1e9:.2f} GB is too small; reading this "
+            f"{' x '.join(str(n) for n in size)} scan needs at least {needed / 1e9:.2f} GB"
+        )
+    if max(size, default=0) > MAX_AXIS_LENGTH or voxels > MAX_VOXELS:
+        shown = " x ".join(str(n) for n in size)
+        raise InputError(
+            path,
+            f"header declares a {shown} volume; at most {MAX_AXIS_LENGTH} voxels per axis and "
+            f"{MAX_VOXELS} in all are read (corrupt or hostile header?)",
+        )
+
+
+def _pixel_bytes(pixel_id: int) -> int:
+    return sitk.GetArrayViewFromImage(sitk.Image([1, 1], pixel_id)).itemsize
+
+
+def _check_regular(path: Path) -> None:
     if not path.exists():
         raise InputError(path, "no such file or folder")
-    if path.is_dir():
-        img = read_image(path)
-        return image_info(path, img)
-    if is_nifti(path):
-        shape, expected = _nifti_layout(path)
-        if min(shape) == 0:
-            raise InputError(path, f"has an axis of length 0 (size {shape})")
-        _check_nifti_complete(path, expected)
+    if not path.is_dir() and not path.is_file():
+        raise InputError(path, "is not a regular file or folder (a device, FIFO or socket)")
+
+
+def _checked_nifti_header(path: Path, max_bytes: int | None) -> NiftiHeader:
+    header = read_nifti_header(path)
+    if min(header.shape) == 0:
+        raise InputError(path, f"has an axis of length 0 (size {header.shape})")
+    check_declared_size(path, header.shape, header.dtype.itemsize, max_bytes)
+    check_nifti_spacing(path, header)
+    check_nifti_complete(path, header)
+    return header
+
+
+def _sform_fix(path: Path, header: NiftiHeader) -> np.ndarray:
+    """The orthonormalised sform ITK needs, or InputError naming how far off the direction is."""
+    srow, off = orthonormal_sform(header)
+    if header.sform_code <= 0 or off == 0:
+        raise InputError(path, "cannot be read as an image (unknown format or corrupt)")
+    if off > DIRECTION_TOLERANCE:
+        raise InputError(
+            path,
+            f"direction cosines (sform) are not orthonormal: off by {off:.2g}, more than the "
+            f"{DIRECTION_TOLERANCE:g} that is corrected",
+        )
+    log.warning(
+        "%s: direction cosines (sform) are not orthonormal (off by %.2g); orthonormalised",
+        path,
+        off,
+    )
+    return srow
+
+
+def _read_information(path: Path) -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    with _quiet_itk():
+        reader.ReadImageInformation()
+    return reader
+
+
+def inspect_image(path: str | Path, max_bytes: int | None = None) -> ImageInfo:
+    """Read and validate a file's header without loading its voxels.
+
+    Checks: the file exists and is a regular file, it is an image, the volume is 3D and scalar
+    with no zero-length axis and a positive spacing, its declared size is sane and (reading it
+    with its float32 copy) within ``max_bytes``, and (for NIfTI) the file is not truncated.
+    DICOM folders are read. Example: ``inspect_image("ct.nii.gz").size`` -> ``(512, 512, 90)``.
+    """
+    path = Path(path)
+    _check_regular(path)
+    if path.is_dir():
+        img = read_image(path, max_bytes=max_bytes)
+        return image_info(path, img)
+    header = _checked_nifti_header(path, max_bytes) if is_nifti(path) else None
     try:
-        with _quiet_itk():
-            reader.ReadImageInformation()
+        reader = _read_information(path)
     except RuntimeError:
-        raise InputError(path, "cannot be read as an image (unknown format or corrupt)") from None
+        if header is None:
+            raise InputError(
+                path, "cannot be read as an image (unknown format or corrupt)"
+            ) from None
+        with patched_copy(path, header, _sform_fix(path, header), with_voxels=False) as copy:
+            reader = _read_information(copy)
     info = ImageInfo(
         path=path,
         size=tuple(reader.GetSize()),
@@ -193,6 +212,8 @@ def inspect_image(path: str | Path) -> ImageInfo:
         components=reader.GetNumberOfComponents(),
     )
     _check_geometry(path, info.size, info.components)
+    itemsize = _pixel_bytes(reader.GetPixelID())
+    check_declared_size(path, info.size, itemsize, max_bytes)
     _check_spacing(path, info.spacing)
     return info
 
@@ -219,7 +240,53 @@ def is_dicom_series_folder(folder: Path) -> bool:
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def _slice_positions(folder: Path, files: tuple[str, ...]) -> np.ndarray | None:
+    """Each file's ImagePositionPatient projected on the slice normal; None if a tag is missing."""
+    positions = []
+    normal = None
+    for name in files:
+        try:
+            reader = _read_information(Path(name))
+        except RuntimeError:
+            raise InputError(folder, f"DICOM file {Path(name).name} cannot be read") from None
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            return None
+        try:
+            position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            cosines = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        except ValueError:
+            raise InputError(folder, f"DICOM file {Path(name).name}: unreadable position") from None
+        if len(position) != 3 or len(cosines) != 6:
+            raise InputError(folder, f"DICOM file {Path(name).name}: malformed position tags")
+        if normal is None:
+            normal = np.cross(cosines[:3], cosines[3:])
+        positions.append(float(np.dot(position, normal)))
+    return np.sort(np.array(positions))
+
+
+def _check_slice_spacing(folder: Path, files: tuple[str, ...]) -> None:
+    # ITK stacks the files on one averaged spacing and only warns (hidden here) when a slice is
+    # missing, which would put every slice after the gap at the wrong place.
+    if len(files) < 2:
+        return
+    positions = _slice_positions(folder, files)
+    if positions is None:
+        return
+    gaps = np.diff(positions)
+    step = float(np.median(gaps))
+    if gaps.min() <= 1e-3 * max(step, 1e-3):
+        raise InputError(folder, "DICOM series has two slices at the same position")
+    uneven = np.abs(gaps - step) > 0.01 * step + 1e-3
+    if uneven.any():
+        worst = float(gaps[np.argmax(np.abs(gaps - step))])
+        raise InputError(
+            folder,
+            f"DICOM slices are not evenly spaced (a {worst:.3g} mm gap where the series steps "
+            f"{step:.3g} mm: a missing slice?)",
+        )
+
+
+def _read_dicom_series(folder: Path, max_bytes: int | None) -> sitk.Image:
     with _quiet_itk():
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
@@ -237,8 +304,17 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
             series_id,
             len(files_per_series[series_id]),
         )
+    files = tuple(files_per_series[series_id])
+    try:
+        first = _read_information(Path(files[0]))
+    except RuntimeError:
+        raise InputError(folder, "DICOM series cannot be read (corrupt or incomplete)") from None
+    rows_cols = tuple(first.GetSize()[:2])
+    itemsize = _pixel_bytes(first.GetPixelID())
+    check_declared_size(folder, (*rows_cols, len(files)), itemsize, max_bytes)
+    _check_slice_spacing(folder, files)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files_per_series[series_id])
+    reader.SetFileNames(files)
     try:
         with _quiet_itk():
             return reader.Execute()
@@ -246,25 +322,48 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise InputError(folder, "DICOM series cannot be read (corrupt or incomplete)") from None
 
 
-def read_image(path: str | Path) -> sitk.Image:
+def _itk_read(file: Path, named: Path) -> sitk.Image:
+    try:
+        with _quiet_itk():
+            return sitk.ReadImage(str(file))
+    except RuntimeError:
+        raise InputError(named, "cannot be read as an image (unknown format or corrupt)") from None
+
+
+def _read_nifti(path: Path, max_bytes: int | None) -> sitk.Image:
+    header = _checked_nifti_header(path, max_bytes)
+    bad = count_non_finite(path, header)
+    if bad:
+        raise InputError(path, f"has {bad} NaN or infinite voxels")
+    try:
+        with _quiet_itk():
+            return sitk.ReadImage(str(path))
+    except RuntimeError:
+        srow = _sform_fix(path, header)
+    with patched_copy(path, header, srow, with_voxels=True) as copy:
+        img = _itk_read(copy, named=path)
+    # ITK's cosines come from the float32 copy; set the exact polar factor (RAS -> LPS).
+    cosines = srow[:, :3] / np.linalg.norm(srow[:, :3], axis=0)
+    img.SetDirection(tuple((np.diag([-1.0, -1.0, 1.0]) @ cosines).ravel()))
+    return img
+
+
+def read_image(path: str | Path, max_bytes: int | None = None) -> sitk.Image:
     """Read a 3D scalar volume from NIfTI, NRRD, MHA/MHD or a DICOM series folder.
 
     The pixel type stays as stored (int16 CT stays int16); callers cast where they need floats.
+    ``max_bytes`` bounds the memory reading may take (the scan and its float32 copy), checked
+    against the header before any voxel is read. Example: ``read_image("ct.nii.gz", 2 * 10**9)``.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such file or folder")
+    _check_regular(path)
     if path.is_dir():
-        img = _read_dicom_series(path)
+        img = _read_dicom_series(path, max_bytes)
+    elif is_nifti(path):
+        img = _read_nifti(path, max_bytes)
     else:
-        inspect_image(path)
-        try:
-            with _quiet_itk():
-                img = sitk.ReadImage(str(path))
-        except RuntimeError:
-            raise InputError(
-                path, "cannot be read as an image (unknown format or corrupt)"
-            ) from None
+        inspect_image(path, max_bytes=max_bytes)
+        img = _itk_read(path, named=path)
     _check_geometry(path, tuple(img.GetSize()), img.GetNumberOfComponentsPerPixel())
     _check_spacing(path, tuple(img.GetSpacing()))
     _check_finite(path, img)
