@@ -9,20 +9,72 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import tempfile
 import threading
+import traceback
 
 import click
 
 from edgepanc import __version__
 from edgepanc.errors import EdgepancError
 
+# Key in click's shared context metadata under which ``--debug`` is kept for the error boundary.
+_DEBUG = "edgepanc.debug"
+_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT (128 + 2)
+_INTERNAL = 1  # a bug or an environment failure, as opposed to a problem with the user's input
+
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _write_traceback(exc: BaseException) -> str | None:
+    """Save ``exc``'s traceback to a new private file in the temp folder; its path, or None."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="edgepanc-", suffix=".log")
+        with open(fd, "w", encoding="utf-8") as fh:
+            fh.write(f"edgepanc {__version__}: {' '.join(sys.argv)}\n")
+            fh.writelines(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except OSError:
+        return None
+    return path
+
+
+def describe_unexpected(exc: Exception, debug: bool) -> tuple[str, int]:
+    """The one line and exit code for an exception that is not an :class:`EdgepancError`.
+
+    A failing file operation names the file and exits 2 like any input error; anything else is
+    an internal error (exit 1) whose traceback goes to a log file (and to stderr with ``--debug``).
+    Example: ``describe_unexpected(NotADirectoryError(20, "Not a directory", "/dev/null"),
+    False)`` -> ``("/dev/null: Not a directory", 2)``.
+    """
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    log_path = None if debug else _write_traceback(exc)
+    where = f" (traceback in {log_path})" if log_path else ""
+    if not where and not debug:
+        where = " (rerun with --debug for the traceback)"
+    if isinstance(exc, OSError):
+        names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+        problem = exc.strerror or _one_line(str(exc)) or type(exc).__name__
+        return ": ".join([*names, problem]) + where, 2
+    if isinstance(exc, MemoryError):
+        return "out of memory; set --memory-budget to what this machine has" + where, _INTERNAL
+    detail = _one_line(str(exc))[:300]
+    name = type(exc).__name__
+    return f"internal error: {name}{': ' + detail if detail else ''}{where}", _INTERNAL
+
+
 class _Group(click.Group):
-    """Turns an :class:`EdgepancError` into one line on stderr and a non-zero exit."""
+    """The error boundary: any exception reaching the command line becomes one line on stderr.
+
+    An :class:`EdgepancError` prints its own message (exit 2); click's usage errors stay click's;
+    Ctrl-C exits 130; anything else is described by :func:`describe_unexpected`.
+    """
 
     def invoke(self, ctx: click.Context):  # noqa: D102
         # Python dies on SIGTERM (`kill`, `timeout`, a scheduler) without unwinding, which would
@@ -33,9 +85,18 @@ class _Group(click.Group):
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors and deliberate exits: click prints and exits as it should
         except EdgepancError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line(str(exc))}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(_INTERRUPTED)
+        except Exception as exc:
+            line, code = describe_unexpected(exc, bool(ctx.meta.get(_DEBUG)))
+            click.echo(f"error: {line}", err=True)
+            sys.exit(code)
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
@@ -44,8 +105,11 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgepanc")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def main(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="On an unexpected error, print its full traceback.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, debug: bool) -> None:
     """Pancreas and lesion segmentation with subtype classification in CT."""
+    ctx.meta[_DEBUG] = debug
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from edgepanc.commands.params import FiniteFloat
+
 EXPORT_KINDS = ("onnx", "int8", "tensorrt")
 
 
@@ -47,7 +49,7 @@ def _parse_export(text: str) -> tuple[str, ...]:
 )
 @click.option(
     "--prune",
-    type=click.FloatRange(0.0, 0.9, min_open=True),
+    type=FiniteFloat(0.0, 0.9, min_open=True),
     default=None,
     help="Share of channels to remove per stage, in (0, 0.9].",
 )
