@@ -150,7 +150,7 @@ def baseline_command(scan: Path, bundle: Path, out: Path) -> list[str]:
 
 def mask_stem(scan: Path) -> str:
     """``bench_quiz_0000.nii.gz`` -> ``bench_quiz`` (the runtime's mask naming)."""
-    from edgepanc.runtime.pipeline import mask_name_for
+    from edgepanc.runtime.scans import mask_name_for
 
     return mask_name_for(scan)[: -len(".nii.gz")]
 

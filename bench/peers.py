@@ -86,13 +86,14 @@ def run_peer(peer: str, scan: Path, bundle_path: Path, out: Path) -> dict[str, A
     from edgepanc.inferers.probabilities import RegionProbabilities, region_probability_bytes
     from edgepanc.io.atomic import write_json_atomic
     from edgepanc.io.volume import read_image, write_label
-    from edgepanc.preprocessing import preprocess_image, restore_label
-    from edgepanc.runtime.pipeline import StageTimer, mask_name_for
-    from edgepanc.runtime.postprocess import (
+    from edgepanc.postprocessing.labels import (
         PostprocessConfig,
         mask_region_probabilities,
         postprocess_labels,
     )
+    from edgepanc.preprocessing import preprocess_image, restore_label
+    from edgepanc.runtime.pipeline import StageTimer
+    from edgepanc.runtime.scans import mask_name_for
 
     bundle = load_bundle(bundle_path)
     plan = bundle.plan

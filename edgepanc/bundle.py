@@ -282,7 +282,7 @@ def write_bundle(
     )
     patch_size = preprocessing.get("patch_size")
     if patch_size:
-        from edgepanc.runtime.budget import network_activation_bytes_per_voxel
+        from edgepanc.networks.activation import network_activation_bytes_per_voxel
 
         bundle.activation_bytes_per_voxel = network_activation_bytes_per_voxel(
             network.config, patch_size

@@ -20,17 +20,17 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from edgepanc.commands.run import load_model
 from edgepanc.inferers.streaming import streaming_sliding_window_inference
 from edgepanc.io.volume import read_image
 from edgepanc.metrics import dice
-from edgepanc.preprocessing import preprocess_image, preprocess_label
-from edgepanc.runtime.postprocess import (
+from edgepanc.postprocessing.labels import (
     PostprocessConfig,
     component_gaps_mm,
     connected_components,
     postprocess_labels,
 )
+from edgepanc.preprocessing import preprocess_image, preprocess_label
+from edgepanc.runtime.model import load_model
 
 GAPS = (None, 5.0, 10.0, 15.0, 20.0, 40.0)
 

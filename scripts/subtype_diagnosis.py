@@ -22,13 +22,14 @@ import torch
 from scipy import ndimage
 
 from edgepanc.bundle import load_bundle
-from edgepanc.inferers.sliding_window import classify_from_tiles, sliding_window_inference
+from edgepanc.inferers.sliding_window import sliding_window_inference
 from edgepanc.metrics import classification_metrics, dice
-from edgepanc.runtime.postprocess import (
+from edgepanc.postprocessing.labels import (
     PostprocessConfig,
     mask_region_probabilities,
     postprocess_labels,
 )
+from edgepanc.postprocessing.subtype import classify_from_tiles
 from edgepanc.training.dataset import PreparedCase, prepare_case
 from edgepanc.training.runner import labelled_cases
 from edgepanc.training.sampling import extract_patch

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from edgepanc.preprocessing import PreprocessingPlan
-from edgepanc.runtime.pipeline import LoadedModel
+from edgepanc.runtime.model import LoadedModel
 
 # Tiny tensors on a shared 2-core machine: more threads only add synchronisation overhead.
 torch.set_num_threads(1)

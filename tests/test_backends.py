@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from edgepanc.backends import selection
+from edgepanc.backends import devices, selection
 from edgepanc.backends.base import BackendUnavailable, Predictor
 from edgepanc.backends.onnxruntime_backend import OnnxRuntimePredictor
 from edgepanc.backends.selection import available_backends, choose_backend, select_predictor
 from edgepanc.backends.tensorrt_backend import TensorRTPredictor
 from edgepanc.backends.torch_backend import TorchPredictor
 from edgepanc.errors import BundleError, InputError
-from edgepanc.inferers.sliding_window import classify_from_tiles, sliding_window_inference
+from edgepanc.inferers.sliding_window import sliding_window_inference
 from edgepanc.networks import build_network
+from edgepanc.postprocessing.subtype import classify_from_tiles
 
 PATCH = (16, 16, 16)
 
@@ -219,7 +220,7 @@ def fake_bundle(tiny_model, tiny_onnx, tmp_path) -> dict:
 
 @pytest.fixture()
 def cpu_only(monkeypatch):
-    monkeypatch.setattr(selection, "cuda_available", lambda: False)
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
     monkeypatch.setattr(selection, "available_backends", lambda: ["torch", "onnxruntime"])
 
 
@@ -276,7 +277,7 @@ def test_available_backends_on_this_machine():
 
 def test_runtime_on_an_onnx_bundle_does_not_import_torch(tiny_model, tmp_path):
     """torch is about 260 MB of resident memory that an ONNX Runtime run has no use for."""
-    from edgepanc.backends.selection import nvidia_gpu_present
+    from edgepanc.backends.devices import nvidia_gpu_present
     from edgepanc.bundle import load_bundle, save_bundle_metadata, write_bundle
 
     from runtime_support import TINY_PLAN
@@ -288,7 +289,7 @@ def test_runtime_on_an_onnx_bundle_does_not_import_torch(tiny_model, tmp_path):
     bundle.add_artifact("onnx_fp32", "model_fp32.onnx", "onnxruntime", "fp32", make_default=True)
     save_bundle_metadata(bundle)
     code = (
-        "import sys; from pathlib import Path; from edgepanc.commands.run import load_model; "
+        "import sys; from pathlib import Path; from edgepanc.runtime.model import load_model; "
         f"m = load_model(Path({str(folder)!r}), 'auto', 'auto', 'auto'); "
         "print(m.predictor.name, m.activation_bytes_per_voxel > 0, 'torch' in sys.modules)"
     )

@@ -237,7 +237,7 @@ def test_invalid_preprocessing_is_a_bundle_error(bundle_dir, monkeypatch):
 
 
 def test_bundle_stores_the_activation_footprint_for_the_runtime(bundle_dir):
-    from edgepanc.runtime.budget import network_activation_bytes_per_voxel
+    from edgepanc.networks.activation import network_activation_bytes_per_voxel
 
     stored = _model_json(bundle_dir)["activation_bytes_per_voxel"]
     expected = network_activation_bytes_per_voxel(PRESETS["tiny"], PLAN["patch_size"])

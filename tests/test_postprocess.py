@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from edgepanc.inferers.probabilities import RegionProbabilities
-from edgepanc.runtime.postprocess import (
+from edgepanc.postprocessing.labels import (
     PostprocessConfig,
     component_gaps_mm,
     keep_main_components,

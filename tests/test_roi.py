@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgepanc.inferers.tiling import bounding_box
 from edgepanc.runtime.roi import (
     RoiConfig,
-    bounding_box,
     box_to_list,
     downsample,
     expand_box,

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from edgepanc.data.cases import Case
 from edgepanc.errors import InputError
 from edgepanc.io.volume import write_dicom_series
-from edgepanc.runtime.pipeline import discover_scans, mask_name_for
+from edgepanc.runtime.scans import discover_scans, mask_name_for
 
 from runtime_support import make_tiny_bundle, phantom, run_cli, write_image
 

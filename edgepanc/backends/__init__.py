@@ -16,6 +16,7 @@ from edgepanc.backends.base import (
     BackendUnavailable,
     Predictor,
 )
+from edgepanc.backends.devices import cuda_available, resolve_device, torch_device
 
 _LAZY = {
     "TorchPredictor": "edgepanc.backends.torch_backend",
@@ -46,5 +47,8 @@ __all__ = [
     "TorchPredictor",
     "available_backends",
     "choose_backend",
+    "cuda_available",
+    "resolve_device",
     "select_predictor",
+    "torch_device",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgepanc.backends import devices
 from edgepanc.backends.base import BACKENDS, PRECISIONS, BackendUnavailable, Predictor
 from edgepanc.errors import BundleError
 
@@ -61,40 +62,6 @@ def available_backends() -> list[str]:
     return names
 
 
-def nvidia_gpu_present() -> bool:
-    """Whether NVML finds an NVIDIA GPU (False without a driver); never imports torch."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount() > 0
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no library, no driver, no device: all mean no usable GPU
-        return False
-
-
-def cuda_available() -> bool:
-    """Whether torch can use a CUDA device (imports torch only where NVML finds a GPU)."""
-    # Importing torch costs about 260 MB of resident memory: ask NVML first, so that a machine
-    # without an NVIDIA GPU running an ONNX Runtime artifact never loads torch.
-    if not nvidia_gpu_present():
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when torch sees a GPU, else cpu."""
-    if device == "auto":
-        return "cuda" if cuda_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    return device
-
-
 def artifact_problem(
     record: Mapping[str, Any], device: str, root: Path, backends: list[str]
 ) -> str | None:
@@ -119,7 +86,7 @@ def artifact_problem(
 
         if CUDA_PROVIDER not in onnxruntime_providers():
             return "onnxruntime has no CUDA provider here"
-    if backend == "torch" and device == "cuda" and not cuda_available():
+    if backend == "torch" and device == "cuda" and not devices.cuda_available():
         return "torch sees no CUDA device"
     file = record.get("file")
     if backend != "torch" and not file:
@@ -138,7 +105,7 @@ def choose_backend(
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
     view = _view(bundle)
-    device = resolve_device(device)
+    device = devices.resolve_device(device)
     # Probing ONNX Runtime and TensorRT costs imports (about half a second); a bundle with only
     # PyTorch weights and no explicit request needs none of them.
     needs_probe = backend != "auto" or bool(view.artifacts)
@@ -301,10 +268,7 @@ __all__ = [
     "BackendChoice",
     "artifact_problem",
     "available_backends",
-    "cuda_available",
     "build_predictor",
     "choose_backend",
-    "nvidia_gpu_present",
-    "resolve_device",
     "select_predictor",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepanc.backends import devices
 from edgepanc.backends.base import (
     CLS_OUTPUT_NAME,
     INPUT_NAME,
@@ -37,9 +38,7 @@ def tensorrt_problem() -> str | None:
     """Why TensorRT cannot run here, or None when it can (without importing torch_tensorrt)."""
     if importlib.util.find_spec("torch_tensorrt") is None:
         return "torch_tensorrt is not installed (pip install 'edgepanc[gpu]' on a CUDA machine)"
-    from edgepanc.backends.selection import cuda_available
-
-    if not cuda_available():
+    if not devices.cuda_available():
         return "TensorRT needs an NVIDIA GPU and torch sees no CUDA device"
     return None
 

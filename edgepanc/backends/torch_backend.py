@@ -6,24 +6,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgepanc.backends.base import BackendUnavailable, check_batch
+from edgepanc.backends.base import check_batch
+from edgepanc.backends.devices import torch_device
 
 _AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
-
-
-def resolve_torch_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a CUDA device is visible, else ``"cpu"``; checks the rest."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable("device 'cuda' requested but torch sees no CUDA device")
-    return device
 
 
 class TorchPredictor:
@@ -48,7 +38,7 @@ class TorchPredictor:
             raise ValueError(
                 f"torch precision must be one of {sorted(_AUTOCAST_DTYPES)}, got {precision!r}"
             )
-        self.device = resolve_torch_device(device)
+        self.device = torch_device(device)
         self.precision = precision
         self.artifact = artifact
         self.model = model.to(self.device)
@@ -81,4 +71,4 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
 
 
-__all__ = ["TorchPredictor", "resolve_torch_device"]
+__all__ = ["TorchPredictor"]

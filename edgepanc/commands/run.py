@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgepanc.errors import BundleError, EdgepancError, InputError
+from edgepanc.errors import BundleError, EdgepancError
 from edgepanc.memory import parse_size
 
 if TYPE_CHECKING:
@@ -34,29 +34,6 @@ def resolve_bundle_path(model: Path | None) -> Path:
             "`edgepanc train --data DATA --out RUN` (a demo data set: `edgepanc synth --out DATA`)",
         )
     return latest
-
-
-def load_model(bundle_path: Path, backend: str, device: str, precision: str):  # -> LoadedModel
-    """Load the bundle, its activation footprint (measured for older bundles) and a predictor."""
-    from edgepanc.backends import select_predictor
-    from edgepanc.bundle import load_bundle
-    from edgepanc.preprocessing import PreprocessingPlan
-    from edgepanc.runtime.budget import network_activation_bytes_per_voxel
-    from edgepanc.runtime.pipeline import LoadedModel, measure_baseline_rss
-
-    bundle = load_bundle(bundle_path)
-    plan = PreprocessingPlan.from_dict(bundle.preprocessing)
-    activation = bundle.activation_bytes_per_voxel
-    if activation is None:  # a bundle from before the figure was stored: measure (loads torch)
-        activation = network_activation_bytes_per_voxel(bundle.network, plan.patch_size)
-    predictor = select_predictor(bundle, backend=backend, device=device, precision=precision)
-    return LoadedModel(
-        predictor=predictor,
-        plan=plan,
-        activation_bytes_per_voxel=activation,
-        baseline_rss=measure_baseline_rss(),
-        artifact=getattr(predictor, "artifact", None),
-    )
 
 
 def merged_subtype_rows(out_dir: Path, reports: list[CaseReport]) -> list[tuple[str, int]]:
@@ -174,16 +151,12 @@ def run(
 ) -> None:
     """Segment SCAN (an image file or DICOM series folder) or every scan in a folder."""
     from edgepanc.io.atomic import write_text_atomic
-    from edgepanc.runtime.pipeline import (
-        RunConfig,
-        check_output_folder,
-        discover_scans,
-        mask_name_for,
-        run_cases,
-    )
-    from edgepanc.runtime.postprocess import PostprocessConfig
+    from edgepanc.postprocessing import PostprocessConfig
+    from edgepanc.runtime.model import load_model
+    from edgepanc.runtime.pipeline import RunConfig, run_cases
     from edgepanc.runtime.report import SUBTYPE_CSV, subtype_csv_text, summary_table
     from edgepanc.runtime.roi import RoiConfig
+    from edgepanc.runtime.scans import check_output_folder, discover_scans
     from edgepanc.thermal import ThermalGuard, ThermalLimits
 
     try:
@@ -191,8 +164,7 @@ def run(
     except click.BadParameter as exc:
         raise click.BadParameter(str(exc), param_hint="--tile-batch") from None
     budget = parse_size(memory_budget) if memory_budget else None
-    scans = discover_scans(scan)
-    _check_unique_names(scans, mask_name_for)
+    scans = discover_scans(scan)  # also refuses two scans that would write one mask name
     check_output_folder(out_dir)
     limits = ThermalLimits.from_max_temp(max_temp) if max_temp is not None else ThermalLimits()
     guard = ThermalGuard.discover(limits, require=require_thermal)
@@ -226,13 +198,3 @@ def run(
 class _SingleFailure(EdgepancError):
     """Re-raises a single case's message so the CLI prints it as ``error: ...``."""
 
-
-def _check_unique_names(scans: list[Path], name_of) -> None:
-    seen: dict[str, Path] = {}
-    for scan in scans:
-        name = name_of(scan)
-        if name in seen:
-            raise InputError(
-                scan, f"would write the same mask {name} as {seen[name]}; rename one of them"
-            )
-        seen[name] = scan

@@ -4,7 +4,6 @@ from edgepanc.inferers.sliding_window import (
     BatchPolicy,
     SlidingWindowResult,
     WindowPlan,
-    classify_from_tiles,
     plan_sliding_window,
     sliding_window_inference,
 )
@@ -25,7 +24,6 @@ __all__ = [
     "SlabAccumulator",
     "SlidingWindowResult",
     "WindowPlan",
-    "classify_from_tiles",
     "compute_steps_for_sliding_window",
     "gaussian_importance_map",
     "plan_sliding_window",

@@ -4,7 +4,7 @@ Tiles laid out by :func:`plan_sliding_window` are predicted in batches; each til
 logits are weighted by the importance map and summed into logits for the whole volume, then
 divided by the summed weights and arg-maxed. It keeps ``[C, Z, Y, X]`` float32 logits in memory,
 which is what the streaming inferer (:mod:`edgepanc.inferers.streaming`) avoids. This module also
-holds what both inferers share: the window plan, the batch loop and the tile-level classification.
+holds what both inferers share: the window plan and the batch loop.
 """
 
 from __future__ import annotations
@@ -18,11 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from edgepanc.backends.base import Predictor
-from edgepanc.inferers.probabilities import (
-    PROBABILITY_SCALE,
-    RegionProbabilities,
-    region_probability_bytes,
-)
+from edgepanc.inferers.probabilities import RegionProbabilities, region_probability_bytes
 from edgepanc.inferers.tiling import (
     Corner,
     Region,
@@ -34,7 +30,6 @@ from edgepanc.inferers.tiling import (
     tile_window,
 )
 
-LESION_LABEL = 2
 Importance = Literal["gaussian", "constant"]
 
 
@@ -118,9 +113,11 @@ def plan_sliding_window(
     A region is tiled with the whole-volume plan's own tiles (:func:`covering_steps` per axis),
     not with tiles spread afresh over the box: the plan's region grows to the union of those
     tiles, and inside it the labels equal a whole-volume pass's wherever the same tiles cover a
-    voxel (measured on a full-size phantom of the phantoms before the fat plane round the
-    gland, session 4: coarse-to-fine then agreed with whole-volume tiling at Dice 0.992 instead
-    of 0.972, with fewer tiles).
+    voxel, which is what makes coarse-to-fine agree with whole-volume tiling
+    (docs/measurements/coarse_to_fine.md).
+
+    Example: ``plan_sliding_window((40, 48, 56), (16, 16, 16), 0.5).tiles[:2]`` ->
+    ``[(0, 0, 0), (0, 0, 8)]``.
     """
     if len(volume_shape) != 3 or len(patch_size) != 3:
         raise ValueError(
@@ -362,65 +359,11 @@ def _check_volume(volume: np.ndarray) -> np.ndarray:
     return volume
 
 
-def classify_from_tiles(
-    result: SlidingWindowResult, labels: np.ndarray, kept: RegionProbabilities
-) -> np.ndarray:
-    """Subtype probabilities ``[S]``: softmax of the lesion-mass-weighted mean tile logits.
-
-    Tiles that saw more lesion say more about its subtype. The mass is the lesion probability of
-    the written mask inside each tile, importance-weighted (:func:`kept_lesion_mass`): ``labels``
-    are the post-processed labels and ``kept`` the soft maps limited to them
-    (:func:`~edgepanc.runtime.postprocess.mask_region_probabilities`), so a lesion that
-    post-processing removed (outside the pancreas, in a dropped organ component) does not name
-    the subtype. On recipe7's bundle that raised macro F1 from 0.439 to 0.500 on its 12
-    validation phantoms and from 0.499 to 0.568 on 48 fresh ones (session 8) over weighting by
-    the lesion each tile predicted. When no voxel is labelled lesion the mass is noise, so every
-    tile counts the same.
-    """
-    logits = np.asarray(result.tile_cls_logits, dtype=np.float64)
-    if logits.ndim != 2 or logits.shape[0] == 0:
-        raise ValueError(f"expected tile class logits [T, S] with T > 0, got {list(logits.shape)}")
-    if result.importance is None:
-        raise ValueError("the sliding-window result does not carry its importance map")
-    mass = kept_lesion_mass(kept, result.tiles, result.importance)
-    if np.any(labels == LESION_LABEL) and mass.sum() > 0:
-        weights = mass / mass.sum()
-    else:
-        weights = np.full(logits.shape[0], 1.0 / logits.shape[0])
-    mean = weights @ logits
-    exp = np.exp(mean - mean.max())
-    return (exp / exp.sum()).astype(np.float32)
-
-
-def kept_lesion_mass(
-    kept: RegionProbabilities, tiles: Sequence[Corner], importance: np.ndarray
-) -> np.ndarray:
-    """``[T]``: for each tile (corner in volume coordinates, ``importance``-shaped), the sum over
-    its voxels of the importance weight times the lesion probability in ``kept``."""
-    lesion = kept.values[1]
-    start = np.array([s.start for s in kept.box])
-    stop = np.array([s.stop for s in kept.box])
-    patch = np.array(importance.shape)
-    mass = np.zeros(len(tiles), dtype=np.float64)
-    for i, corner in enumerate(tiles):
-        low = np.maximum(np.asarray(corner), start)
-        high = np.minimum(np.asarray(corner) + patch, stop)
-        if np.any(high <= low):
-            continue  # the tile lies outside the box: nothing kept there
-        in_box = tuple(slice(a, b) for a, b in zip(low - start, high - start, strict=True))
-        in_tile = tuple(slice(a, b) for a, b in zip(low - corner, high - corner, strict=True))
-        mass[i] = float(np.tensordot(lesion[in_box], importance[in_tile], axes=3))
-    return mass / PROBABILITY_SCALE
-
-
 __all__ = [
-    "LESION_LABEL",
     "BatchPolicy",
     "SlidingWindowResult",
     "WindowPlan",
-    "classify_from_tiles",
     "importance_map",
-    "kept_lesion_mass",
     "plan_sliding_window",
     "predict_tiles",
     "sliding_window_inference",

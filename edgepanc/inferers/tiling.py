@@ -1,8 +1,9 @@
 """Tiling geometry shared by every sliding-window consumer (validation, streaming, baseline).
 
 Pure numpy functions: where tiles start, in which order they are visited, how much each voxel of
-a tile counts when overlapping predictions are blended, and how a volume smaller than the patch is
-padded. Arrays and sizes are in (z, y, x) order.
+a tile counts when overlapping predictions are blended, how a volume smaller than the patch is
+padded, and the boxes (:data:`Region`) that the coarse pass and post-processing crop to. Arrays
+and sizes are in (z, y, x) order.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 Corner = tuple[int, int, int]
 Region = tuple[slice, slice, slice]  # a box of a volume, (z, y, x)
@@ -139,9 +141,34 @@ def padding_for(image_size: Sequence[int], patch_size: Sequence[int]) -> list[tu
     return pads
 
 
+def bounding_box(mask: np.ndarray) -> Region | None:
+    """The tightest box holding every True voxel of ``mask``, or None when it has none.
+
+    Example: a mask true at ``[2:5, 3, 7:10]`` -> ``(slice(2, 5), slice(3, 4), slice(7, 10))``.
+    """
+    if not mask.any():
+        return None
+    slices = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return tuple(slices)  # type: ignore[return-value]
+
+
+def grow_box(box: Region, shape: Sequence[int], margins: Sequence[int]) -> Region:
+    """``box`` grown by ``margins`` voxels per side (per axis), clipped to ``shape``.
+
+    Example: ``grow_box((slice(2, 5),) * 3, (6, 6, 6), (1, 3, 0))`` ->
+    ``(slice(1, 6), slice(0, 6), slice(2, 5))``.
+    """
+    out = []
+    for sl, n, margin in zip(box, shape, margins, strict=True):
+        out.append(slice(max(0, sl.start - margin), min(n, sl.stop + margin)))
+    return tuple(out)  # type: ignore[return-value]
+
+
 __all__ = [
     "Corner",
     "Region",
+    "bounding_box",
+    "grow_box",
     "compute_steps_for_sliding_window",
     "constant_importance_map",
     "covering_steps",

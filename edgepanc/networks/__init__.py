@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING, Any
 from edgepanc.networks.config import UNetConfig
 
 if TYPE_CHECKING:
+    from edgepanc.networks.activation import (
+        measure_activation_bytes_per_voxel,
+        network_activation_bytes_per_voxel,
+    )
     from edgepanc.networks.batchnorm_folding import count_batchnorms, fold_batchnorm
     from edgepanc.networks.blocks import ConvNormAct, ConvStage
     from edgepanc.networks.presets import (
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
     from edgepanc.networks.unet import MultiTaskUNet, check_input_shape
 
 _LAZY = {
+    "measure_activation_bytes_per_voxel": "activation",
+    "network_activation_bytes_per_voxel": "activation",
     "count_batchnorms": "batchnorm_folding",
     "fold_batchnorm": "batchnorm_folding",
     "ConvNormAct": "blocks",
@@ -61,4 +67,6 @@ __all__ = [
     "estimate_flops",
     "estimate_macs",
     "fold_batchnorm",
+    "measure_activation_bytes_per_voxel",
+    "network_activation_bytes_per_voxel",
 ]

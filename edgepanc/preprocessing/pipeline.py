@@ -211,7 +211,7 @@ def restore_label(
     outline instead of the coarse voxels' staircase (on phantoms it raised the whole-pancreas Dice
     of a perfect label restored from 3 x 2 x 2 mm from 0.938 to 0.950). With them (the network's
     soft maps, already limited to the kept regions: see
-    :func:`edgepanc.runtime.postprocess.mask_region_probabilities`) the boundary falls where the
+    :func:`edgepanc.postprocessing.labels.mask_region_probabilities`) the boundary falls where the
     network's probability crosses one half, as nnU-Net resamples probabilities before its argmax
     (on the CPU recipe's 12 validation phantoms: whole-pancreas Dice 0.8904 -> 0.8929, lesion
     0.3915 -> 0.4027). Only the box the labels can reach is resampled (see

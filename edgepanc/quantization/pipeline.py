@@ -40,6 +40,7 @@ from edgepanc.networks import (
     estimate_flops,
     fold_batchnorm,
 )
+from edgepanc.networks.activation import network_activation_bytes_per_voxel
 from edgepanc.quantization.config import QuantizeConfig
 from edgepanc.quantization.report import (
     VariantResult,
@@ -48,7 +49,6 @@ from edgepanc.quantization.report import (
     target_notes,
     write_report,
 )
-from edgepanc.runtime.budget import network_activation_bytes_per_voxel
 
 log = logging.getLogger("edgepanc.quantize")
 

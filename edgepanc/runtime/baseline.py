@@ -7,8 +7,9 @@ runtime's optimisations, i.e. nnU-Net's default inference:
 - tiles with step 0.5 of the patch and Gaussian importance weighting;
 - the whole preprocessed volume is tiled (no coarse-to-fine ROI);
 - logits for the whole volume are stitched in memory (``keep_logits=True``), as nnU-Net does;
-- the same preprocessing, post-processing and restore onto the input grid as ``edgepanc run``,
-  so masks of the two paths are directly comparable.
+- the same preprocessing, finishing step (:func:`~edgepanc.postprocessing.finish_prediction`) and
+  restore onto the input grid as ``edgepanc run``, so masks of the two paths are directly
+  comparable.
 
 It calls the shared tiling (:func:`edgepanc.inferers.sliding_window_inference`); nothing here is a
 second copy of the runtime. Run it from the shell with
@@ -25,11 +26,18 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from edgepanc.errors import EdgepancError, InputError
+from edgepanc.backends.base import Predictor
+from edgepanc.bundle import ModelBundle, load_bundle
+from edgepanc.errors import EdgepancError
+from edgepanc.inferers.sliding_window import sliding_window_inference
+from edgepanc.io.volume import read_image
+from edgepanc.memory import peak_rss
+from edgepanc.postprocessing import finish_prediction
+from edgepanc.preprocessing import PreprocessingPlan, preprocess_image
+from edgepanc.runtime.pipeline import StageTimer, write_case_outputs
+from edgepanc.runtime.report import CaseReport, write_case_json
+from edgepanc.runtime.scans import CaseOutputs, all_or_none, check_output_folder
 
 BASELINE_STEP = 0.5
 BASELINE_IMPORTANCE = "gaussian"
@@ -45,51 +53,42 @@ class BaselineConfig:
     overwrite: bool = False
 
 
-def load_baseline_predictor(bundle: Any) -> Any:
-    """fp32 eager PyTorch on the CPU over ``bundle``'s trained weights (a ModelBundle or a path)."""
-    from edgepanc.backends import TorchPredictor
-    from edgepanc.bundle import load_bundle
+DEFAULT_BASELINE = BaselineConfig()
 
-    if not hasattr(bundle, "load_network"):
+
+def load_baseline_predictor(bundle: ModelBundle | Path) -> Predictor:
+    """fp32 eager PyTorch on the CPU over ``bundle``'s trained weights (a ModelBundle or a path).
+
+    Example: ``load_baseline_predictor(Path("bundles/pancreas")).precision`` -> ``"fp32"``.
+    """
+    from edgepanc.backends.torch_backend import TorchPredictor
+
+    if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(Path(bundle))
     return TorchPredictor(bundle.load_network(), device="cpu", precision="fp32")
 
 
 def run_baseline(
     scan_path: str | Path,
-    bundle: Any,
+    bundle: ModelBundle | str | Path,
     out: str | Path,
-    config: BaselineConfig = BaselineConfig(),
-) -> Any:
+    config: BaselineConfig = DEFAULT_BASELINE,
+) -> CaseReport:
     """Segment and classify ``scan_path`` the unoptimised way; write mask and case JSON to ``out``.
 
     ``bundle`` is a ModelBundle or a bundle folder. Returns the
     :class:`~edgepanc.runtime.report.CaseReport` that was written beside the mask (stage timings:
     read, preprocess, infer, postprocess, restore, write).
-    """
-    from edgepanc.bundle import load_bundle
-    from edgepanc.inferers import classify_from_tiles, sliding_window_inference
-    from edgepanc.io.volume import read_image, write_label
-    from edgepanc.memory import peak_rss
-    from edgepanc.preprocessing import PreprocessingPlan, preprocess_image, restore_label
-    from edgepanc.runtime.pipeline import StageTimer, check_output_folder, mask_name_for
-    from edgepanc.runtime.postprocess import (
-        PostprocessConfig,
-        mask_region_probabilities,
-        postprocess_labels,
-        voxel_volume_ml,
-    )
-    from edgepanc.runtime.report import CaseReport, case_json_path, write_case_json
 
+    Example: ``run_baseline("ct_0000.nii.gz", "bundles/pancreas", "baseline_out").tile_count``
+    -> ``504``.
+    """
     scan_path, out = Path(scan_path), Path(out)
-    if not hasattr(bundle, "load_network"):
+    if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(Path(bundle))
     plan = PreprocessingPlan.from_dict(bundle.preprocessing)
     check_output_folder(out)
-    name = mask_name_for(scan_path)
-    mask_path = out / name
-    if mask_path.exists() and not config.overwrite:
-        raise InputError(mask_path, "mask already exists; pass overwrite to replace it")
+    outputs = CaseOutputs.for_scan(scan_path, out, config.overwrite)
     predictor = load_baseline_predictor(bundle)
     spacing = tuple(float(s) for s in plan.target_spacing)
     timer = StageTimer()
@@ -113,30 +112,19 @@ def run_baseline(
         )
     del volume
     with timer("postprocess"):
-        labels = postprocess_labels(result.labels, spacing, PostprocessConfig())
-        assert result.probabilities is not None
-        soft_regions = mask_region_probabilities(result.probabilities, labels)
-        probabilities = classify_from_tiles(result, labels, soft_regions)
+        finished = finish_prediction(result, spacing)
     tile_count = len(result.tiles)
     del result
-    with timer("restore"):
-        restored = restore_label(labels, grid, soft_regions)
-    del labels, soft_regions
-    view = np.asarray(_array_view(restored))
-    ml = voxel_volume_ml(tuple(reversed(restored.GetSpacing())))
-    written: list[Path] = []
-    try:
-        with timer("write"):
-            write_label(restored, mask_path)
-            written.append(mask_path)
+    with all_or_none() as written:
+        volumes = write_case_outputs(finished, grid, outputs.mask, timer, written)
         report = CaseReport(
-            name=name,
+            name=outputs.name,
             input=str(scan_path),
-            mask=str(mask_path),
-            subtype=int(np.argmax(probabilities)),
-            probabilities=[round(float(p), 6) for p in probabilities],
-            pancreas_volume_ml=round(float(np.count_nonzero(view)) * ml, 3),
-            lesion_volume_ml=round(float(np.count_nonzero(view == 2)) * ml, 3),
+            mask=str(outputs.mask),
+            subtype=finished.subtype,
+            probabilities=[round(float(p), 6) for p in finished.subtype_probabilities],
+            pancreas_volume_ml=volumes.pancreas_ml,
+            lesion_volume_ml=volumes.lesion_ml,
             timings_s={k: round(v, 4) for k, v in timer.seconds.items()},
             peak_memory_bytes=peak_rss(),
             backend=predictor.name,
@@ -148,18 +136,8 @@ def run_baseline(
             roi={"mode": "off", "used": False, "box": None, "coarse_tiles": 0},
             notes=["baseline: whole volume, step 0.5, Gaussian, fp32 PyTorch, logits kept"],
         )
-        write_case_json(out, report)
-    except BaseException:
-        for path in [*written, case_json_path(out, name)]:
-            path.unlink(missing_ok=True)
-        raise
+        written.append(write_case_json(out, report))
     return report
-
-
-def _array_view(image: Any) -> np.ndarray:
-    import SimpleITK as sitk
-
-    return sitk.GetArrayViewFromImage(image)
 
 
 # --- the speed gate ----------------------------------------------------------------------------

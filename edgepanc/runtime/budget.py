@@ -18,21 +18,20 @@ largest of three phases, because the pipeline frees each phase's buffers before 
   copy of one, and two uint8 label arrays on the input grid (canonical and reoriented, or
   reoriented and its image).
 
-Network activations are measured, not guessed: :func:`measure_activation_bytes_per_voxel` runs
-one forward pass on a small probe patch and records the largest total size of intermediate
-tensors alive at once, per input voxel; the planner scales it to the patch and multiplies by
-``ACTIVATION_SAFETY`` to cover convolution workspaces and allocator slack.
+Network activations are measured, not guessed: the bundle records
+:func:`~edgepanc.networks.activation.network_activation_bytes_per_voxel` (the largest total size
+of intermediate tensors alive at once during one forward pass, per input voxel); the planner
+scales it to the patch and multiplies by ``ACTIVATION_SAFETY`` to cover convolution workspaces
+and allocator slack.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from edgepanc.errors import BudgetError
-from edgepanc.networks.config import UNetConfig
 
 FLOAT32 = 4
 UINT8 = 1
@@ -179,64 +178,3 @@ def _fmt(n_bytes: int) -> str:
     if n_bytes >= 1e8:
         return f"{math.ceil(n_bytes / 1e7) / 100:.2f} GB"
     return f"{math.ceil(n_bytes / 1e6)} MB"
-
-
-def network_activation_bytes_per_voxel(network: UNetConfig, patch_size: Sequence[int]) -> float:
-    """:func:`measure_activation_bytes_per_voxel` of a fresh ``network`` on a small probe.
-
-    Activations do not depend on the weights, so an untrained copy is measured; the probe is the
-    patch capped at two multiples of the network's divisor on each axis (enough for every stage
-    to have a spatial extent, small enough to take milliseconds). Bundles store the result
-    (``model.json``: ``activation_bytes_per_voxel``) so that the runtime need not import torch.
-    """
-    from edgepanc.networks import build_network
-
-    probe = tuple(min(int(p), 2 * network.min_divisor) for p in patch_size)
-    return measure_activation_bytes_per_voxel(build_network(network).eval(), probe)
-
-
-def measure_activation_bytes_per_voxel(model: object, probe_size: Sequence[int]) -> float:
-    """Peak bytes of intermediate tensors alive at once during one forward pass, per voxel.
-
-    Forward hooks register every module's output; a weak-reference finaliser subtracts a
-    tensor's bytes when it is freed, so the running total follows what inference actually keeps
-    (skip connections, decoder outputs) rather than the sum of everything ever produced.
-    """
-    import torch
-    from torch import nn
-
-    assert isinstance(model, nn.Module)
-    live = 0
-    peak = 0
-    seen: set[int] = set()
-
-    def release(key: int, n_bytes: int) -> None:
-        nonlocal live
-        live -= n_bytes
-        seen.discard(key)
-
-    def track(_module: nn.Module, _inputs: object, output: object) -> None:
-        nonlocal live, peak
-        tensors = output if isinstance(output, tuple | list) else (output,)
-        for tensor in tensors:
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            key = tensor.untyped_storage().data_ptr()
-            if key in seen:  # in-place ops and views share the storage already counted
-                continue
-            n_bytes = tensor.untyped_storage().nbytes()
-            seen.add(key)
-            live += n_bytes
-            weakref.finalize(tensor, release, key, n_bytes)
-        peak = max(peak, live)
-
-    handles = [m.register_forward_hook(track) for m in model.modules() if m is not model]
-    try:
-        parameter = next(model.parameters())
-        probe = torch.zeros((1, 1, *probe_size), dtype=torch.float32, device=parameter.device)
-        with torch.inference_mode():
-            model(probe)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return peak / math.prod(probe_size)

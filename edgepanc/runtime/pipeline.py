@@ -1,10 +1,15 @@
 """The per-case runner behind ``edgepanc run``.
 
-One case: read -> preprocess (canonical orientation, target spacing, CT normalisation) ->
-coarse pass (optional: find the pancreas at half resolution) -> fine pass (streaming sliding
-window over the ROI box, subtype from lesion-weighted tiles) -> post-process -> restore onto the
-input's exact grid -> write mask, preview and case JSON. Each phase frees the previous phase's
-buffers, which is what :mod:`edgepanc.runtime.budget` plans against.
+One case runs in three steps, each freeing the previous one's buffers (the phases
+:mod:`edgepanc.runtime.budget` plans against):
+
+1. :func:`prepare_case`: read, plan the memory, preprocess (canonical orientation, target spacing,
+   CT normalisation);
+2. :func:`segment_case`: coarse pass (optional: find the pancreas at half resolution), then the
+   fine pass (streaming sliding window over the ROI box);
+3. finish: post-process and read the subtype
+   (:func:`~edgepanc.postprocessing.finish_prediction`), then :func:`write_case_outputs`: restore
+   onto the input's exact grid, write mask, preview and case JSON.
 
 A case either leaves all its outputs (mask, JSON, preview) or none: anything written before a
 failure is removed again.
@@ -15,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,30 +29,28 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
-from edgepanc.errors import EdgepancError, InputError
-from edgepanc.inferers.sliding_window import (
-    BatchPolicy,
-    classify_from_tiles,
-    plan_sliding_window,
-)
+from edgepanc.errors import EdgepancError
+from edgepanc.inferers.sliding_window import BatchPolicy, SlidingWindowResult, plan_sliding_window
 from edgepanc.inferers.streaming import slab_memory_bytes, streaming_sliding_window_inference
-from edgepanc.io.volume import is_dicom_series_folder, looks_like_label, read_image, write_label
-from edgepanc.memory import current_rss, peak_rss
-from edgepanc.runtime.backoff import ThermalBackoff
-from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
-from edgepanc.runtime.postprocess import (
+from edgepanc.inferers.tiling import bounding_box
+from edgepanc.io.volume import looks_like_label, read_image, write_label
+from edgepanc.memory import peak_rss
+from edgepanc.postprocessing import (
+    FinishedPrediction,
     PostprocessConfig,
+    finish_prediction,
     keep_main_components,
-    mask_region_probabilities,
-    postprocess_labels,
     voxel_volume_ml,
 )
+from edgepanc.preprocessing import GridRecord, normalize_ct, resample_for_network, restore_label
+from edgepanc.runtime.backoff import ThermalBackoff
+from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
+from edgepanc.runtime.model import LoadedModel
 from edgepanc.runtime.preview import save_preview
-from edgepanc.runtime.report import CaseFailure, CaseReport, case_json_path, write_case_json
+from edgepanc.runtime.report import CaseFailure, CaseReport, write_case_json
 from edgepanc.runtime.roi import (
     Box,
     RoiConfig,
-    bounding_box,
     box_fraction,
     box_to_list,
     downsample,
@@ -55,18 +58,20 @@ from edgepanc.runtime.roi import (
     scale_box,
     should_use_roi,
 )
+from edgepanc.runtime.scans import CaseOutputs, all_or_none
 from edgepanc.thermal import ThermalGuard
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-CHANNEL_SUFFIX = "_0000"
-MASK_SUFFIX = ".nii.gz"
+NO_SENSOR_NOTE = "no temperature sensor found: thermal protection is off"
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Options of one ``edgepanc run`` that apply to every case."""
+    """Options of one ``edgepanc run`` that apply to every case.
+
+    Example: ``RunConfig(out_dir=Path("masks"), roi=RoiConfig(mode="off"), preview=True)``.
+    """
 
     out_dir: Path
     step: float = 0.5
@@ -80,103 +85,22 @@ class RunConfig:
 
 
 @dataclass
-class LoadedModel:
-    """A predictor with what the pipeline needs to know about the network behind it."""
-
-    predictor: Any  # edgepanc.backends.Predictor
-    plan: Any  # edgepanc.preprocessing.PreprocessingPlan
-    activation_bytes_per_voxel: float
-    baseline_rss: int  # process RSS once imports and the model are loaded
-    artifact: str | None = None
-
-    @property
-    def patch_size(self) -> tuple[int, int, int]:
-        return tuple(int(p) for p in self.plan.patch_size)  # type: ignore[return-value]
-
-
-@dataclass
 class RunOutcome:
+    """The cases of one run that succeeded and those that failed."""
+
     reports: list[CaseReport]
     failures: list[CaseFailure]
-
-
-# --- inputs and output names ---------------------------------------------------------------
-
-
-def _image_stem(path: Path) -> str | None:
-    for suffix in IMAGE_SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return None
-
-
-def mask_name_for(scan: Path) -> str:
-    """The mask file name for a scan: ``quiz_037_0000.nii.gz`` -> ``quiz_037.nii.gz``.
-
-    Any other image keeps its stem (``name.nrrd`` -> ``name.nii.gz``); a DICOM folder gives its
-    folder name. Masks are always NIfTI.
-    """
-    stem = None if scan.is_dir() else _image_stem(scan)
-    stem = stem or scan.name
-    if stem.endswith(CHANNEL_SUFFIX):
-        stem = stem[: -len(CHANNEL_SUFFIX)]
-    return stem + MASK_SUFFIX
-
-
-def discover_scans(path: Path) -> list[Path]:
-    """The scans to run: ``path`` itself, or the images and DICOM series folders below it.
-
-    Folders are searched recursively, so a data set split such as ``validation/`` with its
-    ``subtype0..2/`` folders runs as one batch. In a folder, a file ``X.nii.gz`` beside
-    ``X_0000.nii.gz`` is that image's reference mask (quiz and nnU-Net layouts) and is not run.
-    Two scans that would write the same mask name are an error, since one would overwrite the other.
-    """
-    if not path.exists():
-        raise InputError(path, "no such file or folder")
-    if path.is_file() or is_dicom_series_folder(path):
-        return [path]
-    scans = _scans_below(path)
-    if not scans:
-        raise InputError(path, "no scans found (NIfTI, NRRD, MHA files or DICOM series folders)")
-    seen: dict[str, Path] = {}
-    for scan in scans:
-        name = mask_name_for(scan)
-        if name in seen:
-            raise InputError(scan, f"would write the same mask {name} as {seen[name]}")
-        seen[name] = scan
-    return scans
-
-
-def _scans_below(folder: Path) -> list[Path]:
-    entries = sorted(folder.iterdir())
-    files = [p for p in entries if p.is_file() and _image_stem(p) is not None]
-    stems = {_image_stem(p) for p in files}
-    scans = [p for p in files if f"{_image_stem(p)}{CHANNEL_SUFFIX}" not in stems]
-    for sub in (p for p in entries if p.is_dir() and not p.name.startswith(".")):
-        scans.extend([sub] if is_dicom_series_folder(sub) else _scans_below(sub))
-    return scans
-
-
-def check_output_folder(out_dir: Path) -> None:
-    """Create ``out_dir`` if needed; InputError if it is not a writable folder."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "output folder is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".edgepanc_write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(
-            out_dir, f"output folder is not writable ({exc.strerror or exc})"
-        ) from None
 
 
 # --- one case --------------------------------------------------------------------------------
 
 
 class StageTimer:
-    """Wall-clock seconds per named stage."""
+    """Wall-clock seconds per named stage.
+
+    Example: ``with timer("read"): image = read_image(path)`` adds the read's seconds to
+    ``timer.seconds["read"]``.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -197,7 +121,10 @@ def plan_case_memory(
     config: RunConfig,
     source: Path,
 ) -> BudgetPlan:
-    """Tile batch for this case within ``config.memory_budget`` (BudgetError if none fits)."""
+    """Tile batch for this case within ``config.memory_budget`` (BudgetError if none fits).
+
+    Example: ``plan_case_memory(image, (120, 200, 200), model, config, scan).tile_batch`` -> ``4``.
+    """
     sizes = VolumeSizes.from_shapes(
         image.GetSize(), image.GetSizeOfPixelComponent(), preprocessed_shape
     )
@@ -221,6 +148,9 @@ def estimate_preprocessed_shape(
 
     Each image axis maps to the physical axis its direction vector points along most; canonical
     array axes (z, y, x) are physical (S/I, A/P, L/R).
+
+    Example: a 512 x 512 x 100 image at 0.8 x 0.8 x 2.5 mm, target 2.5 x 0.8 x 0.8 ->
+    ``(100, 512, 512)``.
     """
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     shape = [0, 0, 0]
@@ -236,9 +166,13 @@ def coarse_roi(
     model: LoadedModel,
     config: RunConfig,
     policy: BatchPolicy,
-    between_batches: Any,
+    between_batches: Callable[[], None] | None,
 ) -> tuple[Box | None, int]:
-    """Find the pancreas at ``1/factor`` resolution; return the box to tile (or None), tile count."""
+    """Find the pancreas at ``1/factor`` resolution; return the box to tile (or None), tile count.
+
+    Example: ``coarse_roi(volume, model, config, BatchPolicy(2), None)`` ->
+    ``((slice(40, 104), slice(96, 200), slice(120, 232)), 16)``.
+    """
     factor = config.roi.factor
     coarse = downsample(volume, factor)
     result = streaming_sliding_window_inference(
@@ -249,14 +183,13 @@ def coarse_roi(
         tile_batch=policy,
         between_batches=between_batches,
     )
-    spacing = tuple(float(s) for s in model.plan.target_spacing)
     # The box holds what post-processing would keep at coarse resolution (the largest organ
     # component and the large-enough others), so that a false-positive speck far from the
     # pancreas does not stretch it over the whole abdomen.
     organ = result.labels > 0
     if config.postprocess.largest_component:
         cleanup = config.postprocess
-        coarse_spacing = tuple(s * factor for s in spacing)
+        coarse_spacing = tuple(s * factor for s in model.target_spacing)
         kept = keep_main_components(
             result.labels,
             coarse_spacing,
@@ -270,43 +203,29 @@ def coarse_roi(
     if box is None:
         return None, tiles
     full = scale_box(box, coarse.shape, volume.shape)
-    grown = expand_box(full, volume.shape, spacing, config.roi.margin_mm)
+    grown = expand_box(full, volume.shape, model.target_spacing, config.roi.margin_mm)
     # what the fine pass will tile: the whole-volume tiles covering the grown box
     return plan_sliding_window(volume.shape, model.patch_size, config.step, grown).region, tiles
 
 
-def _remove_quietly(paths: Sequence[Path]) -> None:
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+def prepare_case(
+    scan: Path, model: LoadedModel, config: RunConfig, timer: StageTimer, notes: list[str]
+) -> tuple[np.ndarray, GridRecord, BudgetPlan]:
+    """Read ``scan``, plan its memory and bring it onto the network's grid.
 
+    Returns the normalised float32 volume, the record that restores a mask onto the scan's grid,
+    and the memory plan. A scan that looks like a label mask adds a note and goes on.
 
-def run_case(
-    scan: Path, model: LoadedModel, config: RunConfig, thermal_guard: ThermalGuard
-) -> CaseReport:
-    """Segment and classify one scan, write its outputs; raise EdgepancError on bad input."""
-    from edgepanc.preprocessing import normalize_ct, resample_for_network, restore_label
-
-    name = mask_name_for(scan)
-    mask_path = config.out_dir / name
-    if mask_path.exists() and not config.overwrite:
-        raise InputError(mask_path, "mask already exists; pass --overwrite to replace it")
-    if mask_path.resolve() == scan.resolve():
-        raise InputError(scan, "the mask would overwrite its own input; choose another --out")
-    timer = StageTimer()
-    notes: list[str] = []
-    if not thermal_guard.enabled:
-        notes.append("no temperature sensor found: thermal protection is off")
-
+    Example: ``volume, grid, plan = prepare_case(scan, model, config, StageTimer(), [])``.
+    """
     with timer("read"):
-        image = read_image(scan)
+        image = read_image(scan, max_bytes=config.memory_budget)
     if looks_like_label(image):
         note = f"{scan}: looks like a label mask (only integer values 0..2), not a CT; continuing"
         log.warning(note)
         notes.append(note)
-    spacing = tuple(float(s) for s in model.plan.target_spacing)
     memory_plan = plan_case_memory(
-        image, estimate_preprocessed_shape(image, spacing), model, config, scan
+        image, estimate_preprocessed_shape(image, model.target_spacing), model, config, scan
     )
     with timer("preprocess"):
         resampled, grid = resample_for_network(image, model.plan)
@@ -315,14 +234,29 @@ def run_case(
         del image
         volume = normalize_ct(sitk.GetArrayViewFromImage(resampled), model.plan)
         del resampled
+    return volume, grid, memory_plan
 
-    policy = BatchPolicy(memory_plan.tile_batch)
-    backoff = ThermalBackoff(thermal_guard, policy)
+
+def segment_case(
+    volume: np.ndarray,
+    model: LoadedModel,
+    config: RunConfig,
+    backoff: ThermalBackoff,
+    timer: StageTimer,
+    notes: list[str],
+) -> tuple[SlidingWindowResult, dict[str, Any]]:
+    """The coarse pass (when the ROI mode asks for it), then the fine pass over its box.
+
+    Returns the fine pass's result (with its soft maps) and the case JSON's ``roi`` record.
+    ``backoff`` runs between tile batches and holds the batch policy both passes follow.
+
+    Example: ``result, roi = segment_case(volume, model, config, backoff, StageTimer(), [])``.
+    """
     box: Box | None = None
     roi: dict[str, Any] = {"mode": config.roi.mode, "used": False, "box": None, "coarse_tiles": 0}
     if should_use_roi(volume.shape, model.patch_size, config.roi):
         with timer("coarse"):
-            box, coarse_tiles = coarse_roi(volume, model, config, policy, backoff)
+            box, coarse_tiles = coarse_roi(volume, model, config, backoff.policy, backoff)
         roi.update(used=box is not None, coarse_tiles=coarse_tiles, box=box_to_list(box))
         if box is None:
             roi["fallback"] = "coarse pass found no pancreas: tiled the whole volume"
@@ -335,45 +269,90 @@ def run_case(
             model.predictor,
             model.patch_size,
             step_fraction=config.step,
-            tile_batch=policy,
+            tile_batch=backoff.policy,
             between_batches=backoff,
             region=box,
             progress=config.progress,
             keep_probabilities=True,
         )
+    return result, roi
+
+
+@dataclass(frozen=True)
+class MaskVolumes:
+    """Volumes (ml) of the mask as written on the input grid; the lesion lies in the pancreas.
+
+    Example: ``MaskVolumes(pancreas_ml=72.5, lesion_ml=3.1)``.
+    """
+
+    pancreas_ml: float
+    lesion_ml: float
+
+
+def write_case_outputs(
+    finished: FinishedPrediction,
+    grid: GridRecord,
+    mask_path: Path,
+    timer: StageTimer,
+    written: list[Path],
+) -> MaskVolumes:
+    """Restore ``finished`` onto the scan's grid, write the mask, and measure it there.
+
+    ``written`` gets the mask's path once it is written (see :func:`all_or_none`).
+
+    Example: ``write_case_outputs(finished, grid, Path("out/ct.nii.gz"), timer, written)`` ->
+    ``MaskVolumes(pancreas_ml=72.5, lesion_ml=3.1)``.
+    """
+    with timer("restore"):
+        restored = restore_label(finished.labels, grid, finished.region_probabilities)
+    view = sitk.GetArrayViewFromImage(restored)
+    ml = voxel_volume_ml(tuple(reversed(restored.GetSpacing())))
+    volumes = MaskVolumes(
+        pancreas_ml=round(float(np.count_nonzero(view)) * ml, 3),
+        lesion_ml=round(float(np.count_nonzero(view == 2)) * ml, 3),
+    )
+    del view
+    with timer("write"):
+        write_label(restored, mask_path)
+    written.append(mask_path)
+    return volumes
+
+
+def run_case(
+    scan: Path, model: LoadedModel, config: RunConfig, thermal_guard: ThermalGuard
+) -> CaseReport:
+    """Segment and classify one scan, write its outputs; raise EdgepancError on bad input.
+
+    Example: ``run_case(Path("ct_0000.nii.gz"), load_model(bundle), RunConfig(Path("out")),
+    ThermalGuard.discover()).subtype`` -> ``1``.
+    """
+    outputs = CaseOutputs.for_scan(scan, config.out_dir, config.overwrite)
+    timer = StageTimer()
+    notes = [] if thermal_guard.enabled else [NO_SENSOR_NOTE]
+    volume, grid, memory_plan = prepare_case(scan, model, config, timer, notes)
+    backoff = ThermalBackoff(thermal_guard, BatchPolicy(memory_plan.tile_batch))
+    result, roi = segment_case(volume, model, config, backoff, timer, notes)
     with timer("postprocess"):
-        labels = postprocess_labels(result.labels, spacing, config.postprocess)
-        assert result.probabilities is not None
-        soft_regions = mask_region_probabilities(result.probabilities, labels)
-        probabilities = classify_from_tiles(result, labels, soft_regions)
+        finished = finish_prediction(result, model.target_spacing, config.postprocess)
     tile_count = len(result.tiles)
-    del result
-    preview_path = config.out_dir / f"{name[: -len(MASK_SUFFIX)]}_preview.png"
-    written: list[Path] = []
-    try:
+    del result  # the raw labels and soft maps: the restore phase is planned without them
+    with all_or_none() as written:
         if config.preview:
             with timer("preview"):
-                save_preview(volume, labels, spacing, preview_path, title=name)
-            written.append(preview_path)
-        del volume
-        with timer("restore"):
-            restored = restore_label(labels, grid, soft_regions)
-        del labels, soft_regions
-        restored_view = sitk.GetArrayViewFromImage(restored)
-        ml = voxel_volume_ml(tuple(reversed(restored.GetSpacing())))
-        pancreas_ml = float(np.count_nonzero(restored_view)) * ml
-        lesion_ml = float(np.count_nonzero(restored_view == 2)) * ml
-        with timer("write"):
-            write_label(restored, mask_path)
-            written.append(mask_path)
+                save_preview(
+                    volume, finished.labels, model.target_spacing, outputs.preview, outputs.name
+                )
+            written.append(outputs.preview)
+        del volume  # nor with the normalised volume
+        volumes = write_case_outputs(finished, grid, outputs.mask, timer, written)
         report = CaseReport(
-            name=name,
+            name=outputs.name,
             input=str(scan),
-            mask=str(mask_path),
-            subtype=int(np.argmax(probabilities)),
-            probabilities=[round(float(p), 6) for p in probabilities],
-            pancreas_volume_ml=round(pancreas_ml, 3),
-            lesion_volume_ml=round(lesion_ml, 3),
+            mask=str(outputs.mask),
+            subtype=finished.subtype,
+            probabilities=[round(float(p), 6) for p in finished.subtype_probabilities],
+            pancreas_volume_ml=volumes.pancreas_ml,
+            lesion_volume_ml=volumes.lesion_ml,
             timings_s={k: round(v, 4) for k, v in timer.seconds.items()},
             peak_memory_bytes=peak_rss(),
             backend=str(model.predictor.name),
@@ -387,18 +366,17 @@ def run_case(
             memory_plan=memory_plan.to_dict(),
             notes=notes,
         )
-        write_case_json(config.out_dir, report)
-        written.append(case_json_path(config.out_dir, name))
-    except BaseException:
-        _remove_quietly(written)
-        raise
+        written.append(write_case_json(config.out_dir, report))
     return report
 
 
 def run_cases(
     scans: Sequence[Path], model: LoadedModel, config: RunConfig, thermal_guard: ThermalGuard
 ) -> RunOutcome:
-    """Run every scan; a case that fails is recorded and the others go on."""
+    """Run every scan; a case that fails is recorded and the others go on.
+
+    Example: ``run_cases(discover_scans(folder), model, config, guard).failures`` -> ``[]``.
+    """
     outcome = RunOutcome([], [])
     for scan in tqdm(
         scans, desc="cases", unit="case", disable=not config.progress or len(scans) < 2
@@ -414,8 +392,3 @@ def run_cases(
             log.debug("case failed: %s", message)
             outcome.failures.append(CaseFailure(str(scan), message))
     return outcome
-
-
-def measure_baseline_rss() -> int:
-    """Process RSS now (after imports and model load): the floor of every case's peak."""
-    return current_rss()

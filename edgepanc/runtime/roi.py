@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-Box = tuple[slice, slice, slice]
+from edgepanc.inferers.tiling import Region, grow_box
+
+Box = Region
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,8 @@ class RoiConfig:
 
     mode: str = "auto"
     factor: int = 2
-    # What the coarse pass may miss of the organ's edge. Measured on three 512 x 512 x 200-300
-    # phantoms (runs/fullft2_q; phantoms before the fat plane, session 4): agreement with tiling the whole volume 0.974 / 0.986 / 0.988 at
-    # 15 mm, 0.991 / 0.999 / 0.992 at 25 mm, 0.995 / 1.000 / 0.997 at 35 mm, for 23x / 19x / 31x,
-    # 15x / 11x / 25x and 8x / 8x / 16x fewer tiles.
+    # What the coarse pass may miss of the organ's edge: 25 mm keeps agreement with whole-volume
+    # tiling at 0.99 or more with 11-25x fewer tiles (docs/measurements/coarse_to_fine.md).
     margin_mm: float = 25.0
     coarse_step: float = 1.0  # no overlap: the coarse pass only needs to find the organ
     auto_min_patches: float = 8.0
@@ -63,14 +63,6 @@ def downsample(volume: np.ndarray, factor: int) -> np.ndarray:
     return ndimage.zoom(volume, zoom, order=1, output=np.float32, prefilter=False, mode="nearest")
 
 
-def bounding_box(mask: np.ndarray) -> Box | None:
-    """The tightest box holding every True voxel, or None when the mask is empty."""
-    if not mask.any():
-        return None
-    slices = ndimage.find_objects(mask.astype(np.uint8))[0]
-    return tuple(slices)  # type: ignore[return-value]
-
-
 def scale_box(box: Box, from_shape: Sequence[int], to_shape: Sequence[int]) -> Box:
     """Map a box on a coarse grid onto a finer grid covering the same extent (rounded outward)."""
     out = []
@@ -93,14 +85,6 @@ def expand_box(
     """
     margins = [math.ceil(margin_mm / spacing) for spacing in spacing_zyx]
     return grow_box(box, shape, margins)
-
-
-def grow_box(box: Box, shape: Sequence[int], margins: Sequence[int]) -> Box:
-    """``box`` grown by ``margins`` voxels per side (per axis), clipped to ``shape``."""
-    out = []
-    for sl, n, margin in zip(box, shape, margins, strict=True):
-        out.append(slice(max(0, sl.start - margin), min(n, sl.stop + margin)))
-    return tuple(out)  # type: ignore[return-value]
 
 
 def box_to_list(box: Box | None) -> list[list[int]] | None:

@@ -2,9 +2,10 @@
 
 Each whole validation volume (preprocessed once, kept in memory) goes through the runtime's
 sliding-window inference with a :class:`~edgepanc.backends.torch_backend.TorchPredictor` (fp32),
-the runtime's post-processing runs on the preprocessed grid, the subtype comes from
-:func:`~edgepanc.inferers.sliding_window.classify_from_tiles` weighted by the lesion it kept, and the label map is mapped back onto
-the ORIGINAL image grid with ``restore_label`` (interpolating the network's soft maps, as the
+then through the runtime's own finishing step on the preprocessed grid
+(:func:`~edgepanc.postprocessing.finish_prediction`: post-processing, the soft maps under the kept
+masks, the subtype weighted by the lesion it kept), and the label map is mapped back onto the
+ORIGINAL image grid with ``restore_label`` (interpolating the network's soft maps, as the
 runtime does) and compared there with the original reference mask through :mod:`edgepanc.metrics`.
 Mapping back costs a resample of the labels' box per case (milliseconds at quiz size) and makes
 the numbers the ones ``evaluate`` reports.
@@ -20,7 +21,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from edgepanc.inferers.probabilities import RegionProbabilities
+from edgepanc.backends.base import Predictor
+from edgepanc.inferers.sliding_window import sliding_window_inference
+from edgepanc.postprocessing import DEFAULT_POSTPROCESS, FinishedPrediction, finish_prediction
 from edgepanc.training.dataset import PreparedCase
 
 
@@ -36,16 +39,6 @@ class CaseResult:
     probabilities: list[float]
 
 
-@dataclass(frozen=True)
-class CasePrediction:
-    """What the runtime would make of one preprocessed volume: post-processed ``labels`` on the
-    preprocessed grid, the soft maps it restores them with, and the subtype probabilities."""
-
-    labels: np.ndarray
-    region_probabilities: RegionProbabilities | None
-    subtype_probabilities: np.ndarray
-
-
 # Tiles per forward pass in validation: with two or more, PyTorch's CPU convolutions take the
 # oneDNN path (a batch of one sends small 3D convolutions to a far slower fallback).
 VALIDATION_TILE_BATCH = 2
@@ -58,8 +51,11 @@ def predict_case(
     device: str,
     step_fraction: float = 0.5,
     postprocess: bool = True,
-) -> CasePrediction:
-    """:func:`predict_with` through an fp32 PyTorch predictor of ``model``."""
+) -> FinishedPrediction:
+    """:func:`predict_with` through an fp32 PyTorch predictor of ``model``.
+
+    Example: ``predict_case(model, case, (64, 96, 96), "cpu").labels.shape == case.image.shape``.
+    """
     from edgepanc.backends.torch_backend import TorchPredictor
 
     predictor = TorchPredictor(model, device=device, precision="fp32")
@@ -67,22 +63,18 @@ def predict_case(
 
 
 def predict_with(
-    predictor: Any,
+    predictor: Predictor,
     image: np.ndarray,
     spacing: Sequence[float],
     patch_size: Sequence[int],
     step_fraction: float = 0.5,
     postprocess: bool = True,
-) -> CasePrediction:
-    """The runtime's tiling, stitching and post-processing for one preprocessed volume, through
-    any backend."""
-    from edgepanc.inferers.sliding_window import classify_from_tiles, sliding_window_inference
-    from edgepanc.runtime.postprocess import (
-        PostprocessConfig,
-        mask_region_probabilities,
-        postprocess_labels,
-    )
+) -> FinishedPrediction:
+    """The runtime's tiling, stitching and finishing step for one preprocessed volume, through
+    any backend (``postprocess`` False keeps the network's raw labels).
 
+    Example: ``predict_with(predictor, case.image, case.spacing, (64, 96, 96)).subtype`` -> ``0``.
+    """
     result = sliding_window_inference(
         image,
         predictor,
@@ -91,19 +83,10 @@ def predict_with(
         tile_batch=VALIDATION_TILE_BATCH,
         keep_probabilities=True,
     )
-    labels = result.labels
-    if postprocess:
-        labels = postprocess_labels(labels, spacing, PostprocessConfig())
-    assert result.probabilities is not None
-    kept = mask_region_probabilities(result.probabilities, labels)
-    return CasePrediction(
-        labels=labels,
-        region_probabilities=kept,
-        subtype_probabilities=classify_from_tiles(result, labels, kept),
-    )
+    return finish_prediction(result, spacing, DEFAULT_POSTPROCESS if postprocess else None)
 
 
-def score_case(case: PreparedCase, prediction: CasePrediction) -> CaseResult:
+def score_case(case: PreparedCase, prediction: FinishedPrediction) -> CaseResult:
     """Compare with the reference on the original grid (the preprocessed one if none is known)."""
     from edgepanc.metrics import segmentation_metrics
 
@@ -123,7 +106,7 @@ def score_case(case: PreparedCase, prediction: CasePrediction) -> CaseResult:
         whole_dsc=float(seg["whole_dsc"]),
         lesion_dsc=float(seg["lesion_dsc"]),
         subtype=case.subtype,
-        predicted_subtype=int(np.argmax(probabilities)),
+        predicted_subtype=prediction.subtype,
         probabilities=[float(p) for p in probabilities],
     )
 

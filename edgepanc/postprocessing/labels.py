@@ -26,10 +26,9 @@ import numpy as np
 from scipy import ndimage
 
 from edgepanc.inferers.probabilities import RegionProbabilities
-from edgepanc.runtime.roi import bounding_box, grow_box
-
-PANCREAS = 1
-LESION = 2
+from edgepanc.inferers.tiling import bounding_box, grow_box
+from edgepanc.networks.config import LESION_LABEL as LESION
+from edgepanc.networks.config import PANCREAS_LABEL as PANCREAS
 
 # 26-connectivity: diagonal neighbours belong together, as in the reference annotations
 _FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
@@ -46,25 +45,19 @@ class PostprocessConfig:
 
     largest_component: bool = True
     lesion_in_pancreas: bool = True
-    # A quarter of the largest: false organ components of whole-CT predictions ran to 12-21% of
-    # it. Whole-pancreas DSC at 0.1 -> 0.25 (chosen on these validation splits): 0.737 -> 0.816 on
-    # 3 whole-CT phantoms (runs/fullft), 0.7824 -> 0.7845 on 12 quiz phantoms (runs/cand3);
-    # 0.5 cost the quiz cases 0.005.
+    # A quarter of the largest drops the false organ components of whole-CT predictions without
+    # costing the quiz-size cases (docs/measurements/coarse_to_fine.md).
     min_fraction: float = 0.25
     min_volume_ml: float = 1.0
-    # A split gland's halves lie close together; an organ-sized false positive lies elsewhere.
-    # recipe7's INT8 bundle, whole-volume tiling (docs/measurements/component_gap.md): true
-    # splits 3.3 and 8.3 mm apart, false components of >= a quarter of the gland 17.9-82 mm away.
-    # At 15 mm whole DSC: bench full-size phantom 0.696 -> 0.904, 3 whole-CT phantoms 0.710 ->
-    # 0.789, 48 fresh quiz phantoms 0.8715 -> 0.8764, the 12 validation phantoms unchanged
-    # (keeping only the largest component would cost those 0.022).
+    # A split gland's halves lie a few mm apart, organ-sized false positives 18 mm or more away
+    # (docs/measurements/component_gap.md).
     max_gap_mm: float | None = 15.0
-    # Lesion components under a quarter of the largest lesion become pancreas (0 keeps them all).
-    # recipe7's bundle, lesion DSC / macro F1: 12 validation phantoms 0.4027 / 0.500 -> 0.4087 /
-    # 0.500; 48 fresh phantoms 0.3868 / 0.568 -> 0.3977 / 0.570 (0.1: 0.4048 / 0.500 and
-    # 0.3928 / 0.589; an absolute floor of 0.05-0.5 ml: -0.012 to +0.002 lesion DSC). Whole DSC
-    # cannot change: the voxels stay in the gland.
+    # Lesion specks under a quarter of the largest lesion are gland, not a second lesion: making
+    # them pancreas raised lesion DSC without moving whole DSC (docs/measurements/cpu_recipe.md).
     lesion_min_fraction: float = 0.25
+
+
+DEFAULT_POSTPROCESS = PostprocessConfig()
 
 
 def voxel_volume_ml(spacing_zyx: Sequence[float]) -> float:
@@ -163,8 +156,12 @@ def postprocess_labels(
     """Apply the steps ``config`` switches on; the input array is never modified.
 
     The steps run on the labels' bounding box (grown by one voxel) only: everything outside it
-    is background and stays so, and on a whole CT the box is a small part of the grid (on a
-    512 x 512 x 399 phantom the whole-grid connected-components pass cost 2.3 s and 240 MiB).
+    is background and stays so, and on a whole CT the box is a small part of the grid, where a
+    whole-grid connected-components pass set the run's memory peak
+    (docs/measurements/full_phantom_memory.md).
+
+    Example: ``postprocess_labels(labels, (2.0, 1.2, 1.2), PostprocessConfig())`` -> the labels
+    with false organ components and stray lesions removed.
     """
     out = np.zeros_like(labels)
     box = _grown_bounding_box(labels > 0)

@@ -1,0 +1,76 @@
+"""The model ``edgepanc run`` runs with: a bundle's predictor plus what the pipeline plans with.
+
+:func:`load_model` reads the bundle, picks its backend (:func:`edgepanc.backends.select_predictor`),
+and records the preprocessing plan, the network's activation footprint and the process's
+resident memory once all of it is loaded. On a bundle whose chosen artifact runs in ONNX Runtime
+nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgepanc.backends.base import Predictor
+from edgepanc.backends.selection import select_predictor
+from edgepanc.bundle import load_bundle
+from edgepanc.memory import current_rss
+from edgepanc.preprocessing.plan import PreprocessingPlan
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A predictor with what the pipeline needs to know about the network behind it.
+
+    ``baseline_rss`` is the process's resident memory once imports and the model are loaded: the
+    floor of every case's peak, which the memory budget plans on top of.
+
+    Example: ``LoadedModel(predictor, plan, 64.0, current_rss()).patch_size`` -> ``(64, 96, 96)``.
+    """
+
+    predictor: Predictor
+    plan: PreprocessingPlan
+    activation_bytes_per_voxel: float
+    baseline_rss: int
+    artifact: str | None = None
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        """The network's input patch (z, y, x) in voxels."""
+        return tuple(int(p) for p in self.plan.patch_size)  # type: ignore[return-value]
+
+    @property
+    def target_spacing(self) -> tuple[float, float, float]:
+        """The spacing (z, y, x, mm) the network sees its input at."""
+        return tuple(float(s) for s in self.plan.target_spacing)  # type: ignore[return-value]
+
+
+def load_model(
+    bundle_path: Path, backend: str = "auto", device: str = "auto", precision: str = "auto"
+) -> LoadedModel:
+    """Load the bundle at ``bundle_path`` and a predictor for it on this machine.
+
+    A bundle written before the activation footprint was stored gets it measured here, which
+    imports torch.
+
+    Example: ``load_model(Path("bundles/pancreas"), backend="onnxruntime").predictor.name`` ->
+    ``"onnxruntime"``.
+    """
+    bundle = load_bundle(bundle_path)
+    plan = PreprocessingPlan.from_dict(bundle.preprocessing)
+    activation = bundle.activation_bytes_per_voxel
+    if activation is None:
+        from edgepanc.networks.activation import network_activation_bytes_per_voxel
+
+        activation = network_activation_bytes_per_voxel(bundle.network, plan.patch_size)
+    predictor = select_predictor(bundle, backend=backend, device=device, precision=precision)
+    return LoadedModel(
+        predictor=predictor,
+        plan=plan,
+        activation_bytes_per_voxel=activation,
+        baseline_rss=current_rss(),
+        artifact=getattr(predictor, "artifact", None),
+    )
+
+
+__all__ = ["LoadedModel", "load_model"]
