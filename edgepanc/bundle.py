@@ -121,7 +121,7 @@ class ModelBundle:
         if name is None or name not in self.artifacts:
             known = ", ".join(sorted(self.artifacts)) or "none"
             raise BundleError(self.path, f"no artifact named {name!r} (artifacts: {known})")
-        return self.path / self.artifacts[name]["file"]
+        return _inside(self.path, self.artifacts[name]["file"], f"artifacts.{name}.file")
 
     def add_artifact(
         self,
@@ -201,6 +201,7 @@ def bundle_from_dict(folder: str | Path, data: Any) -> ModelBundle:
     for name, info in mappings["artifacts"].items():
         if not isinstance(info, dict) or not isinstance(info.get("file"), str):
             raise fail(f"artifacts.{name}: needs a 'file' entry")
+        _inside(Path(folder), info["file"], f"artifacts.{name}.file")
     default_artifact = data.get("default_artifact")
     if default_artifact is not None and default_artifact not in mappings["artifacts"]:
         raise fail(f"default_artifact {default_artifact!r} is not among the artifacts")
@@ -371,25 +372,46 @@ def _check_files(bundle: ModelBundle) -> None:
     if not bundle.weights_path.is_file():
         raise BundleError(bundle.weights_path, "weights file is missing from the bundle")
     for name, info in bundle.artifacts.items():
-        artifact = bundle.path / info["file"]
+        artifact = _inside(bundle.path, info["file"], f"artifacts.{name}.file")
         if not artifact.is_file():
             raise BundleError(artifact, f"file of artifact {name!r} is missing from the bundle")
+
+
+def _inside(root: Path, relative: str, field: str) -> Path:
+    """``root / relative`` if that stays inside the bundle, else BundleError naming model.json.
+
+    A bundle is shared as a folder, so no path in its model.json may reach outside it: absolute
+    paths, ``..`` and links resolving outside the folder are refused.
+    """
+    metadata_path = Path(root) / METADATA_FILE
+    candidate = Path(relative)
+    if candidate.is_absolute():
+        raise BundleError(
+            metadata_path, f"{field} {relative!r} is an absolute path, not inside the bundle"
+        )
+    if not candidate.parts or ".." in candidate.parts:
+        raise BundleError(metadata_path, f"{field} {relative!r} is not inside the bundle")
+    path = Path(root) / candidate
+    if path.exists() and not path.resolve().is_relative_to(Path(root).resolve()):
+        raise BundleError(
+            metadata_path, f"{field} {relative!r} leads outside the bundle through a link"
+        )
+    return path
 
 
 def _read_state_dict(path: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
     import torch
 
+    from edgepanc.io.plain_torch import load_plain_torch
+
     if not path.is_file():
         raise BundleError(path, "weights file is missing from the bundle")
-    try:
-        # weights_only: a bundle from elsewhere must not be able to run code on load.
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise BundleError(
-            path, f"cannot read weights: {type(exc).__name__}: {exc}".splitlines()[0]
-        ) from None
-    if not isinstance(state, dict):
-        raise BundleError(path, "weights file does not hold a state dict")
+    # Never unpickled: a bundle from elsewhere must not be able to run code on load.
+    state = load_plain_torch(
+        path, "cannot read weights: not a plain state dict", BundleError, map_location
+    )
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BundleError(path, "not a plain state dict (names to tensors)")
     return state
 
 

@@ -161,7 +161,7 @@ def test_training_with_head_refit_logs_a_validated_refit_row(tmp_path: Path) -> 
     assert refit["whole_dsc"] == pytest.approx(records[1]["whole_dsc"])
     assert refit["lesion_dsc"] == pytest.approx(records[1]["lesion_dsc"])
     assert refit["refit_loss_after"] < refit["refit_loss_before"]
-    checkpoint = torch.load(run / "last.pt", weights_only=False)
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
     assert checkpoint["state"]["head_refitted"] is True
     assert "phase" in (run / "metrics.csv").read_text().splitlines()[0]
     # Resuming a finished run trains nothing and refits nothing again.

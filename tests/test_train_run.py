@@ -139,7 +139,7 @@ def test_thermal_timeout_stops_cleanly_with_a_checkpoint(tiny_data: Path, tmp_pa
     run = tmp_path / "run"
     with pytest.raises(ThermalTimeout, match="--resume"):
         run_training(tiny_config(tiny_data, run, epochs=3, steps_per_epoch=2), guard=guard)
-    checkpoint = torch.load(run / "last.pt", weights_only=False)
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 1  # the last complete epoch
     assert len(read_records(run)) == 1
 

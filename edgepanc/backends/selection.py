@@ -235,8 +235,7 @@ def _view(bundle: Any) -> _Bundle:
 
 def _torch_network(view: _Bundle, record: Mapping[str, Any]) -> Any:
     """The fp32 network: a torch artifact's own weights (e.g. pruned), else the bundle's."""
-    import torch
-
+    from edgepanc.io.plain_torch import load_plain_torch
     from edgepanc.networks import build_network
     from edgepanc.networks.config import UNetConfig
 
@@ -257,8 +256,9 @@ def _torch_network(view: _Bundle, record: Mapping[str, Any]) -> Any:
     if not weights.is_file():
         raise BundleError(weights, "weights file not found")
     model = build_network(config)
+    state = load_plain_torch(weights, "not a plain state dict", BundleError)  # never unpickled
     try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.load_state_dict(state)
     except (RuntimeError, OSError, ValueError) as exc:
         raise BundleError(weights, f"cannot load the weights: {str(exc).splitlines()[0]}") from exc
     return model.eval()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from edgepanc.commands.params import FiniteFloat
 from edgepanc.errors import InputError
 from edgepanc.training.config import HEAD_STATISTICS_MODES, LESION_DICE_MODES
 
@@ -92,21 +93,21 @@ def _parse_fold(text: str | None) -> int | None | str:
 @click.option("--batch-size", type=click.IntRange(1, 512), default=2, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 100000), default=50, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(1, 1000000), default=50, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=3e-3, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(0, 1), default=3e-5, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, 1, min_open=True), default=3e-3, show_default=True)
+@click.option("--weight-decay", type=FiniteFloat(0, 1), default=3e-5, show_default=True)
 @click.option("--warmup-epochs", type=click.IntRange(0, 100000), default=2, show_default=True)
-@click.option("--seg-weight", type=click.FloatRange(0, 100), default=1.0, show_default=True)
-@click.option("--cls-weight", type=click.FloatRange(0, 100), default=0.5, show_default=True)
+@click.option("--seg-weight", type=FiniteFloat(0, 100), default=1.0, show_default=True)
+@click.option("--cls-weight", type=FiniteFloat(0, 100), default=0.5, show_default=True)
 @click.option(
     "--teacher-forcing",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.5,
     show_default=True,
     help="Share of patches whose subtype head pools under the reference lesion mask.",
 )
 @click.option(
     "--teacher-forcing-end",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=None,
     help="Move that share linearly to this value by the last step (default: constant).",
 )
@@ -136,14 +137,14 @@ def _parse_fold(text: str | None) -> int | None | str:
 )
 @click.option(
     "--lesion-fraction",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.6,
     show_default=True,
     help="Share of patches centred on a lesion voxel.",
 )
 @click.option(
     "--pancreas-fraction",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloat(0, 1),
     default=0.25,
     show_default=True,
     help="Share centred on a pancreas voxel.",
@@ -188,11 +189,11 @@ def _parse_fold(text: str | None) -> int | None | str:
     show_default=True,
     help="Validations without improvement before stopping (0: never).",
 )
-@click.option("--cpu-max-temp", type=click.FloatRange(20, 120), default=68.0, show_default=True)
-@click.option("--gpu-max-temp", type=click.FloatRange(20, 120), default=72.0, show_default=True)
+@click.option("--cpu-max-temp", type=FiniteFloat(20, 120), default=68.0, show_default=True)
+@click.option("--gpu-max-temp", type=FiniteFloat(20, 120), default=72.0, show_default=True)
 @click.option(
     "--thermal-timeout",
-    type=click.FloatRange(1, 86400),
+    type=FiniteFloat(1, 86400),
     default=1800.0,
     show_default=True,
     help="Seconds a thermal pause may last before training stops with a checkpoint.",
@@ -215,7 +216,13 @@ def _parse_fold(text: str | None) -> int | None | str:
     "sampler sets the pace; on a 2-core CPU leave 0. Part of the experiment: other batches.",
 )
 def train(**options: object) -> None:
-    """Train the multi-task UNet on DATA; write a model bundle, metrics, logs and curves to OUT."""
+    """Train the multi-task UNet on DATA; write a model bundle, metrics, logs and curves to OUT.
+
+    DATA is checked first (every image header, every label in full): a problem stops with one
+    line naming the file, and a labelled case whose label is all background (no pancreas, no
+    lesion) is trained on with a warning naming that file. Nothing is written to OUT until every
+    check has passed; a run that fails before its first checkpoint leaves OUT as it was.
+    """
     from edgepanc.training.config import TrainConfig
     from edgepanc.training.runner import run_training
 

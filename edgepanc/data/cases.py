@@ -12,7 +12,10 @@ nnU-Net raw layout::
     dataset.json          optional; keys used: "file_ending" (default ".nii.gz"),
                           "numTraining" (checked if present), "validation" (list of case ids:
                           these labelled cases get split "validation", all others "train"),
-                          "subtype_csv" (path of the subtype table, relative to the root)
+                          "subtype_csv" (path of the subtype table, relative to the root);
+                          each field's type is checked (:class:`DatasetJson`), and every path
+                          the file names (also in MSD "training"/"test" lists) must stay inside
+                          the root: no absolute path, no "..", no link leading out
     imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz, imagesTs/CASE_0000.nii.gz
     *.csv                 the subtype table, header "Names,Subtype"; found through
                           "subtype_csv" or as the only CSV in the root. Names may be written
@@ -28,7 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,25 +200,136 @@ def _unlabelled_cases(folder: Path, endings: tuple[str, ...]) -> list[Case]:
 # --- nnU-Net raw layout --------------------------------------------------------------------------
 
 
-def _read_dataset_json(root: Path) -> dict[str, Any]:
-    path = root / "dataset.json"
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(path, f"not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise DatasetError(path, "must hold a JSON object")
-    return meta
+@dataclass(frozen=True)
+class DatasetJson:
+    """The fields of an nnU-Net ``dataset.json`` that edgepanc uses, each type-checked.
 
+    Every path it names is relative to the data folder and stays inside it (no absolute path, no
+    ``..``, no link leading out), so a shared data set cannot make ``train`` read other files.
 
-def _find_subtype_csv(root: Path, meta: dict[str, Any]) -> Path | None:
-    if "subtype_csv" in meta:
-        path = root / str(meta["subtype_csv"])
+    Example::
+
+        >>> DatasetJson.from_dict(Path("data"), {"numTraining": 2}).num_training
+        2
+    """
+
+    root: Path
+    file_ending: str = ".nii.gz"
+    num_training: int | None = None
+    validation: tuple[str, ...] = ()
+    subtype_csv: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.root / "dataset.json"
+
+    @classmethod
+    def read(cls, root: Path) -> DatasetJson:
+        """Parse ``root/dataset.json`` (defaults when there is none); DatasetError naming it."""
+        path = root / "dataset.json"
         if not path.is_file():
-            raise DatasetError(root / "dataset.json", f"subtype_csv names a missing file: {path}")
-        return path
+            return cls(root)
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DatasetError(path, f"not valid JSON ({exc})") from None
+        return cls.from_dict(root, meta)
+
+    @classmethod
+    def from_dict(cls, root: Path, meta: Any) -> DatasetJson:
+        """Check the parsed content field by field; the first wrong one raises DatasetError."""
+        path = root / "dataset.json"
+
+        def fail(problem: str) -> DatasetError:
+            return DatasetError(path, problem)
+
+        if not isinstance(meta, dict):
+            raise fail("must hold a JSON object")
+        ending = meta.get("file_ending", ".nii.gz")
+        if not isinstance(ending, str) or not _FILE_ENDING.fullmatch(ending):
+            raise fail(f"file_ending must be a file name ending such as '.nii.gz', got {ending!r}")
+        count = meta.get("numTraining")
+        if count is not None and (not _is_int(count) or count < 0):
+            raise fail(f"numTraining must be a non-negative whole number, got {count!r}")
+        validation = meta.get("validation", [])
+        if not isinstance(validation, list) or not all(isinstance(v, str) for v in validation):
+            raise fail(f"'validation' must be a list of case ids, got {validation!r}")
+        table = meta.get("subtype_csv")
+        if table is not None and (not isinstance(table, str) or not table):
+            raise fail(
+                f"subtype_csv must be a file name relative to the data folder, got {table!r}"
+            )
+        for field_name, keys in (("training", ("image", "label")), ("test", ("image",))):
+            for named in _listed_paths(meta, field_name, keys, fail):
+                inside_data_folder(root, named, field_name)
+        return cls(
+            root=root,
+            file_ending=ending,
+            num_training=count,
+            validation=tuple(validation),
+            subtype_csv=None if table is None else inside_data_folder(root, table, "subtype_csv"),
+        )
+
+
+_FILE_ENDING = re.compile(r"(\.[A-Za-z0-9]+)+")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _listed_paths(
+    meta: dict[str, Any], field_name: str, keys: tuple[str, ...], fail: Callable[[str], Exception]
+) -> list[str]:
+    """The paths of an MSD-style ``training``/``test`` list (strings or objects of strings).
+
+    edgepanc finds the files by their folders, not through these lists; they are checked so
+    that no path in the file can point outside the data folder.
+    """
+    entries = meta.get(field_name, [])
+    if not isinstance(entries, list):
+        raise fail(f"'{field_name}' must be a list, got {type(entries).__name__}")
+    paths = []
+    for entry in entries:
+        values = [entry] if isinstance(entry, str) else None
+        if isinstance(entry, dict):
+            values = [entry[key] for key in keys if key in entry]
+        if values is None or not all(isinstance(v, str) for v in values):
+            raise fail(f"'{field_name}' entries must be paths or objects of paths, got {entry!r}")
+        paths += values
+    return paths
+
+
+def inside_data_folder(root: Path, named: str, field_name: str) -> Path:
+    """``root / named`` if that stays inside ``root``; DatasetError naming dataset.json if not.
+
+    Example::
+
+        >>> inside_data_folder(Path("data"), "tables/subtypes.csv", "subtype_csv")
+        PosixPath('data/tables/subtypes.csv')
+    """
+    relative = Path(named)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise DatasetError(
+            root / "dataset.json",
+            f"{field_name} {named!r} is not inside the data folder "
+            "(paths are relative to it, without '..')",
+        )
+    path = root / relative
+    if path.exists() and not path.resolve().is_relative_to(root.resolve()):
+        raise DatasetError(
+            root / "dataset.json",
+            f"{field_name} {named!r} leads outside the data folder through a link",
+        )
+    return path
+
+
+def _find_subtype_csv(meta: DatasetJson) -> Path | None:
+    root = meta.root
+    if meta.subtype_csv is not None:
+        if not meta.subtype_csv.is_file():
+            raise DatasetError(meta.path, f"subtype_csv names a missing file: {meta.subtype_csv}")
+        return meta.subtype_csv
     found = sorted(root.glob("*.csv"))
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
@@ -273,8 +387,8 @@ def _channel0_images(folder: Path, ending: str) -> dict[str, Path]:
 
 
 def _discover_nnunet(root: Path) -> list[Case]:
-    meta = _read_dataset_json(root)
-    ending = str(meta.get("file_ending", ".nii.gz"))
+    meta = DatasetJson.read(root)
+    ending = meta.file_ending
     labels_dir = root / "labelsTr"
     masks = _volume_files(labels_dir, (ending,)) if labels_dir.is_dir() else {}
     pairs = _pair_images_and_masks(_channel0_images(root / "imagesTr", ending), masks, ending)
@@ -282,13 +396,13 @@ def _discover_nnunet(root: Path) -> list[Case]:
         s[: -len(CHANNEL_SUFFIX)]: p for s, p in _channel0_images(root / "imagesTs", ending).items()
     }
 
-    if "numTraining" in meta and int(meta["numTraining"]) != len(pairs):
+    if meta.num_training is not None and meta.num_training != len(pairs):
         raise DatasetError(
-            root / "dataset.json",
-            f"numTraining is {meta['numTraining']} but imagesTr/labelsTr hold {len(pairs)} cases",
+            meta.path,
+            f"numTraining is {meta.num_training} but imagesTr/labelsTr hold {len(pairs)} cases",
         )
-    validation = _validation_ids(root, meta, set(pairs), ending)
-    csv_path = _find_subtype_csv(root, meta)
+    validation = _validation_ids(meta, set(pairs))
+    csv_path = _find_subtype_csv(meta)
     subtypes = _read_subtype_csv(csv_path, set(pairs) | set(tests), ending) if csv_path else {}
     if csv_path:
         for case_id in pairs:
@@ -303,16 +417,13 @@ def _discover_nnunet(root: Path) -> list[Case]:
     return cases
 
 
-def _validation_ids(root: Path, meta: dict[str, Any], labelled: set[str], ending: str) -> set[str]:
-    names = meta.get("validation", [])
-    if not isinstance(names, list):
-        raise DatasetError(root / "dataset.json", "'validation' must be a list of case ids")
+def _validation_ids(meta: DatasetJson, labelled: set[str]) -> set[str]:
     ids = set()
-    for name in names:
-        case_id = _case_id_of_name(str(name), labelled, ending)
+    for name in meta.validation:
+        case_id = _case_id_of_name(name, labelled, meta.file_ending)
         if case_id not in labelled:
             raise DatasetError(
-                root / "dataset.json", f"'validation' lists {name}, which is not a labelled case"
+                meta.path, f"'validation' lists {name}, which is not a labelled case"
             )
         ids.add(case_id)
     return ids

@@ -2,7 +2,9 @@
 
 Images are checked from their headers (plus a cheap completeness check of the file), so the pass
 stays fast; masks are read in full because their values must be checked. The first problem found
-raises :class:`~edgepanc.errors.DatasetError` with one line naming the file. NaN voxels in images
+raises :class:`~edgepanc.errors.DatasetError` with one line naming the file; what is suspicious
+but usable (float labels rounded, a label that is all background) comes back as a warning naming
+the file in :attr:`DatasetReport.warnings`. NaN voxels in images
 are not looked for here (that needs the full read); :func:`edgepanc.io.volume.read_image` finds them.
 """
 
@@ -91,14 +93,22 @@ def verify_case(case: Case, check_geometry: bool = True) -> list[str]:
     if case.label is None:
         return []
     mask_img = _as_dataset_error(read_image, case.label)
-    _, warning = _as_dataset_error(
+    values, warning = _as_dataset_error(
         check_label_values, sitk.GetArrayViewFromImage(mask_img), case.label
     )
     if check_geometry:
         problem = geometry_mismatch(image, image_info(case.label, mask_img))
         if problem:
             raise DatasetError(case.label, problem)
-    return [warning] if warning else []
+    warnings = [warning] if warning else []
+    if not values.any():
+        # Allowed (a scan without the organ is a valid negative), but far more often a label
+        # saved empty or paired with the wrong scan, which would teach the network to miss it.
+        warnings.append(
+            f"{case.label}: label is all background (no pancreas, no lesion voxel); "
+            "the case is trained on as it is"
+        )
+    return warnings
 
 
 def _as_dataset_error(func: Callable[..., T], *args: Any) -> T:

@@ -9,10 +9,8 @@ seed, the epoch and the number of workers, so ``--resume`` replays them exactly;
 ``--workers`` is a different experiment. ``workers == 0`` draws in the training process from the
 sampler's stream for worker 0, as before this option existed.
 
-Measured on a lent H200 (scripts/gpu_workers_check.sh, one run each, second epoch): the ``cpu``
-preset, batch 2 of 32 x 64 x 64, 51 -> 40 ms per step with 6 workers; the ``default`` preset,
-batch 4 of 64 x 96 x 96, 236 -> 163 ms per step with 8 workers. On a 2-core CPU the network needs
-both cores: leave 0.
+Workers shorten a GPU step by about a quarter to a third (docs/measurements/gpu_recipe_sweep.md,
+``--workers``); on a 2-core CPU the network needs both cores: leave 0.
 """
 
 from __future__ import annotations

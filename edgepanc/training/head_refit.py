@@ -4,8 +4,8 @@ In training the head sees lesion-centred patches, under the reference mask for a
 ``edgepanc run`` shows it tiles of the runtime's sliding-window grid, under the segmentation's
 own mask, often with the lesion cut by the tile edge, and averages the tile logits weighted by
 the lesion each tile holds (:func:`~edgepanc.inferers.sliding_window.classify_from_tiles`).
-Through that path recipeG's head named the subtype of only 67 of its own 88 training cases
-(session 13), so the head does not learn what the runtime asks of it.
+Through that path a head trained on patches alone misnames a quarter of its own training cases
+(docs/measurements/cpu_recipe.md), so the head does not learn what the runtime asks of it.
 
 After the last epoch the network is frozen and run once over the training cases' runtime tiles
 that hold lesion (:func:`lesion_tiles`); the pooled features fc1 reads are kept
@@ -13,10 +13,9 @@ that hold lesion (:func:`lesion_tiles`); the pooled features fc1 reads are kept
 fc2) is trained on them, full batch, with the runtime's aggregation: per case the tile logits
 weighted by each tile's predicted lesion mass, class-balanced cross-entropy on the result.
 Gaussian noise on the features (a share of each feature's spread) and weight decay stand in for
-the variety 88 lesions lack. Refitting recipeG's head this way raised macro F1 on its 12
-validation phantoms from 0.444 to 0.628 and on 48 fresh ones from 0.567 to 0.728; the documented
-recipe's from 0.544 to 0.743 (validation). It lowered the fp32 recipeB's (augmented statistics,
-constant teacher forcing) from 0.505 to 0.410 (docs/measurements/cpu_recipe.md, session 13).
+the variety a few dozen lesions lack. The refit raises macro F1 for heads trained with clean
+statistics and teacher forcing ending at 0, and lowers it for the fp32 recipe with augmented
+statistics and constant teacher forcing (docs/measurements/cpu_recipe.md, the head refit table).
 """
 
 from __future__ import annotations
@@ -41,7 +40,13 @@ from edgepanc.training.dataset import PreparedCase
 
 @dataclass(frozen=True)
 class HeadRefitConfig:
-    """How the head is refitted (the values measured on recipeG's features, session 13)."""
+    """How the head is refitted (values chosen on measured features, docs/measurements/cpu_recipe.md).
+
+    Example::
+
+        >>> HeadRefitConfig(seed=3).steps
+        1000
+    """
 
     steps: int = 1000
     lr: float = 1e-3

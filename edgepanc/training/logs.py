@@ -55,7 +55,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def attach_file_log(run_dir: Path, logger: logging.Logger | None = None) -> logging.Handler:
-    """Send ``logger`` (the root logger by default) to ``run_dir/train.log`` as well."""
+    """Send ``logger`` (the root logger by default) to ``run_dir/train.log`` as well.
+
+    Example::
+
+        >>> handler = attach_file_log(Path("work/a"))
+    """
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
@@ -64,6 +69,63 @@ def attach_file_log(run_dir: Path, logger: logging.Logger | None = None) -> logg
     if target.level > logging.INFO or target.level == logging.NOTSET:
         target.setLevel(logging.INFO)
     return handler
+
+
+class _Holding(logging.Handler):
+    """Keeps the records it is given while ``active``, for a log file that does not exist yet."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.active = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.active:
+            self.records.append(record)
+
+
+class RunLog:
+    """``train.log`` for run folders that are created only once everything was checked.
+
+    Until :meth:`open` the records are held in memory, so a run refused before it starts writes
+    nothing; each file opened gets the held records first (every fold's log names the data set's
+    warnings), then the records until :meth:`close_file`.
+
+    Example::
+
+        >>> run_log = RunLog()
+        >>> run_log.open(Path("work/a"))  # train.log with everything logged so far
+        >>> run_log.close()
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger()
+        self.holding = _Holding()
+        self.file: logging.Handler | None = None
+        self.logger.addHandler(self.holding)
+        if self.logger.level > logging.INFO or self.logger.level == logging.NOTSET:
+            self.logger.setLevel(logging.INFO)
+
+    def open(self, run_dir: Path) -> None:
+        """Write ``run_dir/train.log``: the held records, then everything logged until closed."""
+        self.close_file()
+        self.file = attach_file_log(run_dir, self.logger)
+        for record in self.holding.records:
+            self.file.handle(record)
+        self.holding.active = False
+
+    def close_file(self) -> None:
+        """Stop writing the current file (records are held again until the next :meth:`open`)."""
+        if self.file is not None:
+            self.logger.removeHandler(self.file)
+            self.file.close()
+            self.file = None
+        self.holding.active = True
+
+    def close(self) -> None:
+        """Detach from the logger."""
+        self.close_file()
+        self.logger.removeHandler(self.holding)
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:

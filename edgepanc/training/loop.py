@@ -1,12 +1,9 @@
 """The training loop: :class:`Trainer` runs epochs, validates, checkpoints and logs.
 
 Precision: fp16 autocast with ``torch.amp.GradScaler("cuda")`` on CUDA; on CPU, fp32 by default.
-``--amp`` on CPU switches on bf16 autocast. Where the CPU has native bf16 it halves the step: on
-a 2-core Xeon with AVX512-BF16 and AMX the ``cpu`` preset's step (batch 2 of 32x64x64, two
-threads) took 251-263 ms in bf16 against 516-561 ms in fp32. Without it bf16 is far slower: on an
-AVX2-only EPYC one step (features 8-64, batch 2 of 32x48x48, one thread) took 22 s in bf16
-against 1.8 s in fp32 (torch 2.13 has no fast bf16 Conv3d kernel there), so fp32 stays the CPU
-default. Optimiser: AdamW with linear warm-up then cosine decay per step,
+``--amp`` on CPU switches on bf16 autocast, which halves the step on a CPU with native bf16 and is
+an order of magnitude slower on one without, hence fp32 as the CPU default (timings in
+docs/measurements/cpu_recipe.md). Optimiser: AdamW with linear warm-up then cosine decay per step,
 gradient norm clipped at ``config.grad_clip``. The best checkpoint is chosen by
 :func:`edgepanc.metrics.combined_score` of the validation metrics; ``patience`` validations
 without improvement stop the run early.
@@ -27,15 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from edgepanc.errors import InputError
 from edgepanc.thermal import ThermalGuard, ThermalTimeout
 from edgepanc.training.augmentation import AugmentationConfig
 from edgepanc.training.batches import epoch_batches
-from edgepanc.training.checkpoint import (
-    load_checkpoint,
-    restore_rng_states,
-    rng_states,
-    save_checkpoint,
-)
+from edgepanc.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
 from edgepanc.training.config import TrainConfig
 from edgepanc.training.dataset import PreparedCase
 from edgepanc.training.distributed import (
@@ -79,7 +72,7 @@ def resolve_device(requested: str, context: DistContext) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+            raise InputError("--device", "cuda asked for, but torch sees no CUDA device")
         torch.cuda.set_device(context.local_rank)
         return torch.device("cuda", context.local_rank)
     return torch.device("cpu")
@@ -130,8 +123,7 @@ class Trainer:
         self.context = context or DistContext()
         self.device = resolve_device(config.device, self.context)
         if config.threads is not None:
-            # On a shared or small CPU one thread per process avoids OpenMP oversubscription,
-            # which costs 4-8x per step when other processes keep the cores busy (measured).
+            # One thread per process avoids OpenMP oversubscription on a small or shared CPU.
             torch.set_num_threads(config.threads)
         self.amp_dtype = autocast_dtype(self.device, config.amp)
         self.plan = plan
@@ -141,11 +133,8 @@ class Trainer:
         self.val_cases = list(val_cases)
         seed_everything(config.seed)  # identical initial weights on every rank
         self.model = build_network(network_config).to(self.device)
-        # Channels-last on CPU: oneDNN's 3D convolutions skip a layout reorder per layer; one
-        # training step of the cpu preset (batch 2 of 32x64x64, 2 threads) took 0.57 s instead
-        # of 0.70 s here. Not measured on CUDA, so left as it is there; nor under DDP, where a
-        # two-process gloo run with channels-last parameters aborted at exit
-        # ("terminate called without an active exception").
+        # Channels-last on CPU spares oneDNN a layout reorder per 3D convolution (a faster
+        # step); not under DDP, where gloo aborted at exit with channels-last parameters.
         self.memory_format = (
             torch.channels_last_3d
             if self.device.type == "cpu" and not self.context.enabled
@@ -200,31 +189,29 @@ class Trainer:
         if self.context.is_main:
             save_checkpoint(self.last_path, self.checkpoint_state())
 
-    def start_from(self, bundle: Any) -> None:
-        """Initialise the weights from a trained bundle (``--init-from``).
+    def start_from(self, state: dict[str, torch.Tensor], source: Path) -> None:
+        """Initialise the weights from a trained bundle's (``--init-from``, read from ``source``).
 
         Heads that only one side has (deep supervision switched on or off) are left as they are.
         """
-        state = bundle.load_network().state_dict()
         result = self.model.load_state_dict(state, strict=False)
         log.info(
             "initialised from %s (%d tensors; new: %s; unused: %s)",
-            bundle.path,
+            source,
             len(state) - len(result.unexpected_keys),
             ", ".join(result.missing_keys) or "none",
             ", ".join(result.unexpected_keys) or "none",
         )
 
-    def load(self, path: Path) -> None:
-        """Continue from a checkpoint of the same experiment."""
-        checkpoint = load_checkpoint(path)
+    def load(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from a checkpoint of the same experiment (read by ``load_checkpoint``)."""
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = TrainState(**checkpoint["state"])
         restore_rng_states(checkpoint["rng"])
-        log.info("resumed from %s after epoch %d", path, self.state.epoch)
+        log.info("resumed from %s after epoch %d", self.last_path, self.state.epoch)
 
     # -- one step, one epoch -----------------------------------------------------------------
 
@@ -325,10 +312,10 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------------------
 
-    def fit(self, resume: bool = False) -> TrainState:
-        """Train to ``config.epochs`` (or early stop); returns the final state."""
-        if resume:
-            self.load(self.last_path)
+    def fit(self, checkpoint: dict[str, Any] | None = None) -> TrainState:
+        """Train to ``config.epochs`` (or early stop), after ``checkpoint`` if resuming."""
+        if checkpoint is not None:
+            self.load(checkpoint)
         elif self.state.epoch == 0:
             # A checkpoint before the first step, so even a thermal timeout in epoch 1 leaves one.
             self.save_last()

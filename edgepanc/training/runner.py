@@ -1,8 +1,11 @@
 """From a :class:`TrainConfig` to a finished run folder: data check, splits, plan, cache, loop.
 
-Run folder rules: a new or empty ``--out`` starts a run; a non-empty one is refused unless
-``--resume`` is given and it holds a run of the same experiment (same ``config.identity()``)
-with a ``last.pt``. Nothing is ever overwritten otherwise.
+Everything that can refuse a run is checked before anything is written to ``--out``: the data
+set, the run folder (:func:`~edgepanc.training.run_folder.check_run_dir`), the ``--init-from``
+weights, the checkpoint to resume, the plan, the cases, the device and the temperature sensor.
+Only then is the folder created (:func:`~edgepanc.training.run_folder.run_folder`, which removes
+what a run that fails before its first checkpoint created) and ``train.log`` opened with what was
+logged so far.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgepanc.errors import InputError
 from edgepanc.io.atomic import write_json_atomic
@@ -24,13 +29,36 @@ from edgepanc.training.distributed import (
     shutdown_distributed,
 )
 from edgepanc.training.kfold import stratified_folds, summarize_folds
-from edgepanc.training.logs import attach_file_log
+from edgepanc.training.logs import RunLog
+from edgepanc.training.run_folder import check_run_dir, run_folder
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgepanc.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
 
-def load_init_bundle(config: TrainConfig) -> Any:
-    """The bundle named by ``--init-from`` (None without it); it must hold trained weights."""
+@dataclass(frozen=True)
+class InitFrom:
+    """``--init-from``: the trained bundle (network, plan) and its weights, read up front."""
+
+    bundle: ModelBundle
+    weights: dict[str, torch.Tensor]
+
+
+def load_init_bundle(config: TrainConfig) -> InitFrom | None:
+    """The bundle named by ``--init-from`` with its weights (None without it).
+
+    The weights are read here, before the run folder exists, so a bundle whose weights cannot be
+    used refuses the run without leaving anything behind.
+
+    Example::
+
+        >>> load_init_bundle(config.replace(init_from="work/first")).bundle.network.features
+        (8, 16, 32)
+    """
     if config.init_from is None:
         return None
     from edgepanc.bundle import load_bundle
@@ -53,7 +81,7 @@ def load_init_bundle(config: TrainConfig) -> Any:
             f"--target-spacing {list(config.target_spacing)} differs from the bundle's "
             f"{list(bundle.plan.target_spacing)}; the weights were learned at the latter",
         )
-    return bundle
+    return InitFrom(bundle, bundle.load_network().state_dict())
 
 
 def network_config_for(config: TrainConfig, init: Any = None) -> Any:
@@ -75,46 +103,21 @@ def network_config_for(config: TrainConfig, init: Any = None) -> Any:
     return network
 
 
-def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
-    """Refuse a folder that is not empty, unless it is a resumable run of the same experiment."""
-    existing = run_dir.is_dir() and any(run_dir.iterdir())
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(run_dir, "--out exists and is not a folder")
-    if not config.resume:
-        if existing:
-            raise InputError(
-                run_dir,
-                "run folder exists and is not empty; pass --resume to continue it, "
-                "or choose a new --out (nothing is overwritten)",
-            )
-        return
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file() or not (run_dir / "last.pt").is_file():
-        raise InputError(
-            run_dir, "--resume given, but this folder holds no run to resume (config.json, last.pt)"
-        )
-    saved = TrainConfig.from_dict(json.loads(saved_path.read_text()))
-    if saved.identity() != config.identity():
-        differing = sorted(
-            k
-            for k, v in config.to_dict().items()
-            if k in saved.to_dict()
-            and saved.to_dict()[k] != v
-            and k not in ("data", "out", "resume")
-        )
-        raise InputError(
-            run_dir,
-            "--resume given, but the run was started with different settings: "
-            + ", ".join(f"{k}={saved.to_dict()[k]!r}" for k in differing),
-        )
-
-
 def labelled_cases(data: Path) -> list[Any]:
-    """Verify the data set (the data layer's errors stop us here) and return its labelled cases."""
+    """Verify the data set (the data layer's errors stop us here) and return its labelled cases.
+
+    The check's warnings (e.g. a label that is all background) are logged, naming the file.
+
+    Example::
+
+        >>> [case.case_id for case in labelled_cases(Path("data"))][:1]
+        ['quiz_0_000']
+    """
     from edgepanc.data.cases import discover_cases
     from edgepanc.data.verify import verify_dataset
 
-    verify_dataset(data)
+    for warning in verify_dataset(data).warnings:
+        log.warning("%s", warning)
     cases = [c for c in discover_cases(data) if c.label is not None and c.split != "test"]
     if not cases:
         raise InputError(data, "no labelled training cases")
@@ -136,6 +139,22 @@ def assign_split(cases: list[Any], split: dict[str, list[str]]) -> list[Any]:
     ]
 
 
+def choose_plan(config: TrainConfig, cases: list[Any], run_dir: Path, init: InitFrom | None) -> Any:
+    """A resumed run's own plan, the ``--init-from`` bundle's, or one planned from the cases."""
+    from edgepanc.preprocessing import PreprocessingPlan, plan_from_cases
+
+    plan_path = run_dir / "plan.json"
+    if config.resume and plan_path.is_file():
+        try:
+            return PreprocessingPlan.from_dict(json.loads(plan_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise InputError(plan_path, f"not a preprocessing plan ({exc})") from None
+    if init is not None:
+        # The weights expect the bundle's spacing and intensity normalisation.
+        return dataclasses.replace(init.bundle.plan, patch_size=tuple(config.patch_size))
+    return plan_from_cases(cases, config.patch_size, config.target_spacing, seed=config.seed)
+
+
 def train_one(
     config: TrainConfig,
     cases: list[Any],
@@ -143,96 +162,115 @@ def train_one(
     context: DistContext,
     guard: Any | None = None,
     augmentation: AugmentationConfig | None = None,
+    run_log: RunLog | None = None,
 ) -> dict[str, Any]:
-    """Train on ``cases`` (split "train"; validate on "validation") into ``run_dir``."""
-    from edgepanc.preprocessing import PreprocessingPlan, plan_from_cases
+    """Train on ``cases`` (split "train"; validate on "validation") into ``run_dir``.
+
+    Example::
+
+        >>> train_one(config, cases, Path("work/a"), DistContext())["best_epoch"]
+        50
+    """
     from edgepanc.thermal import ThermalGuard, ThermalLimits
+    from edgepanc.training.checkpoint import load_checkpoint
     from edgepanc.training.dataset import prepare_cases
     from edgepanc.training.loop import Trainer
 
-    init = load_init_bundle(config)
-    network = network_config_for(config, init)
     if context.is_main:
         check_run_dir(run_dir, config)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    handler = attach_file_log(run_dir) if context.is_main else None
-    try:
-        plan_path = run_dir / "plan.json"
-        if config.resume and plan_path.is_file():
-            plan = PreprocessingPlan.from_dict(json.loads(plan_path.read_text()))
-        elif init is not None:
-            # The weights expect the bundle's spacing and intensity normalisation.
-            plan = dataclasses.replace(init.plan, patch_size=tuple(config.patch_size))
-        else:
-            plan = plan_from_cases(
-                cases, config.patch_size, config.target_spacing, seed=config.seed
-            )
-        if context.is_main:
+    init = load_init_bundle(config)
+    network = network_config_for(config, init.bundle if init is not None else None)
+    checkpoint = load_checkpoint(run_dir / "last.pt") if config.resume else None
+    plan = choose_plan(config, cases, run_dir, init)
+    log.info(
+        "plan: target spacing %s mm, patch %s, intensity clip [%.0f, %.0f] HU",
+        plan.target_spacing,
+        plan.patch_size,
+        plan.clip_low,
+        plan.clip_high,
+    )
+    train_cases = prepare_cases(
+        [c for c in cases if c.split == "train"], plan, "preprocessing train"
+    )
+    val_cases = prepare_cases(
+        [c for c in cases if c.split == "validation"], plan, "preprocessing validation"
+    )
+    log.info("%d training and %d validation cases", len(train_cases), len(val_cases))
+    if guard is None:
+        limits = ThermalLimits(
+            cpu_c=config.cpu_max_temp, gpu_c=config.gpu_max_temp, timeout_s=config.thermal_timeout
+        )
+        guard = ThermalGuard.discover(limits, require=config.require_thermal)
+    trainer = Trainer(
+        config, run_dir, train_cases, val_cases, plan, network, guard, context, augmentation
+    )
+    if init is not None:
+        trainer.start_from(init.weights, init.bundle.path)  # a resumed run then loads last.pt
+    if not context.is_main:
+        state = trainer.fit(checkpoint)
+    else:
+        with run_folder(run_dir):
             write_json_atomic(run_dir / "config.json", config.to_dict())
-            write_json_atomic(plan_path, plan.to_dict())
-        log.info(
-            "plan: target spacing %s mm, patch %s, intensity clip [%.0f, %.0f] HU",
-            plan.target_spacing,
-            plan.patch_size,
-            plan.clip_low,
-            plan.clip_high,
-        )
-        train_cases = prepare_cases(
-            [c for c in cases if c.split == "train"], plan, "preprocessing train"
-        )
-        val_cases = prepare_cases(
-            [c for c in cases if c.split == "validation"], plan, "preprocessing validation"
-        )
-        log.info("%d training and %d validation cases", len(train_cases), len(val_cases))
-        if guard is None:
-            limits = ThermalLimits(
-                cpu_c=config.cpu_max_temp,
-                gpu_c=config.gpu_max_temp,
-                timeout_s=config.thermal_timeout,
-            )
-            guard = ThermalGuard.discover(limits, require=config.require_thermal)
-        trainer = Trainer(
-            config, run_dir, train_cases, val_cases, plan, network, guard, context, augmentation
-        )
-        if init is not None:
-            trainer.start_from(init)  # a resumed run then loads its own last.pt over it
-        state = trainer.fit(resume=config.resume)
-        return {
-            "best_epoch": state.best_epoch,
-            "best_score": state.best_score,
-            **state.best_metrics,
-        }
-    finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+            write_json_atomic(run_dir / "plan.json", plan.to_dict())
+            if run_log is not None:
+                run_log.open(run_dir)
+            try:
+                state = trainer.fit(checkpoint)
+            finally:
+                if run_log is not None:
+                    run_log.close_file()
+    return {"best_epoch": state.best_epoch, "best_score": state.best_score, **state.best_metrics}
 
 
 def run_training(
     config: TrainConfig, guard: Any | None = None, augmentation: AugmentationConfig | None = None
 ) -> dict[str, Any]:
-    """The whole ``edgepanc train``: one run, one fold, or every fold with a CV summary."""
+    """The whole ``edgepanc train``: one run, one fold, or every fold with a CV summary.
+
+    Example::
+
+        >>> run_training(TrainConfig(data="data", out="work/a"))["best_score"]
+        0.71
+    """
     import torch
 
     context = context_from_env()
-    out = Path(config.out)
-    cases = labelled_cases(Path(config.data))
-    if context.enabled:
-        init_distributed(
-            context,
-            torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"),
-        )
+    run_log = RunLog() if context.is_main else None
     try:
-        if config.folds == 0:
-            return train_one(config, cases, out, context, guard, augmentation)
-        splits = fold_splits(cases, config)
-        folds = range(config.folds) if config.fold is None else [config.fold]
-        if context.is_main:
-            if not config.resume and out.is_dir() and any(out.iterdir()):
-                raise InputError(
-                    out, "run folder exists and is not empty; pass --resume or choose a new --out"
+        cases = labelled_cases(Path(config.data))
+        if context.enabled:
+            device = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
+            init_distributed(context, torch.device(device))
+        try:
+            if config.folds == 0:
+                return train_one(
+                    config, cases, Path(config.out), context, guard, augmentation, run_log
                 )
-            out.mkdir(parents=True, exist_ok=True)
+            return _train_folds(config, cases, context, guard, augmentation, run_log)
+        finally:
+            shutdown_distributed()
+    finally:
+        if run_log is not None:
+            run_log.close()
+
+
+def _train_folds(
+    config: TrainConfig,
+    cases: list[Any],
+    context: DistContext,
+    guard: Any | None,
+    augmentation: AugmentationConfig | None,
+    run_log: RunLog | None,
+) -> dict[str, Any]:
+    out = Path(config.out)
+    splits = fold_splits(cases, config)
+    folds = range(config.folds) if config.fold is None else [config.fold]
+    if context.is_main and not config.resume and out.is_dir() and any(out.iterdir()):
+        raise InputError(
+            out, "run folder exists and is not empty; pass --resume or choose a new --out"
+        )
+    with run_folder(out) if context.is_main else nullcontext():
+        if context.is_main:
             write_json_atomic(
                 out / "splits.json", {"folds": config.folds, "seed": config.seed, "splits": splits}
             )
@@ -251,6 +289,7 @@ def run_training(
                     context,
                     guard,
                     augmentation,
+                    run_log,
                 )
             )
         if config.fold is None and context.is_main:
@@ -258,5 +297,3 @@ def run_training(
             write_json_atomic(out / "cv_summary.json", summary)
             return summary
         return results[0]
-    finally:
-        shutdown_distributed()

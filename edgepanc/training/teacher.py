@@ -4,10 +4,9 @@ Under teacher forcing the head pools under the reference lesion mask, which is e
 it pools under the predicted one, which on an unseen case is off by a voxel or two at the margin
 or misplaced (lesion Dice 0.3-0.8 on the validation phantoms). A head trained on exact masks
 named 11 of 12 validation subtypes under the reference mask and 7 under its own prediction on the
-same lesion-centred patches (session 12, scripts/subtype_diagnosis.py). Shifting, growing and
-shrinking the reference lesion by a voxel or two shows the head the margins it will really get.
-Measured once so far (recipeH in docs/measurements/cpu_recipe.md, jitter 2): no gain in macro F1
-on 48 fresh phantoms and a loss on the 12 validation ones; off by default.
+same lesion-centred patches (scripts/subtype_diagnosis.py). Shifting, growing and shrinking the
+reference lesion by a voxel or two shows the head the margins it will really get. It is off by
+default: one measured run gained nothing in macro F1 (docs/measurements/cpu_recipe.md).
 """
 
 from __future__ import annotations
