@@ -1,0 +1,259 @@
+"""OpenVINO backend: fp32 against ONNX Runtime, bf16 only where native, NNCF INT8, no torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgepanc.backends.base import BackendUnavailable, Predictor
+from edgepanc.backends.onnxruntime_backend import OnnxRuntimePredictor
+from edgepanc.backends.openvino_backend import (
+    OpenVinoPredictor,
+    OpenVinoSettings,
+    compile_config,
+    describe_settings,
+    layer_precisions,
+    machine_cpu_flags,
+    native_bf16_problem,
+    usable_cores,
+)
+from edgepanc.errors import InputError
+from edgepanc.networks import build_network
+from edgepanc.quantization.onnx_export import export_onnx
+from edgepanc.quantization.openvino_int8 import (
+    OpenVinoInt8Config,
+    calibration_batches,
+    quantize_openvino_int8,
+)
+
+PATCH = (16, 16, 16)
+NO_BF16 = frozenset({"avx2", "fma", "avx512f", "avx512_vnni"})
+AMX = frozenset({"avx2", "avx512f", "amx_tile", "amx_bf16", "amx_int8"})
+MACHINE_HAS_BF16 = native_bf16_problem(machine_cpu_flags()) is None
+
+
+def phantom_batch(n: int, seed: int) -> np.ndarray:
+    """Normalised CT-like patches: an organ-like blob, a brighter lesion, noise."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.linspace(-1, 1, s) for s in PATCH], indexing="ij")
+    batch = []
+    for _ in range(n):
+        shift = rng.uniform(-0.3, 0.3, size=3)
+        organ = sum(((g - s) / 0.6) ** 2 for g, s in zip(grid, shift, strict=True)) < 1
+        lesion = sum(((g - s - 0.1) / 0.25) ** 2 for g, s in zip(grid, shift, strict=True)) < 1
+        image = -1.0 + 1.5 * organ + lesion + 0.3 * rng.standard_normal(PATCH)
+        batch.append(image[None].astype(np.float32))
+    return np.stack(batch)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_network("tiny").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and instance-norm notes
+        return export_onnx(model, tmp_path_factory.mktemp("ov") / "tiny.onnx", PATCH)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_onnx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    batch = phantom_batch(3, seed=1)
+    seg, cls = OnnxRuntimePredictor(tiny_onnx, intra_op_threads=1)(batch)
+    return batch, seg, cls
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_onnx) -> Path:
+    out = tiny_onnx.parent / "int8" / "tiny_int8.xml"
+    out.parent.mkdir()
+    return quantize_openvino_int8(
+        tiny_onnx, out, phantom_batch(24, seed=2), OpenVinoInt8Config(subset_size=24)
+    )
+
+
+def test_fp32_matches_onnxruntime_tightly(tiny_onnx, reference):
+    batch, seg_ref, cls_ref = reference
+    predictor = OpenVinoPredictor(tiny_onnx, "fp32", threads=1)
+    seg, cls = predictor(batch)
+    assert isinstance(predictor, Predictor)
+    assert (predictor.name, predictor.precision, predictor.device) == ("openvino", "fp32", "cpu")
+    assert seg.dtype == np.float32 and seg.shape == seg_ref.shape and cls.shape == cls_ref.shape
+    np.testing.assert_allclose(seg, seg_ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(cls, cls_ref, atol=1e-4, rtol=1e-4)
+    # fp32 is asked for explicitly: on AMX CPUs OpenVINO's own default would be bf16.
+    assert describe_settings(predictor)["INFERENCE_PRECISION_HINT"] == "f32"
+    assert set(layer_precisions(predictor)["Convolution"]) == {"f32"}
+
+
+def test_outputs_belong_to_the_caller(tiny_onnx, reference):
+    batch = reference[0]
+    predictor = OpenVinoPredictor(tiny_onnx, threads=1)
+    first, _ = predictor(batch)
+    kept = first.copy()
+    first[:] = 0.0  # the caller may write into what it got
+    second, _ = predictor(batch[:1])
+    np.testing.assert_array_equal(second[0], kept[0])
+    assert first.flags.writeable and not np.shares_memory(first, second)
+
+
+def test_bf16_runs_natively_or_is_refused_with_the_reason(tiny_onnx, reference):
+    """On a CPU with native bf16 it computes in bf16 within a looser tolerance; elsewhere it says why not."""
+    if not MACHINE_HAS_BF16:
+        with pytest.raises(BackendUnavailable, match="avx512_bf16 nor amx_bf16"):
+            OpenVinoPredictor(tiny_onnx, "bf16", threads=1)
+        return
+    batch, seg_ref, _ = reference
+    predictor = OpenVinoPredictor(tiny_onnx, "bf16", threads=1)
+    seg, _ = predictor(batch)
+    assert describe_settings(predictor)["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert set(layer_precisions(predictor)["Convolution"]) == {"bf16"}
+    error = np.abs(seg - seg_ref).max()
+    assert 0 < error < 0.05 * np.abs(seg_ref).max() + 0.05  # really bf16, and still close
+    assert (seg.argmax(1) == seg_ref.argmax(1)).mean() > 0.97
+
+
+def test_bf16_is_refused_on_a_cpu_without_native_bf16(tiny_onnx):
+    with pytest.raises(BackendUnavailable, match="neither avx512_bf16 nor amx_bf16"):
+        OpenVinoPredictor(tiny_onnx, "bf16", threads=1, cpu_flags=lambda: NO_BF16)
+    with pytest.raises(BackendUnavailable, match="emulate"):
+        OpenVinoPredictor(
+            tiny_onnx, "int8", threads=1, float_precision="bf16", cpu_flags=lambda: NO_BF16
+        )
+    # fp32 does not depend on the flags at all.
+    fp32 = OpenVinoPredictor(tiny_onnx, "fp32", threads=1, cpu_flags=lambda: NO_BF16)
+    assert fp32.precision == "fp32"
+
+
+def test_compile_config_follows_precision_flags_and_threads():
+    assert compile_config(OpenVinoSettings("bf16", threads=3), AMX) == {
+        "INFERENCE_PRECISION_HINT": "bf16",
+        "INFERENCE_NUM_THREADS": 3,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    assert (
+        compile_config(OpenVinoSettings("bf16"), {"avx512_bf16"})["INFERENCE_PRECISION_HINT"]
+        == "bf16"
+    )
+    assert compile_config(OpenVinoSettings("int8"), NO_BF16)["INFERENCE_PRECISION_HINT"] == "f32"
+    assert compile_config(OpenVinoSettings("fp32"), AMX)["INFERENCE_NUM_THREADS"] == usable_cores()
+    with pytest.raises(BackendUnavailable, match="not 'fp16'"):
+        OpenVinoSettings("fp16")
+    with pytest.raises(ValueError, match="threads"):
+        OpenVinoSettings("fp32", threads=0)
+
+
+def test_threads_follow_the_cores_the_process_may_use(tiny_onnx):
+    assert usable_cores() == len(os.sched_getaffinity(0))
+    predictor = OpenVinoPredictor(tiny_onnx)
+    assert predictor.threads == usable_cores()
+    assert describe_settings(predictor)["INFERENCE_NUM_THREADS"] == str(usable_cores())
+    assert describe_settings(predictor)["PERFORMANCE_HINT"] == "LATENCY"
+
+
+def test_openvino_path_imports_no_torch_and_follows_affinity(tiny_onnx):
+    """A fresh interpreter pinned to one core runs the model without loading torch."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        import numpy as np
+        os.sched_setaffinity(0, {{sorted(os.sched_getaffinity(0))[0]}})
+        from edgepanc.backends.openvino_backend import OpenVinoPredictor
+        predictor = OpenVinoPredictor({str(tiny_onnx)!r})
+        seg, cls = predictor(np.zeros((1, 1, {", ".join(map(str, PATCH))}), np.float32))
+        heavy = [m for m in ("torch", "nncf", "edgepanc.training", "edgepanc.quantization")
+                 if m in sys.modules]
+        print(predictor.threads, seg.shape[1], cls.shape[1], heavy)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.split("\n")[-2] == "1 3 3 []"
+
+
+def test_int8_runs_in_int8_and_agrees_with_fp32(tiny_onnx, tiny_int8, reference):
+    batch, seg_ref, cls_ref = reference
+    assert tiny_int8.with_suffix(".bin").is_file()
+    assert "FakeQuantize" in tiny_int8.read_text()
+    predictor = OpenVinoPredictor(tiny_int8, "int8", threads=1, artifact="openvino_int8")
+    seg, cls = predictor(batch)
+    convolutions = layer_precisions(predictor)["Convolution"]
+    assert set(convolutions) <= {"u8", "i8"}  # every convolution executes in INT8
+    assert seg.shape == seg_ref.shape and cls.shape == cls_ref.shape
+    assert not np.allclose(seg, seg_ref, atol=1e-4)  # it is not the fp32 graph
+    assert (seg.argmax(1) == seg_ref.argmax(1)).mean() > 0.85
+    assert np.corrcoef(seg.ravel(), seg_ref.ravel())[0, 1] > 0.95
+
+
+def test_int8_with_bf16_float_layers_where_native(tiny_int8, reference):
+    if not MACHINE_HAS_BF16:
+        with pytest.raises(BackendUnavailable, match="emulate"):
+            OpenVinoPredictor(tiny_int8, "int8", threads=1, float_precision="bf16")
+        return
+    predictor = OpenVinoPredictor(tiny_int8, "int8", threads=1, float_precision="bf16")
+    seg, _ = predictor(reference[0])
+    assert describe_settings(predictor)["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert (seg.argmax(1) == reference[1].argmax(1)).mean() > 0.85
+
+
+def test_quantization_writes_nothing_when_it_fails(tiny_onnx, tmp_path):
+    out = tmp_path / "int8.xml"
+    with pytest.raises(ValueError, match="calibration patches are"):
+        quantize_openvino_int8(tiny_onnx, out, np.zeros((2, 1, 16, 16, 8), np.float32))
+    with pytest.raises(ValueError, match="at least one patch"):
+        quantize_openvino_int8(tiny_onnx, out, np.zeros((0, 1, *PATCH), np.float32))
+    with pytest.raises(InputError, match="not found"):
+        quantize_openvino_int8(tmp_path / "absent.onnx", out, phantom_batch(2, seed=0))
+    with pytest.raises(ValueError, match=r"\.xml"):
+        quantize_openvino_int8(tiny_onnx, tmp_path / "int8.onnx", phantom_batch(2, seed=0))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantization_leaves_only_the_ir_pair(tiny_int8):
+    assert sorted(p.name for p in tiny_int8.parent.iterdir()) == ["tiny_int8.bin", "tiny_int8.xml"]
+
+
+def test_calibration_batches_take_stacked_or_single_patches():
+    stacked = calibration_batches(np.zeros((3, 1, *PATCH)))
+    assert [b.shape for b in stacked] == [(1, 1, *PATCH)] * 3 and stacked[0].dtype == np.float32
+    singles = calibration_batches([np.zeros((1, *PATCH)), np.ones((1, 1, *PATCH))])
+    assert [float(b.max()) for b in singles] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="differ in shape"):
+        calibration_batches([np.zeros((1, *PATCH)), np.zeros((1, 8, 8, 8))])
+    with pytest.raises(ValueError, match=r"\[1, D, H, W\]"):
+        calibration_batches(np.zeros((2, 2, *PATCH)))
+    with pytest.raises(ValueError, match="preset"):
+        OpenVinoInt8Config(preset="fast")
+
+
+def test_bad_model_files_are_input_errors(tiny_onnx, tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        OpenVinoPredictor(tmp_path / "absent.onnx")
+    (tmp_path / "model.pt").write_bytes(b"x")
+    with pytest.raises(InputError, match=r"\.onnx files and \.xml"):
+        OpenVinoPredictor(tmp_path / "model.pt")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(InputError, match="OpenVINO cannot load the model"):
+        OpenVinoPredictor(garbage)
+
+
+def test_a_graph_with_other_io_names_is_refused(tiny_onnx, tmp_path):
+    import onnx
+
+    graph = onnx.load(str(tiny_onnx))
+    graph.graph.input[0].name = "x"
+    for node in graph.graph.node:
+        node.input[:] = ["x" if name == "image" else name for name in node.input]
+    path = tmp_path / "renamed.onnx"
+    onnx.save(graph, str(path))
+    with pytest.raises(InputError, match="expected input 'image'"):
+        OpenVinoPredictor(path, threads=1)
