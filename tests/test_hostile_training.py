@@ -259,3 +259,26 @@ def test_require_thermal_refusal_leaves_no_folder(
     )
     assert "sensor" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda c: c.pop("optimizer"),
+        lambda c: c["state"].update(bogus=1),
+        lambda c: c["model"].popitem(),
+        lambda c: c["rng"]["numpy"].update(key=torch.zeros(3)),
+    ],
+    ids=["no optimizer", "unknown state field", "missing weight", "short numpy state"],
+)
+def test_a_damaged_checkpoint_is_refused_on_resume_with_one_line(tmp_path: Path, damage) -> None:
+    data = write_tiny_dataset(tmp_path / "data", train_per_subtype=1)
+    run = tmp_path / "run"
+    assert cli("train", "--data", data, "--out", run, *TINY_FLAGS).exit_code == 0
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
+    damage(checkpoint)
+    torch.save(checkpoint, run / "last.pt")
+    before = sorted(p.name for p in run.iterdir())
+    line = one_error_line(cli("train", "--data", data, "--out", run, *TINY_FLAGS, "--resume"))
+    assert "last.pt" in line
+    assert sorted(p.name for p in run.iterdir()) == before  # the run stays resumable as it was

@@ -204,13 +204,24 @@ class Trainer:
         )
 
     def load(self, checkpoint: dict[str, Any]) -> None:
-        """Continue from a checkpoint of the same experiment (read by ``load_checkpoint``)."""
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
-        self.state = TrainState(**checkpoint["state"])
-        restore_rng_states(checkpoint["rng"])
+        """Continue from a checkpoint of the same experiment (read by ``load_checkpoint``).
+
+        A checkpoint whose parts do not fit this run (edited, or of another network) is refused
+        with one line naming ``last.pt``.
+        """
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.scaler.load_state_dict(checkpoint["scaler"])
+            self.state = TrainState(**checkpoint["state"])
+            restore_rng_states(checkpoint["rng"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            first_line = (str(exc).splitlines() or [""])[0]
+            raise InputError(
+                self.last_path,
+                f"checkpoint does not fit this run ({type(exc).__name__}: {first_line})",
+            ) from None
         log.info("resumed from %s after epoch %d", self.last_path, self.state.epoch)
 
     # -- one step, one epoch -----------------------------------------------------------------
