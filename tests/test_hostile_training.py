@@ -282,3 +282,13 @@ def test_a_damaged_checkpoint_is_refused_on_resume_with_one_line(tmp_path: Path,
     line = one_error_line(cli("train", "--data", data, "--out", run, *TINY_FLAGS, "--resume"))
     assert "last.pt" in line
     assert sorted(p.name for p in run.iterdir()) == before  # the run stays resumable as it was
+
+
+def test_a_subtype_table_that_is_not_utf8_is_one_line(nnunet_dataset: Path, tmp_path: Path) -> None:
+    table = nnunet_dataset / "subtypes.csv"
+    table.write_bytes(b"Names,Subtype\npan_001,\xff\xfe1\n")
+    line = one_error_line(
+        cli("train", "--data", nnunet_dataset, "--out", tmp_path / "run", *TINY_FLAGS)
+    )
+    assert str(table) in line and "not UTF-8" in line
+    assert not (tmp_path / "run").exists()

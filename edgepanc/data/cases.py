@@ -29,6 +29,7 @@ a case found twice) raise :class:`~edgepanc.errors.DatasetError` naming the file
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -349,7 +350,20 @@ def _case_id_of_name(name: str, known: set[str], ending: str) -> str:
 
 
 def _read_subtype_csv(path: Path, known: set[str], ending: str) -> dict[str, int]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(path, f"not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+    except OSError as exc:
+        raise DatasetError(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return _parse_subtype_csv(path, text, known, ending)
+    except csv.Error as exc:
+        raise DatasetError(path, f"not a readable CSV table ({exc})") from None
+
+
+def _parse_subtype_csv(path: Path, text: str, known: set[str], ending: str) -> dict[str, int]:
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in reader.fieldnames or []]
         if "Names" not in header or "Subtype" not in header:
