@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,9 @@ from edgepanc.inferers.sliding_window import (
 from edgepanc.inferers.tiling import tile_window
 from edgepanc.networks.config import LESION_LABEL
 from edgepanc.networks.unet import class_probabilities
+from edgepanc.training.config import TrainConfig
 from edgepanc.training.dataset import PreparedCase
+from edgepanc.training.distributed import DistContext, broadcast_module
 
 
 @dataclass(frozen=True)
@@ -223,3 +226,49 @@ __all__ = [
     "lesion_tiles",
     "refit_head",
 ]
+
+
+def refit_phase(
+    model: torch.nn.Module,
+    cases: Sequence[PreparedCase],
+    config: TrainConfig,
+    device: torch.device,
+    context: DistContext,
+    pause: Callable[[], float],
+) -> dict[str, Any]:
+    """Refit ``model``'s subtype head on ``cases``' runtime tiles; the phase's metric fields.
+
+    ``pause`` waits between cases while too hot and returns the seconds it waited. Every rank
+    ends with rank 0's head, to the last bit.
+
+    Example::
+
+        >>> refit_phase(model, cases, config, torch.device("cpu"), DistContext(), lambda: 0.0)
+        {'refit_cases': 9, 'refit_tiles': 40, ...}
+    """
+    refit_config = HeadRefitConfig(seed=config.seed)
+    pause_s = 0.0
+
+    def cool_down() -> None:
+        nonlocal pause_s
+        pause_s += pause()
+
+    features = collect_tile_features(
+        model,
+        cases,
+        config.patch_size,
+        device,
+        config.val_step_fraction,
+        refit_config,
+        between_cases=cool_down,
+    )
+    fit = refit_head(model.cls_head, features, refit_config)
+    broadcast_module(model.cls_head, context)
+    return {
+        "refit_cases": features.num_cases,
+        "refit_tiles": int(features.pooled.shape[0]),
+        "refit_loss_before": fit["loss_before"],
+        "refit_loss_after": fit["loss_after"],
+        "refit_train_accuracy": fit["train_accuracy"],
+        "pause_s": pause_s,
+    }

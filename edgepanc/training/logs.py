@@ -54,6 +54,48 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _validation_text(record: dict[str, Any]) -> str:
+    return (
+        f"; validation whole DSC {record['whole_dsc']:.4f}, lesion DSC "
+        f"{record['lesion_dsc']:.4f}, macro F1 {record['macro_f1']:.4f}, "
+        f"accuracy {record['accuracy']:.4f}, score {record['combined_score']:.4f}"
+    )
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """The log line of an epoch's row (losses, lr, time; the validation when it ran).
+
+    Example::
+
+        >>> epoch_line({"epoch": 1, "loss": 1.0, "seg_loss": 0.5, "cls_loss": 1.0, "lr": 0.003,
+        ...             "seconds": 20.0, "pause_s": 0.0}, 50)
+        'epoch 1/50: loss 1.0000 (seg 0.5000, cls 1.0000), lr 3.00e-03, 20 s, thermal pauses 0 s'
+    """
+    text = (
+        f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f} "
+        f"(seg {record['seg_loss']:.4f}, cls {record['cls_loss']:.4f}), lr {record['lr']:.2e}, "
+        f"{record['seconds']:.0f} s, thermal pauses {record['pause_s']:.0f} s"
+    )
+    return text + _validation_text(record) if "whole_dsc" in record else text
+
+
+def refit_line(record: dict[str, Any]) -> str:
+    """The log line of the head refit's row (tiles, losses, time; the validation when it ran).
+
+    Example::
+
+        >>> refit_line({"refit_tiles": 40, "refit_cases": 9, "refit_loss_before": 1.0,
+        ...             "refit_loss_after": 0.5, "refit_train_accuracy": 0.9, "seconds": 9.0})
+        'head refit on 40 tiles of 9 training cases: loss 1.0000 -> 0.5000, training-case accuracy 0.9000, 9 s'
+    """
+    text = (
+        f"head refit on {record['refit_tiles']} tiles of {record['refit_cases']} training "
+        f"cases: loss {record['refit_loss_before']:.4f} -> {record['refit_loss_after']:.4f}, "
+        f"training-case accuracy {record['refit_train_accuracy']:.4f}, {record['seconds']:.0f} s"
+    )
+    return text + _validation_text(record) if "macro_f1" in record else text
+
+
 def attach_file_log(run_dir: Path, logger: logging.Logger | None = None) -> logging.Handler:
     """Send ``logger`` (the root logger by default) to ``run_dir/train.log`` as well.
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from edgepanc.backends import devices
 from edgepanc.errors import InputError
 from edgepanc.thermal import ThermalGuard, ThermalTimeout
 from edgepanc.training.augmentation import AugmentationConfig
@@ -34,22 +35,19 @@ from edgepanc.training.dataset import PreparedCase
 from edgepanc.training.distributed import (
     DistContext,
     barrier,
-    broadcast_module,
     gather_lists,
     mean_across_ranks,
     shard,
 )
-from edgepanc.training.logs import plot_curves, write_metrics
+from edgepanc.training.logs import epoch_line, plot_curves, refit_line, write_metrics
 from edgepanc.training.losses import LossWeights, multitask_loss
+from edgepanc.training.outputs import write_run_bundle, write_run_summary
 from edgepanc.training.sampling import PatchSampler, SamplingConfig
 from edgepanc.training.schedule import build_scheduler, teacher_forcing_share
 from edgepanc.training.teacher import draw_lesion_jitter, jitter_lesion
 from edgepanc.training.validation import summarize_results, validate_cases
 
 log = logging.getLogger(__name__)
-
-LABELS = {"0": "background", "1": "pancreas", "2": "lesion"}
-SUBTYPES = {"0": "subtype0", "1": "subtype1", "2": "subtype2"}
 
 
 @dataclass
@@ -68,10 +66,9 @@ class TrainState:
 
 def resolve_device(requested: str, context: DistContext) -> torch.device:
     """``auto``: CUDA when available; under DDP on CUDA, this process's local GPU."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    requested = devices.resolve_device(requested)
     if requested == "cuda":
-        if not torch.cuda.is_available():
+        if not devices.cuda_available():
             raise InputError("--device", "cuda asked for, but torch sees no CUDA device")
         torch.cuda.set_device(context.local_rank)
         return torch.device("cuda", context.local_rank)
@@ -363,92 +360,56 @@ class Trainer:
     def one_epoch(self) -> None:
         epoch = self.state.epoch
         start = time.monotonic()
-        record: dict[str, Any] = {"epoch": epoch + 1}
-        record.update(self.run_epoch(epoch))
+        record: dict[str, Any] = {"epoch": epoch + 1, **self.run_epoch(epoch)}
         record["lr"] = self.optimizer.param_groups[0]["lr"]
         record["train_s"] = time.monotonic() - start
-        is_last = epoch + 1 == self.config.epochs
-        if self.val_cases and ((epoch + 1) % self.config.val_every == 0 or is_last):
+        due = (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.config.epochs
+        self.score(record, validate=due, latest=float(epoch))
+        record["seconds"] = time.monotonic() - start
+        self.state.epoch = epoch + 1
+        self.close_phase(record, epoch_line(record, self.config.epochs))
+
+    def run_head_refit(self) -> None:
+        """``--head-refit``: refit the subtype head on the training cases' runtime tiles
+        (:func:`edgepanc.training.head_refit.refit_phase`), validate, and log it as a row of its
+        own (``"phase": "head_refit"``, the epoch of the weights it refitted). The best checkpoint
+        and bundle follow the combined score as after any validation."""
+        from edgepanc.training.head_refit import refit_phase
+
+        start = time.monotonic()
+        record: dict[str, Any] = {"epoch": self.state.epoch, "phase": "head_refit"}
+        record.update(
+            refit_phase(
+                self.model,
+                self.train_cases,
+                self.config,
+                self.device,
+                self.context,
+                self.thermal_pause,
+            )
+        )
+        record["train_s"] = time.monotonic() - start
+        self.score(record, validate=True, latest=float(self.state.epoch))
+        record["seconds"] = time.monotonic() - start
+        self.state.head_refitted = True
+        self.close_phase(record, refit_line(record))
+
+    def score(self, record: dict[str, Any], validate: bool, latest: float) -> None:
+        """Validate into ``record`` when ``validate`` and keep the best model; without
+        validation cases every phase's model is the best (scored ``latest``)."""
+        if self.val_cases and validate:
             val_start = time.monotonic()
             record.update(self.validate())
             record["val_s"] = time.monotonic() - val_start
             self.update_best(record)
         elif not self.val_cases:
-            self.update_best(record | {"combined_score": float(epoch)})  # no validation: latest
-        record["seconds"] = time.monotonic() - start
-        self.state.epoch = epoch + 1
-        self.state.history.append(record)
-        self.log_epoch(record)
-        if self.context.is_main:
-            self.save_last()
-            write_metrics(self.run_dir, self.state.history)
-            plot_curves(self.state.history, self.run_dir / "curves.png")
-        barrier(self.context)
+            self.update_best(record | {"combined_score": latest})
 
-    def run_head_refit(self) -> None:
-        """``--head-refit``: refit the subtype head on the training cases' runtime tiles
-        (:mod:`edgepanc.training.head_refit`), validate, and log it as a row of its own
-        (``"phase": "head_refit"``, the epoch of the weights it refitted). The best checkpoint and
-        bundle follow the combined score as after any validation."""
-        from edgepanc.training.head_refit import (
-            HeadRefitConfig,
-            collect_tile_features,
-            refit_head,
-        )
-
-        start = time.monotonic()
-        refit_config = HeadRefitConfig(seed=self.config.seed)
-        pause_s = 0.0
-
-        def cool_down() -> None:
-            nonlocal pause_s
-            pause_s += self.thermal_pause()
-
-        features = collect_tile_features(
-            self.model,
-            self.train_cases,
-            self.config.patch_size,
-            self.device,
-            self.config.val_step_fraction,
-            refit_config,
-            between_cases=cool_down,
-        )
-        fit = refit_head(self.model.cls_head, features, refit_config)
-        broadcast_module(self.model.cls_head, self.context)  # ranks agree to the last bit
-        record: dict[str, Any] = {
-            "epoch": self.state.epoch,
-            "phase": "head_refit",
-            "refit_cases": features.num_cases,
-            "refit_tiles": int(features.pooled.shape[0]),
-            "refit_loss_before": fit["loss_before"],
-            "refit_loss_after": fit["loss_after"],
-            "refit_train_accuracy": fit["train_accuracy"],
-            "pause_s": pause_s,
-            "train_s": time.monotonic() - start,
-        }
-        if self.val_cases:
-            val_start = time.monotonic()
-            record.update(self.validate())
-            record["val_s"] = time.monotonic() - val_start
-            self.update_best(record)
-        else:
-            self.update_best(record | {"combined_score": float(self.state.epoch)})
-        record["seconds"] = time.monotonic() - start
-        self.state.head_refitted = True
+    def close_phase(self, record: dict[str, Any], line: str) -> None:
+        """Add the phase's row to the history; log it, checkpoint and write the metrics (rank 0)."""
         self.state.history.append(record)
         if self.context.is_main:
-            text = (
-                f"head refit on {record['refit_tiles']} tiles of {record['refit_cases']} training "
-                f"cases: loss {fit['loss_before']:.4f} -> {fit['loss_after']:.4f}, training-case "
-                f"accuracy {fit['train_accuracy']:.4f}, {record['seconds']:.0f} s"
-            )
-            if "macro_f1" in record:
-                text += (
-                    f"; validation whole DSC {record['whole_dsc']:.4f}, lesion DSC "
-                    f"{record['lesion_dsc']:.4f}, macro F1 {record['macro_f1']:.4f}, "
-                    f"accuracy {record['accuracy']:.4f}, score {record['combined_score']:.4f}"
-                )
-            log.info(text)
+            log.info(line)
             self.save_last()
             write_metrics(self.run_dir, self.state.history)
             plot_curves(self.state.history, self.run_dir / "curves.png")
@@ -467,59 +428,11 @@ class Trainer:
         else:
             self.state.stale_validations += 1
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        if not self.context.is_main:
-            return
-        text = (
-            f"epoch {record['epoch']}/{self.config.epochs}: loss {record['loss']:.4f} "
-            f"(seg {record['seg_loss']:.4f}, cls {record['cls_loss']:.4f}), lr {record['lr']:.2e}, "
-            f"{record['seconds']:.0f} s, thermal pauses {record['pause_s']:.0f} s"
-        )
-        if "whole_dsc" in record:
-            text += (
-                f"; validation whole DSC {record['whole_dsc']:.4f}, lesion DSC "
-                f"{record['lesion_dsc']:.4f}, macro F1 {record['macro_f1']:.4f}, "
-                f"accuracy {record['accuracy']:.4f}, score {record['combined_score']:.4f}"
-            )
-        log.info(text)
-
-    # -- the bundle --------------------------------------------------------------------------
+    # -- the bundle and the summary ---------------------------------------------------------
 
     def write_bundle(self) -> None:
         """Make the run folder a model bundle: best weights + model.json (kind "trained")."""
-        from edgepanc.bundle import write_bundle
-
-        write_bundle(
-            self.run_dir,
-            self.model,
-            self.plan.to_dict(),
-            metrics={"validation": self.state.best_metrics, "best_epoch": self.state.best_epoch},
-            labels=LABELS,
-            subtypes=SUBTYPES,
-            kind="trained",
-            extra_provenance={"training": self.config.to_dict()},
-        )
+        write_run_bundle(self.run_dir, self.model, self.plan, self.state, self.config)
 
     def write_summary(self) -> None:
-        from edgepanc.io.atomic import write_json_atomic
-
-        summary = {
-            "epochs": self.state.epoch,
-            "steps": self.state.step,
-            "best_epoch": self.state.best_epoch,
-            "best_score": self.state.best_score,
-            "best_metrics": self.state.best_metrics,
-            "thermal": self.guard.summary(),
-            "device": str(self.device),
-            "autocast": None if self.amp_dtype is None else str(self.amp_dtype),
-        }
-        write_json_atomic(self.run_dir / "summary.json", summary)
-        thermal = summary["thermal"]
-        log.info(
-            "done: %d epochs, best score %.4f at epoch %d; %d thermal pauses, %.0f s paused",
-            self.state.epoch,
-            self.state.best_score,
-            self.state.best_epoch,
-            thermal["pauses"],
-            thermal["total_pause_s"],
-        )
+        write_run_summary(self.run_dir, self.state, self.guard, self.device, self.amp_dtype)

@@ -1,0 +1,73 @@
+"""What a run leaves besides checkpoints and metrics: the model bundle and ``summary.json``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgepanc.io.atomic import write_json_atomic
+from edgepanc.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+LABELS = {"0": "background", "1": "pancreas", "2": "lesion"}
+SUBTYPES = {"0": "subtype0", "1": "subtype1", "2": "subtype2"}
+
+
+def write_run_bundle(
+    run_dir: Path, model: torch.nn.Module, plan: Any, state: Any, config: TrainConfig
+) -> None:
+    """Make ``run_dir`` a model bundle: ``model``'s weights + model.json (kind "trained").
+
+    Example::
+
+        >>> write_run_bundle(Path("work/a"), model, plan, trainer.state, config)
+    """
+    from edgepanc.bundle import write_bundle
+
+    write_bundle(
+        run_dir,
+        model,
+        plan.to_dict(),
+        metrics={"validation": state.best_metrics, "best_epoch": state.best_epoch},
+        labels=LABELS,
+        subtypes=SUBTYPES,
+        kind="trained",
+        extra_provenance={"training": config.to_dict()},
+    )
+
+
+def write_run_summary(
+    run_dir: Path, state: Any, guard: Any, device: torch.device, amp_dtype: torch.dtype | None
+) -> dict[str, Any]:
+    """Write ``summary.json`` (epochs, steps, best score, thermal pauses) and log its line.
+
+    Example::
+
+        >>> write_run_summary(Path("work/a"), state, guard, torch.device("cpu"), None)["epochs"]
+        50
+    """
+    summary = {
+        "epochs": state.epoch,
+        "steps": state.step,
+        "best_epoch": state.best_epoch,
+        "best_score": state.best_score,
+        "best_metrics": state.best_metrics,
+        "thermal": guard.summary(),
+        "device": str(device),
+        "autocast": None if amp_dtype is None else str(amp_dtype),
+    }
+    write_json_atomic(run_dir / "summary.json", summary)
+    thermal = summary["thermal"]
+    log.info(
+        "done: %d epochs, best score %.4f at epoch %d; %d thermal pauses, %.0f s paused",
+        state.epoch,
+        state.best_score,
+        state.best_epoch,
+        thermal["pauses"],
+        thermal["total_pause_s"],
+    )
+    return summary
