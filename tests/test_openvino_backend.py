@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -257,3 +258,24 @@ def test_a_graph_with_other_io_names_is_refused(tiny_onnx, tmp_path):
     onnx.save(graph, str(path))
     with pytest.raises(InputError, match="expected input 'image'"):
         OpenVinoPredictor(path, threads=1)
+
+
+def test_latency_script_times_every_backend_in_one_run(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "backend_latency.py"
+    out = tmp_path / "latency.json"
+    args = ["--case", "tiny:16x16x16:2", "--rounds", "2", "--threads", "1", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(out.read_text())
+    row = report["ms_per_patch"]["`tiny` preset, 16x16x16, batch 2"]
+    expected = {"ORT fp32", "OpenVINO fp32", "OpenVINO INT8 (rest fp32)", "torch fp32"}
+    if MACHINE_HAS_BF16:
+        expected |= {"OpenVINO bf16", "OpenVINO INT8 (rest bf16)"}
+    assert set(row) == expected and all(ms > 0 for ms in row.values())
+    assert (report["threads"], report["rounds"]) == (1, 2)
+    assert "| `tiny` preset, 16x16x16, batch 2 |" in done.stdout
