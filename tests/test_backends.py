@@ -269,6 +269,28 @@ def test_explicit_requests(fake_bundle, cpu_only):
         choose_backend(fake_bundle, backend="openvino")
 
 
+def test_device_resolution_lives_in_one_place(monkeypatch):
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
+    assert devices.resolve_device("auto") == devices.torch_device("auto") == "cpu"
+    assert devices.resolve_device("cuda") == "cuda"  # ONNX Runtime's CUDA provider decides
+    with pytest.raises(BackendUnavailable, match="CUDA"):
+        devices.torch_device("cuda")
+    with pytest.raises(ValueError, match="device"):
+        devices.resolve_device("gpu")
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+    assert devices.resolve_device("auto") == devices.torch_device("cuda") == "cuda"
+
+
+def test_cuda_available_asks_torch_once_torch_is_loaded(monkeypatch):
+    # NVML only spares a torch import; with torch loaded (training, the compression stage) its
+    # own answer counts, even where NVML is missing or blind.
+    monkeypatch.setattr(devices, "nvidia_gpu_present", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert devices.cuda_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not devices.cuda_available()
+
+
 def test_available_backends_on_this_machine():
     names = available_backends()
     assert names[0] == "torch"

@@ -77,9 +77,8 @@ class OnnxRuntimePredictor:
             raise InputError(path, "ONNX model file not found")
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # The CPU arena grows in doubling chunks and never shrinks: with it a batch of 6 tiles of
-        # 32x64x64 held about 3x the activations it needed, and a run under --memory-budget
-        # 0.6GB peaked at 685 MiB. Without it, tensors go back to the allocator after each run.
+        # The CPU arena grows in doubling chunks and never gives memory back, which broke
+        # --memory-budget; without it, tensors go back to the allocator after each run.
         options.enable_cpu_mem_arena = False
         if intra_op_threads is not None:
             options.intra_op_num_threads = int(intra_op_threads)

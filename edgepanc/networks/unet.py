@@ -107,9 +107,8 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the class axis (dim 1) of ``logits`` [B, C, D, H, W], written out.
 
     Exported as ReduceMax, Sub, Exp, ReduceSum and Div rather than one Softmax node: ONNX
-    Runtime (1.32, CPU) runs Softmax on a non-last axis through transposes, 60 ms for two
-    32 x 64 x 64 tiles of three classes against 1.4 ms for this form, with the same values to
-    1e-7. PyTorch runs both about equally fast.
+    Runtime's CPU Softmax on a non-last axis runs through transposes, many times slower for the
+    same values (docs/measurements/quantization_cpu_recipe.md).
     """
     shifted = logits - logits.amax(dim=1, keepdim=True)
     exponential = torch.exp(shifted)
@@ -181,9 +180,8 @@ def region_intensity_statistics(
     lesion and the pancreas (``regions=2``), or lesion, lesion core, lesion rim, shell round the
     lesion and pancreas (``regions=5``; :func:`lesion_surroundings`). The input is CT normalised
     with data-set statistics, so these keep the absolute attenuation that instance normalisation
-    removes from every feature map. With reference masks on phantoms a small MLP on the five
-    regions' statistics separated the validation subtypes at macro F1 0.93, against 0.71 with
-    the lesion's alone.
+    removes from every feature map; under reference masks the five regions' statistics separate
+    the subtypes far better than the lesion's alone.
     """
     image = image.float()
     lesion, pancreas = region_weights(probability)
@@ -269,14 +267,14 @@ class ClassificationHead(nn.Module):
             # Detached weights: the classifier then looks where the segmentation says the lesion
             # is and cannot move the mask to suit itself (e.g. onto a lesion-like structure
             # outside the pancreas).
-            # On a small phantom run, not detaching cost lesion Dice (0.80 vs 0.84 at 400 steps)
-            # and spread the weights more outside the lesion, with no gain in subtype F1.
+            # Not detaching cost lesion Dice and spread the weights outside the lesion, with no
+            # gain in subtype F1.
             probability = class_probabilities(seg_logits.detach().float())
             if reference is not None:
                 probability = teacher_forced_probability(probability, *reference)
             # The decoder features are read, not trained, by the classifier: with its gradient
             # flowing into them (and teacher forcing making that gradient strong) segmentation
-            # learned markedly slower (training seg loss 0.96 against 0.77 at epoch 14).
+            # learned markedly slower.
             region = region_pooled_features(decoder_features.detach(), probability)
             intensity = region_intensity_statistics(image, probability, self.intensity_regions)
             pooled += [region, intensity]

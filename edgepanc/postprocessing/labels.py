@@ -12,7 +12,7 @@ Pure functions on uint8 ``(z, y, x)`` arrays, built on :mod:`scipy.ndimage`:
   labels of this data set.
 - :func:`keep_main_lesions` turns lesion components smaller than ``lesion_min_fraction`` of the
   largest lesion into pancreas: the network leaves 5-10 small lesion specks inside the gland on
-  most phantoms, and they are gland, not background.
+  most phantoms, and they are gland, not background (docs/measurements/cpu_recipe.md).
 - :func:`mask_region_probabilities` makes the soft maps kept for restoring agree with the
   cleaned labels: what post-processing removed does not come back through them.
 """
@@ -41,6 +41,8 @@ class PostprocessConfig:
     A secondary organ component survives only if it is at least ``min_fraction`` of the largest
     component, at least ``min_volume_ml`` millilitres *and* no further than ``max_gap_mm`` from
     the largest (None: any distance).
+
+    Example: ``PostprocessConfig(max_gap_mm=None)`` keeps large components at any distance.
     """
 
     largest_component: bool = True
@@ -61,7 +63,10 @@ DEFAULT_POSTPROCESS = PostprocessConfig()
 
 
 def voxel_volume_ml(spacing_zyx: Sequence[float]) -> float:
-    """Volume of one voxel in millilitres (spacing in mm)."""
+    """Volume of one voxel in millilitres (spacing in mm).
+
+    Example: ``voxel_volume_ml((2.0, 1.0, 0.5))`` -> ``0.001``.
+    """
     return float(np.prod(np.asarray(spacing_zyx, dtype=np.float64))) / 1000.0
 
 
@@ -73,7 +78,10 @@ def keep_main_components(
     max_gap_mm: float | None = PostprocessConfig.max_gap_mm,
 ) -> np.ndarray:
     """Zero every organ component (labels 1+2) except the largest and the large-enough others
-    that lie within ``max_gap_mm`` of it."""
+    that lie within ``max_gap_mm`` of it.
+
+    Example: a 6400-voxel gland and a 20-voxel speck at 1 mm spacing -> the gland alone.
+    """
     components, sizes = connected_components(labels > 0)
     if len(sizes) <= 1:
         return labels.copy()
@@ -101,6 +109,9 @@ def component_gaps_mm(
 
     The distance transform runs on ``main``'s bounding box grown by ``reach_mm``, not the whole
     grid, so its cost follows the gland, not the scan.
+
+    Example: ``component_gaps_mm(components, 1, 3, (1.0, 1.0, 1.0), 15.0)`` ->
+    ``array([0.0, 4.0, inf])`` for a second component 4 mm away and a third beyond 15 mm.
     """
     spacing = np.asarray(spacing_zyx, dtype=np.float64)
     margins = tuple(int(np.ceil(reach_mm / s)) + 1 for s in spacing)
@@ -117,13 +128,20 @@ def component_gaps_mm(
 
 
 def connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """26-connected components of ``mask`` (0 outside) and the voxel count of each, 1..n."""
+    """26-connected components of ``mask`` (0 outside) and the voxel count of each, 1..n.
+
+    Example: two diagonal voxels -> one component: ``connected_components(mask)[1]`` ->
+    ``array([2])``.
+    """
     components, count = ndimage.label(mask, structure=_FULL_CONNECTIVITY)
     return components, np.bincount(components.ravel(), minlength=count + 1)[1:]
 
 
 def restrict_lesion_to_pancreas(labels: np.ndarray) -> np.ndarray:
-    """Set lesion components that neither touch nor lie inside the pancreas to background."""
+    """Set lesion components that neither touch nor lie inside the pancreas to background.
+
+    Example: a lesion blob ten voxels from the gland -> 0 there; one inside it stays 2.
+    """
     lesion = labels == LESION
     if not lesion.any():
         return labels.copy()
@@ -140,7 +158,10 @@ def restrict_lesion_to_pancreas(labels: np.ndarray) -> np.ndarray:
 
 def keep_main_lesions(labels: np.ndarray, min_fraction: float) -> np.ndarray:
     """Relabel as pancreas every lesion component (26-connected) smaller than ``min_fraction``
-    of the largest; the largest always stays. A new array."""
+    of the largest; the largest always stays. A new array.
+
+    Example: lesions of 400 and 30 voxels with ``min_fraction=0.25`` -> the 30 become 1.
+    """
     components, sizes = connected_components(labels == LESION)
     if len(sizes) <= 1 or min_fraction <= 0:
         return labels.copy()
@@ -190,6 +211,9 @@ def mask_region_probabilities(
     the mask still sees the network's probabilities just outside the boundary, while removed
     components and lesions outside the pancreas stay removed. A new object; the input is not
     modified.
+
+    Example: ``mask_region_probabilities(result.probabilities, postprocess_labels(...))``
+    zeroes the lesion map where post-processing removed the lesion.
     """
     box_labels = labels[probabilities.box]
     values = np.zeros_like(probabilities.values)

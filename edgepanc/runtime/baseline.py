@@ -162,6 +162,8 @@ def speedup_gate(
 
     Medians, not means, so one run disturbed by another process on a shared machine does not
     decide the gate; both lists should come from alternating runs in the same session.
+
+    Example: ``speedup_gate([2.0, 2.2], [1.0, 1.1]).ratio`` -> ``2.0``.
     """
     if not baseline_times or not optimised_times:
         raise ValueError("speedup_gate needs at least one time for each path")

@@ -87,7 +87,10 @@ def predict_with(
 
 
 def score_case(case: PreparedCase, prediction: FinishedPrediction) -> CaseResult:
-    """Compare with the reference on the original grid (the preprocessed one if none is known)."""
+    """Compare with the reference on the original grid (the preprocessed one if none is known).
+
+    Example: ``score_case(case, predict_case(model, case, (64, 96, 96), "cpu")).whole_dsc``.
+    """
     from edgepanc.metrics import segmentation_metrics
 
     labels, probabilities = prediction.labels, prediction.subtype_probabilities
@@ -118,7 +121,10 @@ def validate_cases(
     device: str,
     step_fraction: float = 0.5,
 ) -> list[CaseResult]:
-    """Validate ``cases`` (this rank's share) with ``model`` in eval mode."""
+    """Validate ``cases`` (this rank's share) with ``model`` in eval mode.
+
+    Example: ``validate_cases(model, val_cases, (64, 96, 96), "cpu")[0].predicted_subtype``.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -135,6 +141,9 @@ def summarize_results(results: Sequence[CaseResult]) -> dict[str, Any]:
     """Every validation metric (see :func:`edgepanc.metrics.summarize_cases`) plus the score.
 
     Cases without a subtype label count for segmentation only.
+
+    Example: ``summarize_results(validate_cases(model, cases, (64, 96, 96), "cpu"))
+    ["combined_score"]``.
     """
     from edgepanc.metrics import combined_score, summarize_cases
 
