@@ -140,6 +140,23 @@ def test_pruning_shrinks_parameters_flops_and_onnx_size(quantized: dict) -> None
     assert bundle.artifacts["pruned_torch_fp32"]["network"]["features"] == [2, 4, 8]
 
 
+def test_every_artifact_record_is_a_typed_variant(quantized: dict) -> None:
+    """The bundle says what each variant is; its name and file follow from that record."""
+    from edgepanc.quantization.variants import Variant
+
+    bundle = load_bundle(quantized["out"])
+    variants = {name: Variant.from_record(record) for name, record in bundle.artifacts.items()}
+    for name, variant in variants.items():
+        assert variant.name == name
+        assert variant.file == bundle.artifacts[name]["file"]
+        assert variant.pruned == ("network" in bundle.artifacts[name])
+    assert variants["onnx_int8_minmax"].kind == "ptq"
+    assert variants["onnx_int8_minmax"].calibration == "minmax"
+    assert variants["onnx_int8_qat"].kind == "qat"
+    assert variants["pruned_onnx_int8_minmax"].pruned
+    assert variants["torch_fp32"].kind == "weights" and not variants["torch_fp32"].pruned
+
+
 def test_onnx_matches_torch_and_int8_agrees(quantized: dict) -> None:
     bundle = load_bundle(quantized["out"])
     report = json.loads((bundle.path / "quantization.json").read_text())

@@ -148,6 +148,7 @@ def quantize(
     seed: int,
 ) -> None:
     """Prune, quantize and export a trained bundle; measure every variant; write a new bundle."""
+    # imported here, not with the CLI: the other commands run without torch or the compression stage
     from edgepanc.quantization.config import QuantizeConfig
     from edgepanc.quantization.pipeline import run_quantize
 

@@ -63,12 +63,19 @@ class QuantizeConfig:
     tolerance: AccuracyTolerance = AccuracyTolerance()
 
     def __post_init__(self) -> None:
-        for name in ("model", "data", "out"):
-            object.__setattr__(self, name, Path(getattr(self, name)))
+        # frozen: the CLI and callers may pass strings; the fields are Paths from here on
+        object.__setattr__(self, "model", Path(self.model))
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "export", tuple(self.export))
         problems = config_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def wants_int8(self) -> bool:
+        """INT8 ONNX variants are asked for (post-training, quantization-aware or both)."""
+        return self.int8 != "none" and "int8" in self.export
 
     @property
     def wants_ptq(self) -> bool:

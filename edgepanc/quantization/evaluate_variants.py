@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgepanc.backends.base import Predictor
-from edgepanc.training.validation import predict_with
+from edgepanc.training.validation import predict_with, score_case, summarize_results
 
 # The metrics a variant is judged on against fp32 (see AccuracyTolerance).
 KEY_METRICS: tuple[str, ...] = ("whole_dsc", "lesion_dsc", "macro_f1")
@@ -26,8 +26,6 @@ def evaluate_predictor(
     step_fraction: float = 0.5,
 ) -> dict[str, Any]:
     """Every validation metric of ``predictor`` on prepared ``cases`` (edgepanc.training.dataset.PreparedCase)."""
-    from edgepanc.training.validation import score_case, summarize_results
-
     results = []
     for case in cases:
         prediction = predict_with(predictor, case.image, case.spacing, patch_size, step_fraction)

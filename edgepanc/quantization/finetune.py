@@ -19,6 +19,10 @@ from typing import Any
 import torch
 
 from edgepanc.networks import MultiTaskUNet
+from edgepanc.quantization.stages.context import QuantizeContext
+from edgepanc.thermal import ThermalGuard
+from edgepanc.training.config import TrainConfig
+from edgepanc.training.loop import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +44,8 @@ def training_config_for(
     scratch: Path,
     patch_size: Sequence[int],
     settings: FinetuneSettings,
-) -> Any:
+) -> TrainConfig:
     """The model's own TrainConfig (from the bundle's provenance) adjusted for fine-tuning."""
-    from edgepanc.training.config import TrainConfig
-
     base = dict(training) if training else {"data": str(data), "out": str(scratch)}
     base.setdefault("patch_size", list(patch_size))
     config = TrainConfig.from_dict(base)
@@ -75,8 +77,6 @@ def finetune(
     ``prepare(trainer_model)`` runs after the weights are loaded and before the first step;
     QAT uses it to insert fake quantization (it must keep the parameters the optimiser holds).
     """
-    from edgepanc.training.loop import Trainer
-
     if train_config.epochs == 0:
         return model.eval()
     with tempfile.TemporaryDirectory(prefix="edgepanc-finetune-") as scratch:
@@ -96,3 +96,21 @@ def finetune(
             )
         tuned = trainer.model.cpu().eval()
     return tuned
+
+
+def finetune_in_run(
+    ctx: QuantizeContext,
+    model: MultiTaskUNet,
+    epochs: int,
+    prepare: Callable[[torch.nn.Module], None] | None = None,
+) -> MultiTaskUNet:
+    """:func:`finetune` on the run's calibration cases with ``--steps-per-epoch``, ``--lr``,
+    ``--device`` and ``--seed``; the rest as the source bundle was trained."""
+    config = ctx.config
+    settings = FinetuneSettings(epochs, config.steps_per_epoch, config.lr, ctx.device, config.seed)
+    train_config = training_config_for(
+        ctx.training, config.data, ctx.staging, ctx.patch_size, settings
+    )
+    return finetune(
+        model, ctx.data.calibration_cases, ctx.plan, train_config, ThermalGuard.discover(), prepare
+    )

@@ -1,12 +1,11 @@
 """Which layers run in INT8: chosen layer by layer from ONNX Runtime's own kernel timings.
 
-Why: INT8 is not faster everywhere. On this project's 2-core AVX2 EPYC, ONNX Runtime's 3D
-QLinearConv with 8-16 channels on a full-resolution 32x64x64 tile took 80-86 ms where its fp32
-Conv took 10-22 ms, while the deeper, wider convolutions ran 1.5-2.5x faster in INT8. Quantizing
-every layer made the whole network 3x slower than fp32; leaving the slow ones in fp32 keeps the
-gain where it exists (and spares those layers the rounding). Which layers win depends on the
-CPU's integer instructions, so the choice is measured on the machine that runs ``quantize``,
-the way TensorRT picks kernels, rather than written down.
+Why: INT8 is not faster everywhere. ONNX Runtime's 3D INT8 convolutions with few channels at
+full resolution can be several times slower than their fp32 kernels while the deeper, wider
+layers gain, so quantizing every layer can leave the whole network slower than fp32 (figures in
+docs/measurements/readme_history.md and docs/measurements/gpu_recipe_sweep.md). Which layers win
+depends on the CPU's integer instructions, so the choice is measured on the machine that runs
+``quantize``, the way TensorRT picks kernels, rather than written down.
 
 The measurement: one fully quantized model (QDQ) and its fp32 source each run a few patches
 with ONNX Runtime's profiler; a layer stays INT8 where its INT8 cost took less time than the fp32
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 
 # ONNX Runtime names a fused node "<original name>_token_<n>" in its profile.
 _FUSED_SUFFIX = re.compile(r"_token_\d+$")
@@ -67,8 +67,6 @@ def kernel_times(
     seed: int = 0,
 ) -> dict[str, float]:
     """Median kernel milliseconds per ONNX node over ``runs`` patches (after one warm-up)."""
-    import onnxruntime
-
     batch = np.random.default_rng(seed).standard_normal((1, 1, *patch_size), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="edgepanc-profile-") as scratch:
         options = onnxruntime.SessionOptions()
@@ -97,6 +95,7 @@ def kernel_times(
 
 def quantizable_nodes(model_path: Path, op_types: Iterable[str]) -> list[tuple[str, str]]:
     """``(name, op_type)`` of the nodes of ``op_types`` in an ONNX file, in graph order."""
+    # onnx is the optional [quant] extra: imported where a graph is read, not with the module
     import onnx
 
     wanted = set(op_types)
@@ -135,6 +134,7 @@ def conversion_nodes(qdq_path: Path) -> dict[str, list[tuple[str, float]]]:
     equally among every DequantizeLinear reading it. Output side: the QuantizeLinear on output 0
     and the DequantizeLinear nodes after it.
     """
+    # onnx is the optional [quant] extra: imported where a graph is read, not with the module
     import onnx
 
     graph = onnx.load(str(qdq_path), load_external_data=False).graph

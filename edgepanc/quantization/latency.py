@@ -2,13 +2,12 @@
 
 :func:`interleaved_latencies` times several predictors in turns (A B C A B C ...), so that load
 from other jobs on a shared machine hits every variant alike and their ratios stay meaningful;
-timing them one after another let a 10% difference flip with the machine's load (measured here).
+timed one after another, a 10% difference flipped with the machine's load.
 
-Each turn starts with one untimed call. ONNX Runtime's worker threads spin for a while after a
-run, so the first call after switching sessions competes with the previous session's threads:
-timed call by call in strict alternation, the fp32 and INT8 graphs of one bundle both measured
-135-145 ms per patch on the 2-core machine, INT8 behind; with a settling call per turn, 87-97 vs
-80-85 ms, INT8 ahead, as each runs in ``edgepanc run``, one session back to back.
+Each turn starts with one untimed call, because ONNX Runtime's worker threads keep spinning for
+a while after a run and slow the first call of the next session; without it, INT8 and fp32
+graphs timed in strict alternation looked alike although INT8 is the faster one run alone
+(docs/measurements/quantization_cpu_recipe.md).
 """
 
 from __future__ import annotations

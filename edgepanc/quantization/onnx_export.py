@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -28,6 +29,7 @@ OPSET = 17
 
 def export_onnx(model: nn.Module, path: Path, patch_size: Sequence[int]) -> Path:
     """Write ``model`` (fp32, eval mode) as ONNX at ``path`` atomically and check the graph."""
+    # onnx is the optional [quant] extra: imported where a graph is written, not with the module
     import onnx
 
     model = copy.deepcopy(model).float().eval().cpu()
@@ -69,8 +71,6 @@ def compare_with_torch(
     model: nn.Module, onnx_path: Path, patches: np.ndarray, intra_op_threads: int | None = None
 ) -> OnnxAgreement:
     """Run ``patches`` [N, 1, D, H, W] through PyTorch and ONNX Runtime and compare the outputs."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads

@@ -15,6 +15,8 @@ import numpy as np
 
 from edgepanc.io.atomic import atomic_path
 from edgepanc.quantization.onnx_export import INPUT_NAME
+from edgepanc.training.augmentation import AugmentationConfig
+from edgepanc.training.sampling import PatchSampler, SamplingConfig
 
 # Our names for ONNX Runtime's calibration methods.
 CALIBRATION_METHOD_NAMES: dict[str, str] = {
@@ -42,9 +44,6 @@ def calibration_patches(
     ``subtype`` [N]. ``cases`` are :class:`edgepanc.training.dataset.PreparedCase`; the foreground shares
     should be the ones the model was trained with (the defaults are the training defaults).
     """
-    from edgepanc.training.augmentation import AugmentationConfig
-    from edgepanc.training.sampling import PatchSampler, SamplingConfig
-
     sampler = PatchSampler(
         cases,
         SamplingConfig(tuple(int(s) for s in patch_size), lesion_fraction, pancreas_fraction),
@@ -56,6 +55,7 @@ def calibration_patches(
 
 def make_calibration_reader(patches: np.ndarray):
     """An ``onnxruntime.quantization.CalibrationDataReader`` yielding one patch per call."""
+    # onnxruntime.quantization needs onnx, the optional [quant] extra: imported on use
     from onnxruntime.quantization import CalibrationDataReader
 
     class PatchReader(CalibrationDataReader):
@@ -91,6 +91,7 @@ def quantize_int8(
     TensorRT's explicit quantization requires. ``exclude`` names nodes left in fp32 (see
     :mod:`edgepanc.quantization.int8_placement`). Batch norm must already be folded into the convs.
     """
+    # onnxruntime.quantization needs onnx, the optional [quant] extra: imported on use
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgepanc.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 
 REPORT_JSON = "quantization.json"
@@ -150,11 +152,11 @@ def _metric(variant: VariantResult, key: str) -> str:
 
 def plot_report(variants: Sequence[VariantResult], path: Path) -> Path:
     """Bar chart: latency per patch (left) and the three key metrics (right) per variant."""
+    # matplotlib only when a chart is drawn: reading a report (bench/) does not load it
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     names = [v.name for v in variants]
     x = np.arange(len(names))

@@ -13,6 +13,8 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from edgepanc.io.atomic import write_bytes_atomic
 from edgepanc.quantization.onnx_export import INPUT_NAME
 
@@ -25,8 +27,6 @@ def tensorrt_skip_reason() -> str | None:
     """Why no engine can be built here, or None when TensorRT and a CUDA device are present."""
     if importlib.util.find_spec("tensorrt") is None:
         return "the tensorrt package (and torch-tensorrt) is not installed"
-    import torch
-
     if not torch.cuda.is_available():
         return "no CUDA device"
     return None
@@ -36,6 +36,7 @@ def build_engine(
     onnx_path: Path, engine_path: Path, patch_size: Sequence[int], precision: str
 ) -> Path:
     """Parse ``onnx_path`` and write a serialized engine for ``precision`` ("fp16" or "int8")."""
+    # tensorrt is optional (the [gpu] extra, NVIDIA machines only): imported where it builds
     import tensorrt as trt
 
     if precision not in ("fp16", "int8"):
