@@ -118,8 +118,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
     Example::
 
-        >>> load_checkpoint("run/last.pt")["state"]["epoch"]
-        3
+        >>> epochs_done = load_checkpoint("run/last.pt")["state"]["epoch"]
     """
     path = Path(path)
     if not path.is_file():

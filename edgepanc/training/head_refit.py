@@ -243,8 +243,7 @@ def refit_phase(
 
     Example::
 
-        >>> refit_phase(model, cases, config, torch.device("cpu"), DistContext(), lambda: 0.0)
-        {'refit_cases': 9, 'refit_tiles': 40, ...}
+        >>> fields = refit_phase(model, cases, config, torch.device("cpu"), DistContext(), float)
     """
     refit_config = HeadRefitConfig(seed=config.seed)
     pause_s = 0.0

@@ -4,31 +4,27 @@ Precision: fp16 autocast with ``torch.amp.GradScaler("cuda")`` on CUDA; on CPU, 
 ``--amp`` on CPU switches on bf16 autocast, which halves the step on a CPU with native bf16 and is
 an order of magnitude slower on one without, hence fp32 as the CPU default (timings in
 docs/measurements/cpu_recipe.md). Optimiser: AdamW with linear warm-up then cosine decay per step,
-gradient norm clipped at ``config.grad_clip``. The best checkpoint is chosen by
-:func:`edgepanc.metrics.combined_score` of the validation metrics; ``patience`` validations
-without improvement stop the run early.
+gradient norm clipped at ``config.grad_clip`` (the steps: :mod:`edgepanc.training.steps`). The
+best checkpoint is chosen by :func:`edgepanc.metrics.combined_score` of the validation metrics;
+``patience`` validations without improvement stop the run early.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from edgepanc.backends import devices
 from edgepanc.errors import InputError
 from edgepanc.thermal import ThermalGuard, ThermalTimeout
 from edgepanc.training.augmentation import AugmentationConfig
-from edgepanc.training.batches import epoch_batches
 from edgepanc.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
 from edgepanc.training.config import TrainConfig
 from edgepanc.training.dataset import PreparedCase
@@ -36,15 +32,11 @@ from edgepanc.training.distributed import (
     DistContext,
     barrier,
     gather_lists,
-    mean_across_ranks,
     shard,
 )
 from edgepanc.training.logs import epoch_line, plot_curves, refit_line, write_metrics
-from edgepanc.training.losses import LossWeights, multitask_loss
 from edgepanc.training.outputs import write_run_bundle, write_run_summary
-from edgepanc.training.sampling import PatchSampler, SamplingConfig
-from edgepanc.training.schedule import build_scheduler, teacher_forcing_share
-from edgepanc.training.teacher import draw_lesion_jitter, jitter_lesion
+from edgepanc.training.steps import StepRunner
 from edgepanc.training.validation import summarize_results, validate_cases
 
 log = logging.getLogger(__name__)
@@ -84,17 +76,6 @@ def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """A 32-bit seed for the global RNGs at the start of ``epoch`` on ``rank``."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class Trainer:
     """Trains one model on prepared cases and writes the run folder (rank 0 only).
 
@@ -113,8 +94,6 @@ class Trainer:
         context: DistContext | None = None,
         augmentation: AugmentationConfig | None = None,
     ) -> None:
-        from edgepanc.networks import build_network
-
         self.config = config
         self.run_dir = Path(run_dir)
         self.context = context or DistContext()
@@ -128,40 +107,16 @@ class Trainer:
         self.guard = guard
         self.train_cases = list(train_cases)
         self.val_cases = list(val_cases)
-        seed_everything(config.seed)  # identical initial weights on every rank
-        self.model = build_network(network_config).to(self.device)
-        # Channels-last on CPU spares oneDNN a layout reorder per 3D convolution (a faster
-        # step); not under DDP, where gloo aborted at exit with channels-last parameters.
-        self.memory_format = (
-            torch.channels_last_3d
-            if self.device.type == "cpu" and not self.context.enabled
-            else torch.contiguous_format
-        )
-        self.model = self.model.to(memory_format=self.memory_format)
-        self.train_model: torch.nn.Module = self.model
-        if self.context.enabled:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
-        total_steps = config.epochs * config.steps_per_epoch
-        self.scheduler = build_scheduler(
-            self.optimizer, config.warmup_epochs * config.steps_per_epoch, total_steps
-        )
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype == torch.float16
-        )
-        self.sampler = PatchSampler(
+        self.steps = StepRunner(
+            config,
+            network_config,
+            self.device,
+            self.amp_dtype,
             train_cases,
-            SamplingConfig(config.patch_size, config.lesion_fraction, config.pancreas_fraction),
-            augmentation or AugmentationConfig(zoom_out_probability=config.zoom_out_probability),
-            seed=config.seed,
-            rank=self.context.rank,
-            keep_clean_image=config.head_statistics == "clean",
+            self.context,
+            augmentation,
         )
-        self.loss_weights = LossWeights(seg=config.seg_weight, cls=config.cls_weight)
+        self.model = self.steps.model
         self.state = TrainState()
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -175,9 +130,9 @@ class Trainer:
             "config_identity": self.config.identity(),
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "optimizer": self.steps.optimizer.state_dict(),
+            "scheduler": self.steps.scheduler.state_dict(),
+            "scaler": self.steps.scaler.state_dict(),
             "state": self.state.__dict__,
             "rng": rng_states(),
         }
@@ -208,9 +163,9 @@ class Trainer:
         """
         try:
             self.model.load_state_dict(checkpoint["model"])
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-            self.scaler.load_state_dict(checkpoint["scaler"])
+            self.steps.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.steps.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.steps.scaler.load_state_dict(checkpoint["scaler"])
             self.state = TrainState(**checkpoint["state"])
             restore_rng_states(checkpoint["rng"])
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
@@ -221,91 +176,16 @@ class Trainer:
             ) from None
         log.info("resumed from %s after epoch %d", self.last_path, self.state.epoch)
 
-    # -- one step, one epoch -----------------------------------------------------------------
+    # -- epochs --------------------------------------------------------------------------------
 
-    def train_step(self, batch: dict[str, np.ndarray]) -> tuple[float, float, float]:
-        """One optimiser step; returns (total, seg, cls) losses."""
-        image = torch.from_numpy(batch["image"]).to(self.device, non_blocking=True)
-        image = image.contiguous(memory_format=self.memory_format)
-        label = torch.from_numpy(batch["label"]).to(self.device, non_blocking=True)
-        subtype = torch.from_numpy(batch["subtype"]).to(self.device, non_blocking=True)
-        clean = batch.get("clean_image")
-        if clean is not None:
-            clean = torch.from_numpy(clean).to(self.device, non_blocking=True)
-        with torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-        ):
-            seg_output, cls_logits = self.train_model(
-                image, reference=self.reference(label), statistics_image=clean
-            )
-        total, seg, cls = multitask_loss(
-            seg_output, cls_logits, label, subtype, self.loss_weights, self.config.lesion_dice
-        )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.state.step += 1
-        return float(total.detach()), float(seg.detach()), float(cls.detach())
-
-    def reference(self, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Teacher forcing for the subtype head: (label, which samples use it), drawn from the
-        sampler's generator so that a resumed run draws the same."""
-        share = teacher_forcing_share(
-            self.state.step,
-            self.config.epochs * self.config.steps_per_epoch,
-            self.config.teacher_forcing,
-            self.config.teacher_forcing_end,
-        )
-        if share <= 0 or self.model.config.classifier_pooling != "lesion_attention":
-            return None
-        use = self.sampler.rng.random(label.shape[0]) < share
-        if self.config.teacher_mask_jitter > 0:
-            shifts, radii = draw_lesion_jitter(
-                self.sampler.rng, label.shape[0], self.config.teacher_mask_jitter
-            )
-            label = jitter_lesion(label, shifts, radii)
-        return label, torch.from_numpy(use).to(label.device)
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch (:meth:`StepRunner.run_epoch`); the mean losses and pause seconds."""
+        return self.steps.run_epoch(epoch, self.state, self.thermal_pause)
 
     def thermal_pause(self) -> float:
         """Wait while too hot; the pause length in seconds (ThermalTimeout propagates)."""
         event = self.guard.wait_until_cool()
         return 0.0 if event is None else float(event.duration_s)
-
-    def run_epoch(self, epoch: int) -> dict[str, float]:
-        """Train one epoch; returns the epoch's mean losses and pause seconds."""
-        seed = epoch_seed(self.config.seed, epoch, self.context.rank)
-        seed_everything(seed)
-        self.sampler.start_epoch(epoch)
-        self.train_model.train()
-        sums = np.zeros(3)
-        pause_s = 0.0
-        batches = epoch_batches(
-            self.sampler,
-            epoch,
-            self.config.steps_per_epoch,
-            self.config.batch_size,
-            self.config.workers,
-        )
-        bar = tqdm(
-            batches,
-            total=self.config.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{self.config.epochs}",
-            unit="step",
-            leave=False,
-            disable=not self.context.is_main,
-        )
-        for done, batch in enumerate(bar, start=1):
-            pause_s += self.thermal_pause()
-            sums += self.train_step(batch)
-            bar.set_postfix(loss=f"{sums[0] / done:.3f}")
-        means = mean_across_ranks((sums / self.config.steps_per_epoch).tolist(), self.context)
-        return {"loss": means[0], "seg_loss": means[1], "cls_loss": means[2], "pause_s": pause_s}
 
     def validate(self) -> dict[str, Any]:
         """Every rank validates its share; all ranks get the same summary."""
@@ -361,7 +241,7 @@ class Trainer:
         epoch = self.state.epoch
         start = time.monotonic()
         record: dict[str, Any] = {"epoch": epoch + 1, **self.run_epoch(epoch)}
-        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        record["lr"] = self.steps.optimizer.param_groups[0]["lr"]
         record["train_s"] = time.monotonic() - start
         due = (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.config.epochs
         self.score(record, validate=due, latest=float(epoch))

@@ -47,8 +47,7 @@ def write_run_summary(
 
     Example::
 
-        >>> write_run_summary(Path("work/a"), state, guard, torch.device("cpu"), None)["epochs"]
-        50
+        >>> summary = write_run_summary(Path("work/a"), state, guard, torch.device("cpu"), None)
     """
     summary = {
         "epochs": state.epoch,
