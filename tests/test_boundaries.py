@@ -128,12 +128,22 @@ def test_an_onnx_runtime_run_loads_neither_training_compression_nor_torch(onnx_b
 
 
 def imported_modules(path: Path, name: str) -> set[str]:
-    """The ``edgepanc`` modules that ``path`` (module ``name``) imports, at any level: module,
-    function or ``TYPE_CHECKING`` block (a lazy import is still a dependency)."""
+    """The ``edgepanc`` modules that ``path`` (module ``name``) imports, at module or function
+    level (a lazy import is still a dependency); ``if TYPE_CHECKING:`` blocks never run, so their
+    imports for type hints do not count."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
     found: set[str] = set()
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -32,11 +32,10 @@ from edgepanc.bundle import ModelBundle, load_bundle
 from edgepanc.errors import EdgepancError
 from edgepanc.inferers.sliding_window import sliding_window_inference
 from edgepanc.io.volume import read_image
-from edgepanc.memory import peak_rss
 from edgepanc.postprocessing import finish_prediction
 from edgepanc.preprocessing import PreprocessingPlan, preprocess_image
-from edgepanc.runtime.pipeline import StageTimer, write_case_outputs
-from edgepanc.runtime.report import CaseReport, write_case_json
+from edgepanc.runtime.pipeline import CaseRun, StageTimer, write_case_outputs
+from edgepanc.runtime.report import CaseReport
 from edgepanc.runtime.scans import CaseOutputs, all_or_none, check_output_folder
 
 BASELINE_STEP = 0.5
@@ -116,28 +115,15 @@ def run_baseline(
     tile_count = len(result.tiles)
     del result
     with all_or_none() as written:
-        volumes = write_case_outputs(finished, grid, outputs.mask, timer, written)
-        report = CaseReport(
-            name=outputs.name,
-            input=str(scan_path),
-            mask=str(outputs.mask),
-            subtype=finished.subtype,
-            probabilities=[round(float(p), 6) for p in finished.subtype_probabilities],
-            pancreas_volume_ml=volumes.pancreas_ml,
-            lesion_volume_ml=volumes.lesion_ml,
-            timings_s={k: round(v, 4) for k, v in timer.seconds.items()},
-            peak_memory_bytes=peak_rss(),
-            backend=predictor.name,
-            precision=predictor.precision,
-            artifact=None,
-            device=predictor.device,
+        run = CaseRun(
+            predictor,
+            None,
             tile_batch=config.tile_batch,
             tile_count=tile_count,
             roi={"mode": "off", "used": False, "box": None, "coarse_tiles": 0},
             notes=["baseline: whole volume, step 0.5, Gaussian, fp32 PyTorch, logits kept"],
         )
-        written.append(write_case_json(out, report))
-    return report
+        return write_case_outputs(scan_path, outputs, finished, grid, run, timer, written)
 
 
 # --- the speed gate ----------------------------------------------------------------------------

@@ -8,8 +8,8 @@ One case runs in three steps, each freeing the previous one's buffers (the phase
 2. :func:`segment_case`: coarse pass (optional: find the pancreas at half resolution), then the
    fine pass (streaming sliding window over the ROI box);
 3. finish: post-process and read the subtype
-   (:func:`~edgepanc.postprocessing.finish_prediction`), then :func:`write_case_outputs`: restore
-   onto the input's exact grid, write mask, preview and case JSON.
+   (:func:`~edgepanc.postprocessing.finish_prediction`), write the preview if asked for, then
+   :func:`write_case_outputs`: restore onto the input's exact grid, write mask and case JSON.
 
 A case either leaves all its outputs (mask, JSON, preview) or none: anything written before a
 failure is removed again.
@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
+from edgepanc.backends.base import Predictor
 from edgepanc.errors import EdgepancError
 from edgepanc.inferers.sliding_window import BatchPolicy, SlidingWindowResult, plan_sliding_window
 from edgepanc.inferers.streaming import slab_memory_bytes, streaming_sliding_window_inference
@@ -279,43 +280,71 @@ def segment_case(
 
 
 @dataclass(frozen=True)
-class MaskVolumes:
-    """Volumes (ml) of the mask as written on the input grid; the lesion lies in the pancreas.
+class CaseRun:
+    """How a case was run, as its JSON records it beside the prediction and the timings.
 
-    Example: ``MaskVolumes(pancreas_ml=72.5, lesion_ml=3.1)``.
+    Example: ``CaseRun(predictor, None, tile_batch=2, tile_count=48, roi={"mode": "off"})``.
     """
 
-    pancreas_ml: float
-    lesion_ml: float
+    predictor: Predictor
+    artifact: str | None
+    tile_batch: int
+    tile_count: int
+    roi: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    throttle_events: list[dict[str, Any]] = field(default_factory=list)
+    memory_plan: dict[str, Any] | None = None
 
 
 def write_case_outputs(
+    scan: Path,
+    outputs: CaseOutputs,
     finished: FinishedPrediction,
     grid: GridRecord,
-    mask_path: Path,
+    run: CaseRun,
     timer: StageTimer,
     written: list[Path],
-) -> MaskVolumes:
-    """Restore ``finished`` onto the scan's grid, write the mask, and measure it there.
+) -> CaseReport:
+    """Restore ``finished`` onto the scan's grid, write the mask and the case JSON beside it.
 
-    ``written`` gets the mask's path once it is written (see :func:`all_or_none`).
+    ``written`` gets each path once it is written (see :func:`~edgepanc.runtime.scans.all_or_none`).
+    The volumes are measured on the input grid, as the mask is written.
 
-    Example: ``write_case_outputs(finished, grid, Path("out/ct.nii.gz"), timer, written)`` ->
-    ``MaskVolumes(pancreas_ml=72.5, lesion_ml=3.1)``.
+    Example: ``write_case_outputs(scan, outputs, finished, grid, run, timer, written).subtype``
+    -> ``1``.
     """
     with timer("restore"):
         restored = restore_label(finished.labels, grid, finished.region_probabilities)
     view = sitk.GetArrayViewFromImage(restored)
     ml = voxel_volume_ml(tuple(reversed(restored.GetSpacing())))
-    volumes = MaskVolumes(
-        pancreas_ml=round(float(np.count_nonzero(view)) * ml, 3),
-        lesion_ml=round(float(np.count_nonzero(view == 2)) * ml, 3),
-    )
+    pancreas_ml, lesion_ml = np.count_nonzero(view) * ml, np.count_nonzero(view == 2) * ml
     del view
     with timer("write"):
-        write_label(restored, mask_path)
-    written.append(mask_path)
-    return volumes
+        write_label(restored, outputs.mask)
+    written.append(outputs.mask)
+    report = CaseReport(
+        name=outputs.name,
+        input=str(scan),
+        mask=str(outputs.mask),
+        subtype=finished.subtype,
+        probabilities=[round(float(p), 6) for p in finished.subtype_probabilities],
+        pancreas_volume_ml=round(float(pancreas_ml), 3),
+        lesion_volume_ml=round(float(lesion_ml), 3),
+        timings_s={k: round(v, 4) for k, v in timer.seconds.items()},
+        peak_memory_bytes=peak_rss(),
+        backend=str(run.predictor.name),
+        precision=str(run.predictor.precision),
+        artifact=run.artifact,
+        device=str(run.predictor.device),
+        tile_batch=run.tile_batch,
+        tile_count=run.tile_count,
+        roi=run.roi,
+        throttle_events=run.throttle_events,
+        memory_plan=run.memory_plan,
+        notes=run.notes,
+    )
+    written.append(write_case_json(outputs.mask.parent, report))
+    return report
 
 
 def run_case(
@@ -344,30 +373,17 @@ def run_case(
                 )
             written.append(outputs.preview)
         del volume  # nor with the normalised volume
-        volumes = write_case_outputs(finished, grid, outputs.mask, timer, written)
-        report = CaseReport(
-            name=outputs.name,
-            input=str(scan),
-            mask=str(outputs.mask),
-            subtype=finished.subtype,
-            probabilities=[round(float(p), 6) for p in finished.subtype_probabilities],
-            pancreas_volume_ml=volumes.pancreas_ml,
-            lesion_volume_ml=volumes.lesion_ml,
-            timings_s={k: round(v, 4) for k, v in timer.seconds.items()},
-            peak_memory_bytes=peak_rss(),
-            backend=str(model.predictor.name),
-            precision=str(model.predictor.precision),
-            artifact=model.artifact,
-            device=str(model.predictor.device),
+        run = CaseRun(
+            model.predictor,
+            model.artifact,
             tile_batch=memory_plan.tile_batch,
             tile_count=tile_count,
             roi=roi,
+            notes=notes,
             throttle_events=[e.to_dict() for e in backoff.events],
             memory_plan=memory_plan.to_dict(),
-            notes=notes,
         )
-        written.append(write_case_json(config.out_dir, report))
-    return report
+        return write_case_outputs(scan, outputs, finished, grid, run, timer, written)
 
 
 def run_cases(
