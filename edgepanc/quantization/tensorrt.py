@@ -13,8 +13,7 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
+from edgepanc.backends.devices import cuda_available
 from edgepanc.io.atomic import write_bytes_atomic
 from edgepanc.quantization.onnx_export import INPUT_NAME
 
@@ -27,7 +26,7 @@ def tensorrt_skip_reason() -> str | None:
     """Why no engine can be built here, or None when TensorRT and a CUDA device are present."""
     if importlib.util.find_spec("tensorrt") is None:
         return "the tensorrt package (and torch-tensorrt) is not installed"
-    if not torch.cuda.is_available():
+    if not cuda_available():
         return "no CUDA device"
     return None
 
