@@ -8,7 +8,10 @@ label and subtype names) and what is known about them (metrics, provenance, arti
      "labels": {"0": "background", ...}, "subtypes": {"0": "subtype0", ...},
      "metrics": {...}, "provenance": {...},
      "artifacts": {name: {"file": "model_int8.onnx", "backend": ..., "precision": ..., ...}},
-     "default_artifact": name | null}
+     "default_artifact": name | null, "classifier": true | false}
+
+``classifier`` false: the subtype head was never trained (a data set without subtype labels), so
+``edgepanc run`` reports no subtype.
 
 ``model.json`` is written last (see :func:`write_bundle`), so a folder that has one is complete.
 
@@ -72,6 +75,7 @@ class ModelBundle:
     # Peak activation bytes per input voxel of one forward pass (the runtime's memory planner
     # needs it; measured when the bundle is written so that the runtime does not import torch).
     activation_bytes_per_voxel: float | None = None
+    classifier: bool = True  # False: trained without subtype labels, the head names nothing
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -113,6 +117,7 @@ class ModelBundle:
             "artifacts": self.artifacts,
             "default_artifact": self.default_artifact,
             "activation_bytes_per_voxel": self.activation_bytes_per_voxel,
+            "classifier": self.classifier,
         }
 
     def artifact_path(self, name: str | None = None) -> Path:
@@ -209,6 +214,9 @@ def bundle_from_dict(folder: str | Path, data: Any) -> ModelBundle:
     valid_number = isinstance(activation, int | float) and not isinstance(activation, bool)
     if activation is not None and not (valid_number and activation > 0):
         raise fail(f"activation_bytes_per_voxel must be a positive number, got {activation!r}")
+    classifier = data.get("classifier", True)
+    if not isinstance(classifier, bool):
+        raise fail(f"classifier must be true or false, got {classifier!r}")
     return ModelBundle(
         path=Path(folder),
         network=network,
@@ -221,6 +229,7 @@ def bundle_from_dict(folder: str | Path, data: Any) -> ModelBundle:
         default_artifact=default_artifact,
         kind=kind,
         activation_bytes_per_voxel=None if activation is None else float(activation),
+        classifier=classifier,
     )
 
 
@@ -260,6 +269,7 @@ def write_bundle(
     subtypes: Mapping[str, str] | None = None,
     kind: str = "trained",
     extra_provenance: Mapping[str, Any] | None = None,
+    classifier: bool = True,
 ) -> ModelBundle:
     """Write a complete bundle: weights first, ``model.json`` last; return it.
 
@@ -280,6 +290,7 @@ def write_bundle(
         metrics=dict(metrics or {}),
         provenance=provenance(**dict(extra_provenance or {})),
         kind=kind,
+        classifier=classifier,
     )
     patch_size = preprocessing.get("patch_size")
     if patch_size:

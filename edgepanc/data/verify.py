@@ -1,11 +1,14 @@
 """The integrity pass over a data set, in the spirit of nnU-Net's verify_dataset_integrity.
 
 Images are checked from their headers (plus a cheap completeness check of the file), so the pass
-stays fast; masks are read in full because their values must be checked. The first problem found
-raises :class:`~edgepanc.errors.DatasetError` with one line naming the file; what is suspicious
-but usable (float labels rounded, a label that is all background) comes back as a warning naming
-the file in :attr:`DatasetReport.warnings`. NaN voxels in images
-are not looked for here (that needs the full read); :func:`edgepanc.io.volume.read_image` finds them.
+stays fast; masks are read in full because their values must be checked. Every case is checked
+before the pass stops, so one run names every broken file (up to :data:`MAX_PROBLEMS`): a single
+problem raises :class:`~edgepanc.errors.DatasetError` naming its file, several raise one
+``DatasetError`` on the data folder that lists them on one line. What is suspicious but usable
+(float labels rounded, a label that is all background) comes back in
+:attr:`DatasetReport.warnings`, one line per kind however many files share it. NaN voxels in
+images are not looked for here (that needs the full read); :func:`edgepanc.io.volume.read_image`
+finds them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,46 @@ from edgepanc.io.volume import (
 T = TypeVar("T")
 
 GEOMETRY_TOLERANCE = 1e-4  # relative; scanners and converters round headers differently
+# Enough to fix a batch of files at once; a longer list usually means a wrong folder or layout.
+MAX_PROBLEMS = 20
+ROUNDED = "rounded"
+ALL_BACKGROUND = "all background"
+_FOLDED = {
+    ROUNDED: "masks: labels within 1e-3 of an integer were rounded",
+    ALL_BACKGROUND: "labels are all background (no pancreas, no lesion voxel) and are trained "
+    "on as they are",
+}
+
+
+@dataclass(frozen=True)
+class CaseWarning:
+    """Something suspicious but usable about one file: its kind (for folding) and its line.
+
+    Example: ``CaseWarning(ROUNDED, Path("a.nii.gz"), "a.nii.gz: label values rounded")``.
+    """
+
+    kind: str
+    path: Path
+    text: str
+
+
+def fold_warnings(warnings: Sequence[CaseWarning]) -> list[str]:
+    """One line per kind: the warning itself when one file has it, else a count and examples.
+
+    Example::
+
+        >>> fold_warnings([CaseWarning(ROUNDED, Path(f"m{i}.nii.gz"), "...") for i in range(3)])
+        ['3 masks: labels within 1e-3 of an integer were rounded (m0.nii.gz, m1.nii.gz, m2.nii.gz)']
+    """
+    lines = []
+    for kind in dict.fromkeys(w.kind for w in warnings):
+        group = [w for w in warnings if w.kind == kind]
+        if len(group) == 1:
+            lines.append(group[0].text)
+            continue
+        names = ", ".join(str(w.path) for w in group[:3]) + (", ..." if len(group) > 3 else "")
+        lines.append(f"{len(group)} {_FOLDED[kind]} ({names})")
+    return lines
 
 
 @dataclass
@@ -55,6 +98,34 @@ class DatasetReport:
             "subtypes_per_split": {k: dict(v) for k, v in self.subtypes_per_split.items()},
             "warnings": list(self.warnings),
         }
+
+    def table(self) -> str:
+        """Cases per split and subtype as an aligned table, one row per split.
+
+        Example::
+
+            >>> print(report.table())  # doctest: +SKIP
+            split       subtype0  subtype1  subtype2  unknown  total
+            train             62       106        84        0    252
+        """
+        columns = ["0", "1", "2"] + (
+            ["unknown"] if any("unknown" in v for v in self.subtypes_per_split.values()) else []
+        )
+        header = ["split"] + [f"subtype{c}" if c.isdigit() else c for c in columns] + ["total"]
+        rows = [
+            [split]
+            + [str(self.subtypes_per_split[split].get(c, 0)) for c in columns]
+            + [str(count)]
+            for split, count in self.cases_per_split.items()
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        return "\n".join(
+            "  ".join(
+                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                for i, cell in enumerate(row)
+            )
+            for row in [header, *rows]
+        )
 
     def summary(self) -> str:
         """One line per split, e.g. ``train: 252 cases (subtype0 62, subtype1 106, ...)``."""
@@ -85,8 +156,11 @@ def geometry_mismatch(image: ImageInfo, mask: ImageInfo) -> str | None:
     return None
 
 
-def verify_case(case: Case, check_geometry: bool = True) -> list[str]:
-    """Check one case; return its warnings, raise DatasetError on the first problem."""
+def verify_case(case: Case, check_geometry: bool = True) -> list[CaseWarning]:
+    """Check one case; return its warnings, raise DatasetError on its first problem.
+
+    Example: ``verify_case(discover_cases("data")[0])`` -> ``[]``.
+    """
     if case.subtype is not None and case.subtype not in SUBTYPES:
         raise DatasetError(case.image, f"subtype {case.subtype} of {case.case_id} is outside 0..2")
     image = _as_dataset_error(inspect_image, case.image)
@@ -100,13 +174,17 @@ def verify_case(case: Case, check_geometry: bool = True) -> list[str]:
         problem = geometry_mismatch(image, image_info(case.label, mask_img))
         if problem:
             raise DatasetError(case.label, problem)
-    warnings = [warning] if warning else []
+    warnings = [CaseWarning(ROUNDED, case.label, warning)] if warning else []
     if not values.any():
         # Allowed (a scan without the organ is a valid negative), but far more often a label
         # saved empty or paired with the wrong scan, which would teach the network to miss it.
         warnings.append(
-            f"{case.label}: label is all background (no pancreas, no lesion voxel); "
-            "the case is trained on as it is"
+            CaseWarning(
+                ALL_BACKGROUND,
+                case.label,
+                f"{case.label}: label is all background (no pancreas, no lesion voxel); "
+                "the case is trained on as it is",
+            )
         )
     return warnings
 
@@ -124,7 +202,12 @@ def _as_dataset_error(func: Callable[..., T], *args: Any) -> T:
 def verify_dataset(
     root_or_cases: str | Path | Iterable[Case], check_geometry: bool = True, progress: bool = False
 ) -> DatasetReport:
-    """Verify every case of a data set (a folder or a list of cases) and report what it holds."""
+    """Verify every case of a data set (a folder or a list of cases) and report what it holds.
+
+    Every case is checked before a problem stops the pass (see the module docstring).
+
+    Example: ``print(verify_dataset("data").table())``.
+    """
     if isinstance(root_or_cases, (str, Path)):
         root: Path | None = Path(root_or_cases)
         cases = discover_cases(root)
@@ -134,10 +217,34 @@ def verify_dataset(
     if not cases:
         raise DatasetError(root or Path("<cases>"), "data set is empty: no cases found")
     raise_on_duplicates(cases)
-    warnings: list[str] = []
+    warnings: list[CaseWarning] = []
+    problems: list[DatasetError] = []
     for case in tqdm(cases, desc="verifying", unit="case", disable=not progress):
-        warnings += verify_case(case, check_geometry)
-    return DatasetReport(root, *_counts(cases), warnings=warnings)
+        try:
+            warnings += verify_case(case, check_geometry)
+        except DatasetError as exc:
+            problems.append(exc)
+            if len(problems) >= MAX_PROBLEMS:
+                break
+    if problems:
+        raise_problems(problems, root, len(cases))
+    return DatasetReport(root, *_counts(cases), warnings=fold_warnings(warnings))
+
+
+def raise_problems(problems: Sequence[DatasetError], root: Path | None, num_cases: int) -> None:
+    """One problem: raise it as it is (it names its file). Several: one line listing each.
+
+    Example: ``raise_problems([DatasetError(Path("a.nii.gz"), "truncated")], None, 3)`` raises
+    ``a.nii.gz: truncated``.
+    """
+    if len(problems) == 1:
+        raise problems[0]
+    stopped = f"checking stopped after {MAX_PROBLEMS}" if len(problems) >= MAX_PROBLEMS else None
+    listed = "; ".join(str(p) for p in problems)
+    head = f"{len(problems)} problems in {num_cases} cases"
+    raise DatasetError(
+        root or Path("<cases>"), f"{head} ({stopped}): {listed}" if stopped else f"{head}: {listed}"
+    )
 
 
 def _counts(cases: Sequence[Case]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:

@@ -33,6 +33,7 @@ class LoadedModel:
     activation_bytes_per_voxel: float
     baseline_rss: int
     artifact: str | None = None
+    classifier: bool = True  # False: the bundle's subtype head was never trained
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -70,6 +71,7 @@ def load_model(
         activation_bytes_per_voxel=activation,
         baseline_rss=current_rss(),
         artifact=getattr(predictor, "artifact", None),
+        classifier=bundle.classifier,
     )
 
 

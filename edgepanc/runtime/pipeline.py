@@ -48,7 +48,7 @@ from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
 from edgepanc.runtime.model import LoadedModel
 from edgepanc.runtime.preview import save_preview
-from edgepanc.runtime.report import CaseFailure, CaseReport, write_case_json
+from edgepanc.runtime.report import SUBTYPE_CSV, CaseFailure, CaseReport, write_case_json
 from edgepanc.runtime.roi import (
     Box,
     RoiConfig,
@@ -294,6 +294,7 @@ class CaseRun:
     notes: list[str] = field(default_factory=list)
     throttle_events: list[dict[str, Any]] = field(default_factory=list)
     memory_plan: dict[str, Any] | None = None
+    classifier: bool = True  # False: no subtype is reported (the head was never trained)
 
 
 def write_case_outputs(
@@ -326,8 +327,10 @@ def write_case_outputs(
         name=outputs.name,
         input=str(scan),
         mask=str(outputs.mask),
-        subtype=finished.subtype,
-        probabilities=[round(float(p), 6) for p in finished.subtype_probabilities],
+        subtype=finished.subtype if run.classifier else None,
+        probabilities=[round(float(p), 6) for p in finished.subtype_probabilities]
+        if run.classifier
+        else [],
         pancreas_volume_ml=round(float(pancreas_ml), 3),
         lesion_volume_ml=round(float(lesion_ml), 3),
         timings_s={k: round(v, 4) for k, v in timer.seconds.items()},
@@ -382,6 +385,7 @@ def run_case(
             notes=notes,
             throttle_events=[e.to_dict() for e in backoff.events],
             memory_plan=memory_plan.to_dict(),
+            classifier=model.classifier,
         )
         return write_case_outputs(scan, outputs, finished, grid, run, timer, written)
 
@@ -394,6 +398,12 @@ def run_cases(
     Example: ``run_cases(discover_scans(folder), model, config, guard).failures`` -> ``[]``.
     """
     outcome = RunOutcome([], [])
+    if not model.classifier:
+        log.warning(
+            "this model was trained without subtype labels: no subtype is reported "
+            "(subtype null in the case JSON, no row in %s)",
+            SUBTYPE_CSV,
+        )
     for scan in tqdm(
         scans, desc="cases", unit="case", disable=not config.progress or len(scans) < 2
     ):

@@ -23,7 +23,7 @@ class CaseReport:
     name: str  # mask file name, e.g. quiz_037.nii.gz (the CSV's ``Names``)
     input: str
     mask: str
-    subtype: int
+    subtype: int | None  # None: the model has no trained subtype head
     probabilities: list[float]
     pancreas_volume_ml: float  # labels 1 + 2: the lesion lies in the pancreas
     lesion_volume_ml: float
@@ -70,12 +70,19 @@ def write_case_json(out_dir: Path, report: CaseReport) -> Path:
     return path
 
 
-def subtype_csv_text(rows: Sequence[tuple[str, int]]) -> str:
-    """``Names,Subtype`` rows, the data set's submission format."""
+def subtype_csv_text(rows: Sequence[tuple[str, int | None]]) -> str:
+    """``Names,Subtype`` rows, the data set's submission format.
+
+    A case without a subtype (a model trained without subtype labels) gets no row: a grader then
+    counts it as not predicted instead of scoring a guess, and an empty cell breaks readers.
+
+    Example: ``subtype_csv_text([("a.nii.gz", 1), ("b.nii.gz", None)])`` ->
+    ``"Names,Subtype\na.nii.gz,1\n"``.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["Names", "Subtype"])
-    writer.writerows(rows)
+    writer.writerows(row for row in rows if row[1] is not None)
     return buffer.getvalue()
 
 

@@ -50,3 +50,27 @@ def summarize_folds(fold_metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = np.array([m[key] for m in fold_metrics if key in m], dtype=np.float64)
         summary[key] = {"mean": float(values.mean()), "std": float(values.std())}
     return summary
+
+
+# nnU-Net draws its splits with this fixed seed, so that runs with different training seeds
+# validate on the same cases and their scores compare.
+SPLIT_SEED = 12345
+VALIDATION_SHARE = 0.2
+
+
+def validation_split(
+    case_ids: Sequence[str], subtypes: Sequence[int | None], seed: int = SPLIT_SEED
+) -> dict[str, list[str]]:
+    """About :data:`VALIDATION_SHARE` of the cases (at least one) held out for validation,
+    stratified by subtype (unknown subtypes form their own stratum), seeded.
+
+    Example::
+
+        >>> split = validation_split(["a", "b", "c", "d", "e"], [0, 0, 1, 1, None])
+        >>> len(split["validation"]), len(split["train"])
+        (1, 4)
+    """
+    if len(case_ids) < 2:
+        raise ValueError(f"{len(case_ids)} case(s) cannot be split into training and validation")
+    folds = min(round(1 / VALIDATION_SHARE), len(case_ids))
+    return stratified_folds(case_ids, subtypes, folds, seed)[0]

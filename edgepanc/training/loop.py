@@ -107,6 +107,11 @@ class Trainer:
         self.guard = guard
         self.train_cases = list(train_cases)
         self.val_cases = list(val_cases)
+        if not self.val_cases:
+            # The runner draws a split when the data set has none: a score needs cases to score.
+            raise ValueError("training needs validation cases to score its models")
+        # Without a subtype label the head only ever sees a zero loss: the bundle says so.
+        self.classifier = any(case.subtype is not None for case in self.train_cases)
         self.steps = StepRunner(
             config,
             network_config,
@@ -213,7 +218,10 @@ class Trainer:
                 self.one_epoch()
                 trained = True
             # Refit once per final model: again when a resumed run trained further epochs.
-            if self.config.head_refit and (trained or not self.state.head_refitted):
+            refit = self.config.head_refit and (trained or not self.state.head_refitted)
+            if refit and not self.classifier:
+                log.warning("--head-refit skipped: no training case has a subtype label")
+            elif refit:
                 self.run_head_refit()
         except ThermalTimeout as exc:
             raise ThermalTimeout(
@@ -244,7 +252,7 @@ class Trainer:
         record["lr"] = self.steps.optimizer.param_groups[0]["lr"]
         record["train_s"] = time.monotonic() - start
         due = (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.config.epochs
-        self.score(record, validate=due, latest=float(epoch))
+        self.score(record, validate=due)
         record["seconds"] = time.monotonic() - start
         self.state.epoch = epoch + 1
         self.close_phase(record, epoch_line(record, self.config.epochs))
@@ -269,21 +277,18 @@ class Trainer:
             )
         )
         record["train_s"] = time.monotonic() - start
-        self.score(record, validate=True, latest=float(self.state.epoch))
+        self.score(record, validate=True)
         record["seconds"] = time.monotonic() - start
         self.state.head_refitted = True
         self.close_phase(record, refit_line(record))
 
-    def score(self, record: dict[str, Any], validate: bool, latest: float) -> None:
-        """Validate into ``record`` when ``validate`` and keep the best model; without
-        validation cases every phase's model is the best (scored ``latest``)."""
-        if self.val_cases and validate:
+    def score(self, record: dict[str, Any], validate: bool) -> None:
+        """Validate into ``record`` when ``validate`` and keep the best model."""
+        if validate:
             val_start = time.monotonic()
             record.update(self.validate())
             record["val_s"] = time.monotonic() - val_start
             self.update_best(record)
-        elif not self.val_cases:
-            self.update_best(record | {"combined_score": latest})
 
     def close_phase(self, record: dict[str, Any], line: str) -> None:
         """Add the phase's row to the history; log it, checkpoint and write the metrics (rank 0)."""
@@ -312,7 +317,9 @@ class Trainer:
 
     def write_bundle(self) -> None:
         """Make the run folder a model bundle: best weights + model.json (kind "trained")."""
-        write_run_bundle(self.run_dir, self.model, self.plan, self.state, self.config)
+        write_run_bundle(
+            self.run_dir, self.model, self.plan, self.state, self.config, self.classifier
+        )
 
     def write_summary(self) -> None:
         write_run_summary(self.run_dir, self.state, self.guard, self.device, self.amp_dtype)

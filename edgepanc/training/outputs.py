@@ -18,9 +18,15 @@ SUBTYPES = {"0": "subtype0", "1": "subtype1", "2": "subtype2"}
 
 
 def write_run_bundle(
-    run_dir: Path, model: torch.nn.Module, plan: Any, state: Any, config: TrainConfig
+    run_dir: Path,
+    model: torch.nn.Module,
+    plan: Any,
+    state: Any,
+    config: TrainConfig,
+    classifier: bool = True,
 ) -> None:
-    """Make ``run_dir`` a model bundle: ``model``'s weights + model.json (kind "trained").
+    """Make ``run_dir`` a model bundle: ``model``'s weights + model.json (kind "trained");
+    ``classifier`` False records a subtype head that was never trained (no subtype labels).
 
     Example::
 
@@ -36,6 +42,7 @@ def write_run_bundle(
         labels=LABELS,
         subtypes=SUBTYPES,
         kind="trained",
+        classifier=classifier,
         extra_provenance={"training": config.to_dict()},
     )
 

@@ -28,7 +28,12 @@ from edgepanc.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from edgepanc.training.kfold import stratified_folds, summarize_folds
+from edgepanc.training.kfold import (
+    SPLIT_SEED,
+    stratified_folds,
+    summarize_folds,
+    validation_split,
+)
 from edgepanc.training.logs import RunLog
 from edgepanc.training.run_folder import check_run_dir, run_folder
 
@@ -38,6 +43,8 @@ if TYPE_CHECKING:
     from edgepanc.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
+
+SPLIT_FILE = "split.json"  # the validation split drawn for a data set that has none
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,8 @@ def network_config_for(config: TrainConfig, init: Any = None) -> Any:
 def labelled_cases(data: Path) -> list[Any]:
     """Verify the data set (the data layer's errors stop us here) and return its labelled cases.
 
-    The check's warnings (e.g. a label that is all background) are logged, naming the file.
+    The table of cases per split and subtype is logged, then the check's warnings (e.g. a label
+    that is all background), one line per kind.
 
     Example::
 
@@ -114,7 +122,9 @@ def labelled_cases(data: Path) -> list[Any]:
     from edgepanc.data.cases import discover_cases
     from edgepanc.data.verify import verify_dataset
 
-    for warning in verify_dataset(data).warnings:
+    report = verify_dataset(data)
+    log.info("data set %s:\n%s", data, report.table())
+    for warning in report.warnings:
         log.warning("%s", warning)
     cases = [c for c in discover_cases(data) if c.label is not None and c.split != "test"]
     if not cases:
@@ -135,6 +145,59 @@ def assign_split(cases: list[Any], split: dict[str, list[str]]) -> list[Any]:
         dataclasses.replace(c, split="validation" if c.case_id in validation else "train")
         for c in cases
     ]
+
+
+def with_validation_split(
+    cases: list[Any], config: TrainConfig
+) -> tuple[list[Any], dict[str, Any] | None]:
+    """The cases with a validation split, and the split drawn for them (None if the data set
+    has its own).
+
+    A data set without validation cases gets a stratified, seeded split of its training cases
+    (:func:`~edgepanc.training.kfold.validation_split`), announced in the log; a resumed run
+    reads back the split its ``split.json`` holds, so it validates on the same cases.
+
+    Example::
+
+        >>> cases, drawn = with_validation_split(cases, config)  # drawn["validation"]: ids
+    """
+    if config.folds or any(c.split == "validation" for c in cases):
+        return cases, None
+    split_path = Path(config.out) / SPLIT_FILE
+    if config.resume and split_path.is_file():
+        drawn = _read_split(split_path, {c.case_id for c in cases})
+        log.info("validating on the %d cases %s names", len(drawn["validation"]), split_path)
+        return assign_split(cases, drawn), drawn
+    if len(cases) < 2:
+        raise InputError(
+            Path(config.data),
+            "one labelled case and no validation split: need at least two labelled cases, "
+            "one to train on and one to validate",
+        )
+    split = validation_split([c.case_id for c in cases], [c.subtype for c in cases])
+    drawn = {"seed": SPLIT_SEED, "stratified_by": "subtype", **split}
+    log.warning(
+        "the data set has no validation split: %d of its %d labelled cases were drawn for "
+        "validation (stratified by subtype, seed %d), written to %s",
+        len(split["validation"]),
+        len(cases),
+        SPLIT_SEED,
+        split_path,
+    )
+    return assign_split(cases, split), drawn
+
+
+def _read_split(path: Path, known: set[str]) -> dict[str, Any]:
+    try:
+        drawn = json.loads(path.read_text(encoding="utf-8"))
+        validation = [str(c) for c in drawn["validation"]]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise InputError(path, f"not a validation split ({exc})") from None
+    missing = sorted(set(validation) - known)
+    if missing or not validation:
+        problem = f"names cases the data set lacks: {', '.join(missing[:5])}" if missing else ""
+        raise InputError(path, problem or "lists no validation case")
+    return {**drawn, "validation": validation, "train": sorted(known - set(validation))}
 
 
 def choose_plan(config: TrainConfig, cases: list[Any], run_dir: Path, init: InitFrom | None) -> Any:
@@ -161,8 +224,10 @@ def train_one(
     guard: Any | None = None,
     augmentation: AugmentationConfig | None = None,
     run_log: RunLog | None = None,
+    drawn_split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train on ``cases`` (split "train"; validate on "validation") into ``run_dir``.
+    """Train on ``cases`` (split "train"; validate on "validation") into ``run_dir``;
+    ``drawn_split``, a validation split drawn for the run, is written there as ``split.json``.
 
     Example::
 
@@ -209,6 +274,8 @@ def train_one(
         with run_folder(run_dir):
             write_json_atomic(run_dir / "config.json", config.to_dict())
             write_json_atomic(run_dir / "plan.json", plan.to_dict())
+            if drawn_split is not None:
+                write_json_atomic(run_dir / SPLIT_FILE, drawn_split)
             if run_log is not None:
                 run_log.open(run_dir)
             try:
@@ -234,13 +301,21 @@ def run_training(
     run_log = RunLog() if context.is_main else None
     try:
         cases = labelled_cases(Path(config.data))
+        if all(c.subtype is None for c in cases):
+            log.warning(
+                "%s has no subtype labels: training segmentation only (the subtype head is not "
+                "trained; the bundle records that it has no classifier and `edgepanc run` "
+                "names no subtype)",
+                config.data,
+            )
         if context.enabled:
             device = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
             init_distributed(context, torch.device(device))
         try:
             if config.folds == 0:
+                cases, drawn = with_validation_split(cases, config)
                 return train_one(
-                    config, cases, Path(config.out), context, guard, augmentation, run_log
+                    config, cases, Path(config.out), context, guard, augmentation, run_log, drawn
                 )
             return _train_folds(config, cases, context, guard, augmentation, run_log)
         finally:
