@@ -43,6 +43,8 @@ _FLOAT_CODES = (16, 64)
 # Deflate cannot compress better than about 1032:1, so a smaller file cannot hold the data.
 _MAX_DEFLATE_RATIO = 1032
 _CHUNK = 1 << 22
+# Coordinates and scale factors past a kilometre are corrupt, not anatomy.
+MAX_COORDINATE_MM = 1e6
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,10 @@ class NiftiHeader:
     datatype: int
     vox_offset: int
     pixdim: tuple[float, ...]
+    scaling: tuple[float, float]  # scl_slope, scl_inter
     qform_code: int
     sform_code: int
+    quatern: tuple[float, ...]  # quatern_b, c, d, qoffset_x, y, z
     srow: np.ndarray  # 3 x 4, RAS
 
     @property
@@ -106,14 +110,18 @@ def read_nifti_header(path: Path) -> NiftiHeader:
         datatype = struct.unpack(f"{endian}h", head[70:72])[0]
         pixdim = struct.unpack(f"{endian}8f", head[76:108])
         offset = struct.unpack(f"{endian}f", head[108:112])[0]
+        scaling = struct.unpack(f"{endian}2f", head[112:120])
         qform_code, sform_code = struct.unpack(f"{endian}2h", head[252:256])
+        quatern = struct.unpack(f"{endian}6f", head[256:280])
         srow = struct.unpack(f"{endian}12f", head[280:328])
     else:
         datatype = struct.unpack(f"{endian}h", head[12:14])[0]
         dim = struct.unpack(f"{endian}8q", head[16:80])
         pixdim = struct.unpack(f"{endian}8d", head[104:168])
         offset = struct.unpack(f"{endian}q", head[168:176])[0]
+        scaling = struct.unpack(f"{endian}2d", head[176:192])
         qform_code, sform_code = struct.unpack(f"{endian}2i", head[344:352])
+        quatern = struct.unpack(f"{endian}6d", head[352:400])
         srow = struct.unpack(f"{endian}12d", head[400:496])
     ndim = dim[0]
     if not 1 <= ndim <= 7:
@@ -136,8 +144,10 @@ def read_nifti_header(path: Path) -> NiftiHeader:
         datatype=datatype,
         vox_offset=vox_offset,
         pixdim=tuple(float(p) for p in pixdim),
+        scaling=(float(scaling[0]), float(scaling[1])),
         qform_code=int(qform_code),
         sform_code=int(sform_code),
+        quatern=tuple(float(q) for q in quatern),
         srow=np.array(srow, dtype=np.float64).reshape(3, 4),
     )
 
@@ -153,6 +163,25 @@ def check_nifti_spacing(path: Path, header: NiftiHeader) -> None:
     if not all(np.isfinite(w) and (w != 0 if oriented else w > 0) for w in widths):
         shown = ", ".join(f"{w:g}" for w in widths)
         raise InputError(path, f"has invalid voxel spacing ({shown}); need positive values")
+
+
+def check_nifti_geometry(path: Path, header: NiftiHeader) -> None:
+    """Refuse non-finite or absurd qform/sform and scaling fields before ITK sees them.
+
+    ITK's NIfTI reader loops forever on some sforms holding infinities, prints to stderr from
+    its matrix routines on others, and reads a NaN quaternion as the identity.
+    """
+    fields: dict[str, tuple[float, ...]] = {"scl_slope, scl_inter": header.scaling}
+    if header.qform_code > 0:
+        fields["qform (quatern, qoffset, qfac)"] = (*header.quatern, header.pixdim[0])
+    if header.sform_code > 0:
+        fields["sform (srow)"] = tuple(header.srow.ravel())
+    for name, values in fields.items():
+        if not all(np.isfinite(v) and abs(v) <= MAX_COORDINATE_MM for v in values):
+            shown = ", ".join(f"{v:g}" for v in values)
+            raise InputError(path, f"has an invalid NIfTI {name}: {shown}")
+    if header.sform_code > 0 and np.any(np.linalg.norm(header.srow[:, :3], axis=0) == 0):
+        raise InputError(path, "has a degenerate NIfTI sform (an axis of length 0)")
 
 
 def _uncompressed_length(path: Path, enough: int) -> int:

@@ -29,6 +29,7 @@ from edgepanc.io.atomic import atomic_path
 from edgepanc.io.nifti import (
     NiftiHeader,
     check_nifti_complete,
+    check_nifti_geometry,
     check_nifti_spacing,
     count_non_finite,
     orthonormal_sform,
@@ -50,6 +51,11 @@ MAX_VOXELS = 2**30
 # Direction cosines this close to orthonormal (real exports carry float rounding of about 2e-4)
 # are orthonormalised with a warning; further off, the geometry is wrong and the file is refused.
 DIRECTION_TOLERANCE = 1e-3
+# Directions stored as float32 are this far from orthonormal by rounding alone: kept as read.
+ORTHONORMAL_ROUNDING = 1e-6
+# No patient is taller than this; a longer axis is a corrupt spacing that would make the grid the
+# scan is resampled onto explode.
+MAX_EXTENT_MM = 5000.0
 # The pipeline makes a float32 copy of every scan, so reading needs that much besides the scan.
 FLOAT32_BYTES = 4
 
@@ -101,9 +107,33 @@ def _check_geometry(path: Path, size: tuple[int, ...], components: int) -> None:
         raise InputError(path, f"has {components} values per voxel; need a scalar volume")
 
 
-def _check_spacing(path: Path, spacing: tuple[float, ...]) -> None:
+def _check_spacing(path: Path, spacing: tuple[float, ...], size: tuple[int, ...]) -> None:
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise InputError(path, f"has invalid voxel spacing {spacing}; need positive values")
+    extent = max(n * s for n, s in zip(size, spacing, strict=True))
+    if extent > MAX_EXTENT_MM:
+        raise InputError(
+            path,
+            f"spans {extent:.4g} mm (spacing {spacing}); no scan is over {MAX_EXTENT_MM:g} mm",
+        )
+
+
+def _direction_fix(path: Path, origin: tuple[float, ...], direction: tuple[float, ...]):
+    """The nearest orthonormal direction and how far off the stored one is (refused past
+    :data:`DIRECTION_TOLERANCE`); InputError for a non-finite origin or direction."""
+    matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    if not (np.all(np.isfinite(origin)) and np.all(np.isfinite(matrix))):
+        raise InputError(path, f"has a non-finite origin or direction ({origin}, {direction})")
+    u, _, vt = np.linalg.svd(matrix)
+    rotation = u @ vt
+    off = float(np.abs(matrix - rotation).max())
+    if off > DIRECTION_TOLERANCE:
+        raise InputError(
+            path,
+            f"direction cosines are not orthonormal: off by {off:.2g}, more than the "
+            f"{DIRECTION_TOLERANCE:g} that is corrected",
+        )
+    return tuple(rotation.ravel()), off
 
 
 def check_declared_size(
@@ -148,6 +178,7 @@ def _checked_nifti_header(path: Path, max_bytes: int | None) -> NiftiHeader:
         raise InputError(path, f"has an axis of length 0 (size {header.shape})")
     check_declared_size(path, header.shape, header.dtype.itemsize, max_bytes)
     check_nifti_spacing(path, header)
+    check_nifti_geometry(path, header)
     check_nifti_complete(path, header)
     return header
 
@@ -214,7 +245,8 @@ def inspect_image(path: str | Path, max_bytes: int | None = None) -> ImageInfo:
     _check_geometry(path, info.size, info.components)
     itemsize = _pixel_bytes(reader.GetPixelID())
     check_declared_size(path, info.size, itemsize, max_bytes)
-    _check_spacing(path, info.spacing)
+    _check_spacing(path, info.spacing, info.size)
+    _direction_fix(path, info.origin, info.direction)
     return info
 
 
@@ -365,7 +397,13 @@ def read_image(path: str | Path, max_bytes: int | None = None) -> sitk.Image:
         inspect_image(path, max_bytes=max_bytes)
         img = _itk_read(path, named=path)
     _check_geometry(path, tuple(img.GetSize()), img.GetNumberOfComponentsPerPixel())
-    _check_spacing(path, tuple(img.GetSpacing()))
+    _check_spacing(path, tuple(img.GetSpacing()), tuple(img.GetSize()))
+    direction, off = _direction_fix(path, img.GetOrigin(), img.GetDirection())
+    if off > ORTHONORMAL_ROUNDING:
+        log.warning(
+            "%s: direction cosines are not orthonormal (off by %.2g); orthonormalised", path, off
+        )
+        img.SetDirection(direction)
     _check_finite(path, img)
     return img
 
