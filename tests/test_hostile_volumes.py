@@ -292,3 +292,81 @@ def test_real_geometry_still_reads(tmp_path: Path) -> None:
     path = write_image(image, tmp_path / "ok.nii.gz")
     back = read_image(path, max_bytes=10**9)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+
+
+# --- found by tests/test_fuzz_volume.py ---------------------------------------------------------
+
+_READ_IN_CHILD = textwrap.dedent(
+    """
+    import sys
+    from edgepanc.errors import EdgepancError
+    from edgepanc.io.volume import read_image
+    try:
+        read_image(sys.argv[1])
+    except EdgepancError as exc:
+        print("REFUSED", exc)
+    """
+)
+
+
+def test_sform_with_infinity_refused_without_hanging(tmp_path: Path) -> None:
+    # ITK's NIfTI reader loops forever on this sform, so it runs in a child with a deadline.
+    values = np.zeros((2, 6, 5), np.int16)
+    srow = (
+        (164735.5, 1e-30, 1e30, 513810.1),
+        (0.0, 420777.75, 1e-30, 1.0),
+        (-0.33, np.inf, 0.8, 0),
+    )
+    path = write_nifti(tmp_path / "inf.nii.gz", header_for(values, sform_code=2, srow=srow), values)
+    child = subprocess.run(
+        [sys.executable, "-c", _READ_IN_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.stdout.startswith("REFUSED") and "sform" in child.stdout, child.stderr[-2000:]
+    assert "ITK" not in child.stderr and "vnl" not in child.stderr
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"qform_code": 1, "quatern": (float("nan"), 0.0, 0.0)},
+        {"qform_code": 1, "qoffset": (0.0, float("inf"), 0.0)},
+        {"sform_code": 1, "srow": ((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 0, 0))},
+        {"scl_slope": float("nan")},
+    ],
+    ids=["nan_quaternion", "inf_qoffset", "degenerate_sform", "nan_slope"],
+)
+def test_non_finite_or_degenerate_nifti_geometry_refused(tmp_path: Path, fields: dict) -> None:
+    values = np.zeros((3, 4, 5), np.int16)
+    path = write_nifti(tmp_path / "geo.nii.gz", header_for(values, **fields), values)
+    _error(path, "invalid NIfTI|degenerate")
+
+
+def _mha(path: Path, matrix: str, spacing: str = "0.8 0.8 2.5") -> Path:
+    path.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 5 4 3\nElementType = MET_SHORT\n"
+        f"ElementSpacing = {spacing}\nTransformMatrix = {matrix}\nOffset = 1 2 3\n"
+        "ElementDataFile = LOCAL\n"
+    )
+    with path.open("ab") as fh:
+        fh.write(np.arange(60, dtype=np.int16).tobytes())
+    return path
+
+
+def test_mha_direction_orthonormalised_or_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    near = _mha(tmp_path / "near.mha", "1 0.0002 0 0 1 0 0 0 1")
+    with caplog.at_level(logging.WARNING):
+        img = read_image(near)
+    direction = np.array(img.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(direction.T @ direction, np.eye(3), atol=1e-9)
+    assert any("orthonormal" in r.getMessage() for r in caplog.records)
+    _error(_mha(tmp_path / "far.mha", "1 0.3 0 0 1 0 0 0 1"), "not orthonormal")
+    _error(_mha(tmp_path / "flat.mha", "1 0 0 1 0 0 0 0 1"), "not orthonormal")
+
+
+def test_extent_beyond_any_patient_refused(tmp_path: Path) -> None:
+    _error(_mha(tmp_path / "huge.mha", "1 0 0 0 1 0 0 0 1", spacing="0.8 0.8 4000"), "mm")
