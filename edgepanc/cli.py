@@ -54,16 +54,18 @@ def describe_unexpected(exc: Exception, debug: bool) -> tuple[str, int]:
     """
     if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    log_path = None if debug else _write_traceback(exc)
-    where = f" (traceback in {log_path})" if log_path else ""
-    if not where and not debug:
-        where = " (rerun with --debug for the traceback)"
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # The file and the system's reason say it all; no traceback is needed to act on it.
         names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
-        problem = exc.strerror or _one_line(str(exc)) or type(exc).__name__
-        return ": ".join([*names, problem]) + where, 2
+        return ": ".join([*names, exc.strerror or _one_line(str(exc))]), 2
+    log_path = None if debug else _write_traceback(exc)
+    where = "" if debug else " (rerun with --debug for the traceback)"
+    if log_path:
+        where = f" (traceback in {log_path})"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or _one_line(str(exc)) or type(exc).__name__}{where}", 2
     if isinstance(exc, MemoryError):
-        return "out of memory; set --memory-budget to what this machine has" + where, _INTERNAL
+        return f"out of memory; set --memory-budget to what this machine has{where}", _INTERNAL
     detail = _one_line(str(exc))[:300]
     name = type(exc).__name__
     return f"internal error: {name}{': ' + detail if detail else ''}{where}", _INTERNAL

@@ -43,9 +43,10 @@ def _broken_report(exc: BaseException):
             2,
             ["/data/scan.nii.gz", "Input/output"],
         ),
-        (PermissionError(13, "Permission denied", "/root/x"), 2, ["/root/x", "Permission denied"]),
+        (PermissionError(13, "Permission denied", "/root/x"), 2, ["Permission denied"]),
         (MemoryError(), 1, ["out of memory"]),
         (KeyError("spacing"), 1, ["internal error", "KeyError"]),
+        (OSError(28, "No space left on device"), 2, ["No space left"]),
     ],
 )
 def test_any_exception_becomes_one_line_with_the_traceback_in_a_log(
@@ -62,8 +63,10 @@ def test_any_exception_becomes_one_line_with_the_traceback_in_a_log(
     line = _one_error_line(result)
     for word in words:
         assert word in line, line
-    if code == 1:  # an internal error points at the log holding its traceback
-        logs = list(tmp_path.glob("edgepanc-*.log"))
+    logs = list(tmp_path.glob("edgepanc-*.log"))
+    if isinstance(exc, OSError) and exc.filename:  # the file and the reason are enough to act on
+        assert logs == [] and line == f"error: {exc.filename}: {exc.strerror}"
+    else:  # anything else points at the log holding its traceback
         assert len(logs) == 1 and str(logs[0]) in line
         text = logs[0].read_text()
         assert "Traceback" in text and "collect_report" in text and type(exc).__name__ in text
