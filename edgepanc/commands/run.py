@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
+from edgepanc.commands.params import FiniteFloat
 from edgepanc.errors import BundleError, EdgepancError
 from edgepanc.memory import parse_size
-
-if TYPE_CHECKING:
-    from edgepanc.runtime.report import CaseReport
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +30,6 @@ def resolve_bundle_path(model: Path | None) -> Path:
             "`edgepanc train --data DATA --out RUN` (a demo data set: `edgepanc synth --out DATA`)",
         )
     return latest
-
-
-def merged_subtype_rows(out_dir: Path, reports: list[CaseReport]) -> list[tuple[str, int]]:
-    """This run's rows plus earlier rows in ``out_dir`` whose masks are still there."""
-    from edgepanc.runtime.report import SUBTYPE_CSV
-
-    rows: dict[str, int] = {}
-    existing = out_dir / SUBTYPE_CSV
-    if existing.is_file():
-        with open(existing, newline="") as fh:
-            for row in csv.DictReader(fh):
-                name, subtype = row.get("Names"), row.get("Subtype")
-                if name and subtype is not None and (out_dir / name).is_file():
-                    rows[name] = int(subtype)
-    rows.update({r.name: r.subtype for r in reports})
-    return sorted(rows.items())
 
 
 def _tile_batch(value: str) -> int | None:
@@ -97,7 +77,7 @@ def _tile_batch(value: str) -> int | None:
 )
 @click.option(
     "--step",
-    type=click.FloatRange(0.05, 1.0),
+    type=FiniteFloat(0.05, 1.0),
     default=0.5,
     show_default=True,
     help="Tile step as a fraction of the patch.",
@@ -113,7 +93,7 @@ def _tile_batch(value: str) -> int | None:
 )
 @click.option(
     "--max-temp",
-    type=float,
+    type=FiniteFloat(),
     default=None,
     help="Back off above this temperature (C); default: CPU 68, GPU 72.",
 )
@@ -130,7 +110,12 @@ def _tile_batch(value: str) -> int | None:
     "--no-lesion-in-pancreas", is_flag=True, help="Keep lesion voxels outside the pancreas."
 )
 @click.option("--preview", is_flag=True, help="Write <name>_preview.png overlays.")
-@click.option("--overwrite", is_flag=True, help="Replace existing masks.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Recompute every case and replace existing outputs in --out (never an input, a reference "
+    "mask or the model).",
+)
 def run(
     scan: Path,
     model_path: Path | None,
@@ -149,14 +134,27 @@ def run(
     preview: bool,
     overwrite: bool,
 ) -> None:
-    """Segment SCAN (an image file or DICOM series folder) or every scan in a folder."""
-    from edgepanc.io.atomic import write_text_atomic
+    """Segment SCAN (an image file or DICOM series folder) or every scan in a folder.
+
+    Writes NAME.nii.gz, NAME.json (and NAME_preview.png) per scan and subtype_results.csv.
+    Rerunning the same command continues an interrupted run: a case whose JSON says it finished,
+    with the same model and input, is skipped, and the CSV is rebuilt from the case JSONs.
+    Existing files edgepanc did not write are refused unless --overwrite; inputs and reference
+    masks are never written over. Every check is made before anything is written.
+    """
+    from edgepanc.io.atomic import remove_stale_temporaries
     from edgepanc.postprocessing import PostprocessConfig
     from edgepanc.runtime.model import load_model
+    from edgepanc.runtime.outputs import plan_outputs
     from edgepanc.runtime.pipeline import RunConfig, run_cases
-    from edgepanc.runtime.report import SUBTYPE_CSV, subtype_csv_text, summary_table
+    from edgepanc.runtime.report import summary_table
     from edgepanc.runtime.roi import RoiConfig
-    from edgepanc.runtime.scans import check_output_folder, discover_scans
+    from edgepanc.runtime.scans import (
+        check_output_folder,
+        create_output_folder,
+        discover_scans,
+        remove_empty_folders,
+    )
     from edgepanc.thermal import ThermalGuard, ThermalLimits
 
     try:
@@ -168,7 +166,17 @@ def run(
     check_output_folder(out_dir)
     limits = ThermalLimits.from_max_temp(max_temp) if max_temp is not None else ThermalLimits()
     guard = ThermalGuard.discover(limits, require=require_thermal)
-    loaded = load_model(resolve_bundle_path(model_path), backend, device, precision)
+    bundle_path = resolve_bundle_path(model_path)
+    loaded = load_model(bundle_path, backend, device, precision)
+    bundle_dir = bundle_path if bundle_path.is_dir() else bundle_path.parent
+    plan = plan_outputs(
+        scans,
+        out_dir,
+        loaded.model_id,
+        overwrite=overwrite,
+        preview=preview,
+        protected=[p for p in bundle_dir.rglob("*") if p.is_file()],
+    )
     config = RunConfig(
         out_dir=out_dir,
         step=step,
@@ -183,18 +191,17 @@ def run(
         overwrite=overwrite,
         progress=sys.stderr.isatty(),
     )
-    outcome = run_cases(scans, loaded, config, guard)
-    if outcome.reports:
-        write_text_atomic(
-            out_dir / SUBTYPE_CSV, subtype_csv_text(merged_subtype_rows(out_dir, outcome.reports))
-        )
+    created = create_output_folder(out_dir)
+    for path in remove_stale_temporaries(out_dir):
+        log.info("removed %s, left by an interrupted run", path)
+    outcome = run_cases(plan, loaded, config, guard)
+    remove_empty_folders(created)  # a run that wrote nothing leaves no folder behind
     if len(scans) == 1 and outcome.failures:  # a single scan: its one line is the error
         raise _SingleFailure(outcome.failures[0].message)
-    click.echo(summary_table(outcome.reports, outcome.failures))
+    click.echo(summary_table(outcome.reports, outcome.failures, outcome.skipped))
     if outcome.failures:
         sys.exit(1)
 
 
 class _SingleFailure(EdgepancError):
     """Re-raises a single case's message so the CLI prints it as ``error: ...``."""
-

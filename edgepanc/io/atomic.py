@@ -1,7 +1,9 @@
 """Atomic writes: write to a temporary file in the destination folder, then rename.
 
 A crash or a failed write never leaves a partial file under the final name, and the rename is
-atomic on POSIX file systems because source and destination share a folder.
+atomic on POSIX file systems because source and destination share a folder. A SIGKILL can leave
+the temporary behind: it is hidden and named after its target and its writer's process
+(:data:`TEMPORARY_NAME`), so that :func:`remove_stale_temporaries` can tell it from anything else.
 """
 
 from __future__ import annotations
@@ -9,10 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
+
+# ".<target>.<writer pid>.<8 random characters>.tmp<target's suffixes>"; files written before the
+# pid was part of the name lack it.
+TEMPORARY_NAME = re.compile(
+    r"^\.(?P<target>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp(?:\.[A-Za-z0-9]+)*$"
+)
 
 
 @contextlib.contextmanager
@@ -25,7 +36,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     path = Path(path)
     if suffix is None:
         suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
@@ -37,6 +50,39 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporaries a killed writer left in ``folder``; return what was removed.
+
+    Only files named like :func:`atomic_path`'s temporaries, older than this process, whose
+    writer is gone (its pid is not running, or runs a process started after the file was
+    written) go; nothing else is touched, and a live writer's file stays.
+
+    Example: ``remove_stale_temporaries("masks")`` -> ``[Path("masks/.ct.nii.gz.4242.k3j_a9zq.tmp.nii.gz")]``.
+    """
+    started = psutil.Process().create_time()
+    removed: list[Path] = []
+    for path in Path(folder).iterdir():
+        match = TEMPORARY_NAME.match(path.name)
+        if match is None or path.is_symlink() or not path.is_file():
+            continue
+        written = path.stat().st_mtime
+        if written >= started or _writer_alive(match.group("pid"), written):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _writer_alive(pid: str | None, written: float) -> bool:
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(int(pid)).create_time() <= written
+    except (psutil.Error, ValueError, OverflowError):
+        return False
 
 
 def _current_umask() -> int:

@@ -36,7 +36,12 @@ from edgepanc.postprocessing import finish_prediction
 from edgepanc.preprocessing import PreprocessingPlan, preprocess_image
 from edgepanc.runtime.pipeline import CaseRun, StageTimer, write_case_outputs
 from edgepanc.runtime.report import CaseReport
-from edgepanc.runtime.scans import CaseOutputs, all_or_none, check_output_folder
+from edgepanc.runtime.scans import (
+    CaseOutputs,
+    all_or_none,
+    check_output_folder,
+    create_output_folder,
+)
 
 BASELINE_STEP = 0.5
 BASELINE_IMPORTANCE = "gaussian"
@@ -88,6 +93,7 @@ def run_baseline(
     plan = PreprocessingPlan.from_dict(bundle.preprocessing)
     check_output_folder(out)
     outputs = CaseOutputs.for_scan(scan_path, out, config.overwrite)
+    create_output_folder(out)
     predictor = load_baseline_predictor(bundle)
     spacing = tuple(float(s) for s in plan.target_spacing)
     timer = StageTimer()

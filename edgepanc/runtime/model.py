@@ -8,12 +8,13 @@ nothing here imports torch.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgepanc.backends.base import Predictor
 from edgepanc.backends.selection import select_predictor
-from edgepanc.bundle import load_bundle
+from edgepanc.bundle import ModelBundle, load_bundle
 from edgepanc.memory import current_rss
 from edgepanc.preprocessing.plan import PreprocessingPlan
 
@@ -34,6 +35,7 @@ class LoadedModel:
     baseline_rss: int
     artifact: str | None = None
     classifier: bool = True  # False: the bundle's subtype head was never trained
+    model_id: str | None = None  # see model_identity; None for a model not read from a bundle
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -65,14 +67,31 @@ def load_model(
 
         activation = network_activation_bytes_per_voxel(bundle.network, plan.patch_size)
     predictor = select_predictor(bundle, backend=backend, device=device, precision=precision)
+    artifact = getattr(predictor, "artifact", None)
     return LoadedModel(
         predictor=predictor,
         plan=plan,
         activation_bytes_per_voxel=activation,
         baseline_rss=current_rss(),
-        artifact=getattr(predictor, "artifact", None),
+        artifact=artifact,
         classifier=bundle.classifier,
+        model_id=model_identity(bundle, artifact),
     )
 
 
-__all__ = ["LoadedModel", "load_model"]
+def model_identity(bundle: ModelBundle, artifact: str | None) -> str:
+    """What a case JSON records as the model that made it: SHA-256 of ``model.json`` and of the
+    file the predictor runs (the artifact, else the fp32 weights), so that a retrained or
+    re-quantized bundle, or another variant of it, counts as another model.
+
+    Example: ``model_identity(load_bundle("bundles/pancreas"), None)`` -> ``"1c4e0b..."``.
+    """
+    from edgepanc.runtime.outputs import file_sha256
+
+    weights = bundle.artifact_path(artifact) if artifact is not None else bundle.weights_path
+    return hashlib.sha256(
+        f"{file_sha256(bundle.metadata_path)}\n{file_sha256(weights)}".encode()
+    ).hexdigest()
+
+
+__all__ = ["LoadedModel", "load_model", "model_identity"]

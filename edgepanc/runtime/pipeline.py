@@ -12,12 +12,15 @@ One case runs in three steps, each freeing the previous one's buffers (the phase
    :func:`write_case_outputs`: restore onto the input's exact grid, write mask and case JSON.
 
 A case either leaves all its outputs (mask, JSON, preview) or none: anything written before a
-failure is removed again.
+failure is removed again. :func:`run_cases` follows an :class:`~edgepanc.runtime.outputs.OutputPlan`
+checked before the first case: it skips the cases an earlier run finished and rewrites
+``subtype_results.csv`` after every case, so a killed run loses at most the case in progress.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +37,7 @@ from edgepanc.errors import EdgepancError
 from edgepanc.inferers.sliding_window import BatchPolicy, SlidingWindowResult, plan_sliding_window
 from edgepanc.inferers.streaming import slab_memory_bytes, streaming_sliding_window_inference
 from edgepanc.inferers.tiling import bounding_box
+from edgepanc.io.atomic import atomic_path
 from edgepanc.io.volume import looks_like_label, read_image, write_label
 from edgepanc.memory import peak_rss
 from edgepanc.postprocessing import (
@@ -47,8 +51,17 @@ from edgepanc.preprocessing import GridRecord, normalize_ct, resample_for_networ
 from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
 from edgepanc.runtime.model import LoadedModel
+from edgepanc.runtime.outputs import OutputPlan, file_sha256, scan_sha256
 from edgepanc.runtime.preview import save_preview
-from edgepanc.runtime.report import SUBTYPE_CSV, CaseFailure, CaseReport, write_case_json
+from edgepanc.runtime.report import (
+    FINISHED,
+    SUBTYPE_CSV,
+    WRITING,
+    CaseFailure,
+    CaseReport,
+    write_case_json,
+    write_subtype_csv,
+)
 from edgepanc.runtime.roi import (
     Box,
     RoiConfig,
@@ -87,10 +100,11 @@ class RunConfig:
 
 @dataclass
 class RunOutcome:
-    """The cases of one run that succeeded and those that failed."""
+    """The cases of one run that succeeded, those that failed, and how many were skipped."""
 
     reports: list[CaseReport]
     failures: list[CaseFailure]
+    skipped: int = 0
 
 
 # --- one case --------------------------------------------------------------------------------
@@ -295,6 +309,7 @@ class CaseRun:
     throttle_events: list[dict[str, Any]] = field(default_factory=list)
     memory_plan: dict[str, Any] | None = None
     classifier: bool = True  # False: no subtype is reported (the head was never trained)
+    model_id: str | None = None
 
 
 def write_case_outputs(
@@ -309,7 +324,10 @@ def write_case_outputs(
     """Restore ``finished`` onto the scan's grid, write the mask and the case JSON beside it.
 
     ``written`` gets each path once it is written (see :func:`~edgepanc.runtime.scans.all_or_none`).
-    The volumes are measured on the input grid, as the mask is written.
+    The volumes are measured on the input grid, as the mask is written. The JSON goes in twice:
+    saying ``writing`` (with the digests of the input, the mask and the preview) before the mask
+    takes its name, ``finished`` after, so that a kill in between leaves a mask its JSON owns
+    but does not call finished, which the next run redoes.
 
     Example: ``write_case_outputs(scan, outputs, finished, grid, run, timer, written).subtype``
     -> ``1``.
@@ -320,10 +338,31 @@ def write_case_outputs(
     ml = voxel_volume_ml(tuple(reversed(restored.GetSpacing())))
     pancreas_ml, lesion_ml = np.count_nonzero(view) * ml, np.count_nonzero(view == 2) * ml
     del view
-    with timer("write"):
-        write_label(restored, outputs.mask)
-    written.append(outputs.mask)
-    report = CaseReport(
+    input_sha256 = scan_sha256(scan)
+    preview_sha256 = file_sha256(outputs.preview) if outputs.preview in written else None
+    with timer("write"), atomic_path(outputs.mask) as staged:
+        write_label(restored, staged)
+        report = _case_report(scan, outputs, finished, run, timer, pancreas_ml, lesion_ml)
+        report.input_sha256, report.preview_sha256 = input_sha256, preview_sha256
+        report.mask_sha256 = file_sha256(staged)
+        written.append(write_case_json(outputs.mask.parent, report))
+        written.append(outputs.mask)
+    timings = {k: round(v, 4) for k, v in timer.seconds.items()}  # now with the write
+    report = dataclasses.replace(report, status=FINISHED, timings_s=timings)
+    write_case_json(outputs.mask.parent, report)
+    return report
+
+
+def _case_report(
+    scan: Path,
+    outputs: CaseOutputs,
+    finished: FinishedPrediction,
+    run: CaseRun,
+    timer: StageTimer,
+    pancreas_ml: float,
+    lesion_ml: float,
+) -> CaseReport:
+    return CaseReport(
         name=outputs.name,
         input=str(scan),
         mask=str(outputs.mask),
@@ -345,20 +384,28 @@ def write_case_outputs(
         throttle_events=run.throttle_events,
         memory_plan=run.memory_plan,
         notes=run.notes,
+        status=WRITING,
+        model_id=run.model_id,
     )
-    written.append(write_case_json(outputs.mask.parent, report))
-    return report
 
 
 def run_case(
-    scan: Path, model: LoadedModel, config: RunConfig, thermal_guard: ThermalGuard
+    scan: Path,
+    model: LoadedModel,
+    config: RunConfig,
+    thermal_guard: ThermalGuard,
+    outputs: CaseOutputs | None = None,
 ) -> CaseReport:
     """Segment and classify one scan, write its outputs; raise EdgepancError on bad input.
+
+    ``outputs`` come from a checked :class:`~edgepanc.runtime.outputs.OutputPlan`; without them
+    the mask's name is checked here alone.
 
     Example: ``run_case(Path("ct_0000.nii.gz"), load_model(bundle), RunConfig(Path("out")),
     ThermalGuard.discover()).subtype`` -> ``1``.
     """
-    outputs = CaseOutputs.for_scan(scan, config.out_dir, config.overwrite)
+    if outputs is None:
+        outputs = CaseOutputs.for_scan(scan, config.out_dir, config.overwrite)
     timer = StageTimer()
     notes = [] if thermal_guard.enabled else [NO_SENSOR_NOTE]
     volume, grid, memory_plan = prepare_case(scan, model, config, timer, notes)
@@ -386,29 +433,39 @@ def run_case(
             throttle_events=[e.to_dict() for e in backoff.events],
             memory_plan=memory_plan.to_dict(),
             classifier=model.classifier,
+            model_id=model.model_id,
         )
         return write_case_outputs(scan, outputs, finished, grid, run, timer, written)
 
 
 def run_cases(
-    scans: Sequence[Path], model: LoadedModel, config: RunConfig, thermal_guard: ThermalGuard
+    plan: OutputPlan, model: LoadedModel, config: RunConfig, thermal_guard: ThermalGuard
 ) -> RunOutcome:
-    """Run every scan; a case that fails is recorded and the others go on.
+    """Run every case of ``plan`` not finished earlier; a case that fails is recorded and the
+    others go on. ``subtype_results.csv`` holds the plan's earlier rows and each case that
+    finishes, rewritten after each one.
 
-    Example: ``run_cases(discover_scans(folder), model, config, guard).failures`` -> ``[]``.
+    Example: ``run_cases(plan_outputs(scans, out, model.model_id), model, config, guard).skipped``
+    -> ``0``.
     """
-    outcome = RunOutcome([], [])
+    outcome = RunOutcome([], [], skipped=plan.skipped)
+    rows = dict(plan.rows)
+    todo = [case for case in plan.cases if not case.skip]
+    if not todo and rows:
+        write_subtype_csv(plan.out_dir, rows)
     if not model.classifier:
         log.warning(
             "this model was trained without subtype labels: no subtype is reported "
             "(subtype null in the case JSON, no row in %s)",
             SUBTYPE_CSV,
         )
-    for scan in tqdm(
-        scans, desc="cases", unit="case", disable=not config.progress or len(scans) < 2
-    ):
+    for case in tqdm(todo, desc="cases", unit="case", disable=not config.progress or len(todo) < 2):
+        scan = case.scan
         try:
-            outcome.reports.append(run_case(scan, model, config, thermal_guard))
+            report = run_case(scan, model, config, thermal_guard, case.outputs)
+            outcome.reports.append(report)
+            rows[report.name] = report.subtype
+            write_subtype_csv(plan.out_dir, rows)
         except EdgepancError as exc:
             log.debug("case failed: %s", exc)
             outcome.failures.append(CaseFailure(str(scan), str(exc)))

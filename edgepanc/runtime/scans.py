@@ -3,12 +3,14 @@
 A path is one scan (an image file or a DICOM series folder) or a folder searched for them; each
 scan's mask is named after it (:func:`mask_name_for`), with its preview and case JSON beside it
 (:class:`CaseOutputs`). Everything written for a case inside :func:`all_or_none` is removed again
-when the case fails, so an output folder never holds a mask without its JSON.
+when the case fails, so an output folder never holds a mask without its JSON. Hidden files (among
+them the temporaries of :mod:`edgepanc.io.atomic`) are never taken for scans.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,11 @@ CHANNEL_SUFFIX = "_0000"
 MASK_SUFFIX = ".nii.gz"
 
 
-def _image_stem(path: Path) -> str | None:
+def image_stem(path: Path) -> str | None:
+    """The name without its image suffix, or None when it is no image file name.
+
+    Example: ``image_stem(Path("ct_0000.nii.gz"))`` -> ``"ct_0000"``.
+    """
     for suffix in IMAGE_SUFFIXES:
         if path.name.endswith(suffix):
             return path.name[: -len(suffix)]
@@ -37,7 +43,7 @@ def mask_name_for(scan: Path) -> str:
 
     Example: ``mask_name_for(Path("scans/ct_0000.nii.gz"))`` -> ``"ct.nii.gz"``.
     """
-    stem = None if scan.is_dir() else _image_stem(scan)
+    stem = None if scan.is_dir() else image_stem(scan)
     stem = stem or scan.name
     if stem.endswith(CHANNEL_SUFFIX):
         stem = stem[: -len(CHANNEL_SUFFIX)]
@@ -74,31 +80,58 @@ def discover_scans(path: Path) -> list[Path]:
 
 
 def _scans_below(folder: Path) -> list[Path]:
-    entries = sorted(folder.iterdir())
-    files = [p for p in entries if p.is_file() and _image_stem(p) is not None]
-    stems = {_image_stem(p) for p in files}
-    scans = [p for p in files if f"{_image_stem(p)}{CHANNEL_SUFFIX}" not in stems]
-    for sub in (p for p in entries if p.is_dir() and not p.name.startswith(".")):
+    # hidden: a half-written temporary left by a kill, or a file the user chose to hide
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file() and image_stem(p) is not None]
+    stems = {image_stem(p) for p in files}
+    scans = [p for p in files if f"{image_stem(p)}{CHANNEL_SUFFIX}" not in stems]
+    for sub in (p for p in entries if p.is_dir()):
         scans.extend([sub] if is_dicom_series_folder(sub) else _scans_below(sub))
     return scans
 
 
 def check_output_folder(out_dir: Path) -> None:
-    """Create ``out_dir`` if needed; InputError if it is not a writable folder.
+    """InputError if ``out_dir`` cannot become the output folder; nothing is created to find out.
 
-    Example: ``check_output_folder(Path("masks"))`` creates ``masks/`` or says why it cannot.
+    Example: ``check_output_folder(Path("notes.txt"))`` raises "output folder is a file, not a
+    folder" when ``notes.txt`` is a file.
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "output folder is a file, not a folder")
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(existing, "is a file, not a folder: cannot create the output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(out_dir, f"output folder is not writable ({existing}: permission denied)")
+
+
+def create_output_folder(out_dir: Path) -> list[Path]:
+    """Create ``out_dir`` and its missing parents; return the folders created, outermost first.
+
+    Example: ``create_output_folder(Path("new/masks"))`` -> ``[Path("new"), Path("new/masks")]``.
+    """
+    missing = [p for p in [out_dir, *out_dir.parents] if not p.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".edgepanc_write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as exc:
         raise InputError(
-            out_dir, f"output folder is not writable ({exc.strerror or exc})"
+            out_dir, f"output folder cannot be created ({exc.strerror or exc})"
         ) from None
+    return list(reversed(missing))
+
+
+def remove_empty_folders(created: list[Path]) -> None:
+    """Remove the folders :func:`create_output_folder` made, innermost first, while empty.
+
+    Example: ``remove_empty_folders(create_output_folder(out))`` leaves no trace of ``out``.
+    """
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @contextlib.contextmanager
@@ -131,17 +164,28 @@ class CaseOutputs:
     case_json: Path
 
     @classmethod
+    def named(cls, scan: Path, out_dir: Path) -> CaseOutputs:
+        """Where the outputs of ``scan`` go, nothing checked (see :mod:`edgepanc.runtime.outputs`).
+
+        Example: ``CaseOutputs.named(Path("ct_0000.nii.gz"), Path("out")).case_json`` ->
+        ``Path("out/ct.json")``.
+        """
+        name = mask_name_for(scan)
+        stem = name[: -len(MASK_SUFFIX)]
+        return cls(
+            name, out_dir / name, out_dir / f"{stem}_preview.png", case_json_path(out_dir, name)
+        )
+
+    @classmethod
     def for_scan(cls, scan: Path, out_dir: Path, overwrite: bool) -> CaseOutputs:
         """The outputs of ``scan``; InputError if its mask exists (without ``overwrite``) or
         would replace the scan itself."""
-        name = mask_name_for(scan)
-        mask = out_dir / name
-        if mask.exists() and not overwrite:
-            raise InputError(mask, "mask already exists; pass --overwrite to replace it")
-        if mask.resolve() == scan.resolve():
+        outputs = cls.named(scan, out_dir)
+        if outputs.mask.exists() and not overwrite:
+            raise InputError(outputs.mask, "mask already exists; pass --overwrite to replace it")
+        if outputs.mask.resolve() == scan.resolve():
             raise InputError(scan, "the mask would overwrite its own input; choose another --out")
-        stem = name[: -len(MASK_SUFFIX)]
-        return cls(name, mask, out_dir / f"{stem}_preview.png", case_json_path(out_dir, name))
+        return outputs
 
 
 __all__ = [
@@ -151,6 +195,9 @@ __all__ = [
     "CaseOutputs",
     "all_or_none",
     "check_output_folder",
+    "create_output_folder",
     "discover_scans",
+    "image_stem",
     "mask_name_for",
+    "remove_empty_folders",
 ]
