@@ -266,7 +266,7 @@ def test_explicit_requests(fake_bundle, cpu_only):
     with pytest.raises(BundleError, match="torch fp16 is not offered on cpu"):
         choose_backend(fake_bundle, backend="torch", precision="fp16")
     with pytest.raises(ValueError, match="backend"):
-        choose_backend(fake_bundle, backend="openvino")
+        choose_backend(fake_bundle, backend="tflite")
 
 
 def test_device_resolution_lives_in_one_place(monkeypatch):

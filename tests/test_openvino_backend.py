@@ -279,3 +279,107 @@ def test_latency_script_times_every_backend_in_one_run(tmp_path):
     assert set(row) == expected and all(ms > 0 for ms in row.values())
     assert (report["threads"], report["rounds"]) == (1, 2)
     assert "| `tiny` preset, 16x16x16, batch 2 |" in done.stdout
+
+
+# --- selection: `run --backend openvino` ----------------------------------------------------
+
+
+@pytest.fixture()
+def onnx_bundle(tiny_onnx, tiny_int8, tmp_path, monkeypatch) -> dict:
+    from edgepanc.backends import devices
+
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
+    (tmp_path / "model_fp32.onnx").write_bytes(tiny_onnx.read_bytes())
+    for suffix in (".xml", ".bin"):
+        (tmp_path / f"ov_int8{suffix}").write_bytes(tiny_int8.with_suffix(suffix).read_bytes())
+    fp32 = {"file": "model_fp32.onnx", "backend": "onnxruntime", "precision": "fp32"}
+    return {
+        "root": tmp_path,
+        "artifacts": {"onnx_fp32": {**fp32, "latency_ms": 9.0}},
+        "default_artifact": "onnx_fp32",
+    }
+
+
+def test_backend_openvino_runs_the_bundles_fp32_onnx(onnx_bundle, reference):
+    from edgepanc.backends.selection import available_backends, choose_backend, select_predictor
+
+    assert "openvino" in available_backends()
+    choice = choose_backend(onnx_bundle, backend="openvino")
+    expected = "bf16" if MACHINE_HAS_BF16 else "fp32"
+    assert (choice.backend, choice.precision, choice.device) == ("openvino", expected, "cpu")
+    assert choice.artifact == "onnx_fp32" and "default" in choice.reason
+    predictor = select_predictor(onnx_bundle, backend="openvino", precision="fp32")
+    assert isinstance(predictor, OpenVinoPredictor) and predictor.artifact == "onnx_fp32"
+    np.testing.assert_allclose(predictor(reference[0])[0], reference[1], atol=1e-4, rtol=1e-4)
+    # auto still prefers the bundle's default artifact as it is recorded
+    assert choose_backend(onnx_bundle).backend == "onnxruntime"
+
+
+def test_backend_openvino_refuses_bf16_without_native_bf16(onnx_bundle, monkeypatch):
+    from edgepanc.backends import openvino_backend
+    from edgepanc.backends.selection import choose_backend
+    from edgepanc.errors import BundleError
+
+    monkeypatch.setattr(openvino_backend, "machine_cpu_flags", lambda: NO_BF16)
+    with pytest.raises(BundleError, match="onnx_fp32: bf16 needs a CPU that computes it natively"):
+        choose_backend(onnx_bundle, backend="openvino", precision="bf16")
+    assert choose_backend(onnx_bundle, backend="openvino").precision == "fp32"
+    monkeypatch.setattr(openvino_backend, "machine_cpu_flags", lambda: AMX)
+    assert choose_backend(onnx_bundle, backend="openvino").precision == "bf16"
+
+
+def test_backend_openvino_int8_needs_an_openvino_artifact(onnx_bundle, reference):
+    from edgepanc.backends.selection import choose_backend, select_predictor
+    from edgepanc.errors import BundleError
+
+    with pytest.raises(BundleError, match="backend=openvino precision=int8"):
+        choose_backend(onnx_bundle, backend="openvino", precision="int8")
+    onnx_bundle["artifacts"]["openvino_int8"] = {
+        "file": "ov_int8.xml",
+        "backend": "openvino",
+        "precision": "int8",
+    }
+    predictor = select_predictor(onnx_bundle, backend="openvino", precision="int8")
+    assert (predictor.name, predictor.precision, predictor.artifact) == (
+        "openvino",
+        "int8",
+        "openvino_int8",
+    )
+    seg, _ = predictor(reference[0])
+    assert (seg.argmax(1) == reference[1].argmax(1)).mean() > 0.85
+    with pytest.raises(BundleError, match="OpenVINO runs on the CPU, not on cuda"):
+        choose_backend(onnx_bundle, backend="openvino", device="cuda")
+
+
+def test_run_with_backend_openvino_loads_no_torch(tmp_path):
+    """`edgepanc run --backend openvino` end to end: masks written, torch never imported."""
+    from edgepanc.bundle import load_bundle, save_bundle_metadata, write_bundle
+
+    from runtime_support import TINY_PLAN, phantom, write_image
+
+    torch.manual_seed(0)
+    folder = tmp_path / "bundle"
+    model = build_network("tiny").eval()
+    write_bundle(folder, model, TINY_PLAN.to_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and instance-norm notes
+        export_onnx(model, folder / "model_fp32.onnx", TINY_PLAN.patch_size)
+    bundle = load_bundle(folder)
+    bundle.add_artifact("onnx_fp32", "model_fp32.onnx", "onnxruntime", "fp32", make_default=True)
+    save_bundle_metadata(bundle)
+    scan = write_image(phantom(), tmp_path / "scan_0000.nii.gz")
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from edgepanc.cli import main
+        try:
+            main(["run", {str(scan)!r}, "--model", {str(folder)!r}, "--out", {str(tmp_path / "out")!r},
+                  "--backend", "openvino", "--device", "cpu"])
+        except SystemExit as exit:
+            print("exit", exit.code, "torch" in sys.modules)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split()[-3:] == ["exit", "0", "False"], done.stdout + done.stderr
+    assert "openvino" in done.stderr  # the one-line backend choice names it
+    assert any((tmp_path / "out").rglob("*.nii.gz"))

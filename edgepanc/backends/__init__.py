@@ -21,6 +21,7 @@ from edgepanc.backends.devices import cuda_available, resolve_device, torch_devi
 _LAZY = {
     "TorchPredictor": "edgepanc.backends.torch_backend",
     "OnnxRuntimePredictor": "edgepanc.backends.onnxruntime_backend",
+    "OpenVinoPredictor": "edgepanc.backends.openvino_backend",
     "TensorRTPredictor": "edgepanc.backends.tensorrt_backend",
     "available_backends": "edgepanc.backends.selection",
     "choose_backend": "edgepanc.backends.selection",
@@ -42,6 +43,7 @@ __all__ = [
     "BackendChoice",
     "BackendUnavailable",
     "OnnxRuntimePredictor",
+    "OpenVinoPredictor",
     "Predictor",
     "TensorRTPredictor",
     "TorchPredictor",

@@ -18,7 +18,7 @@ INPUT_NAME = "image"
 SEG_OUTPUT_NAME = "seg_logits"
 CLS_OUTPUT_NAME = "cls_logits"
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
@@ -31,9 +31,9 @@ class BackendUnavailable(EdgepancError):
 class Predictor(Protocol):
     """``predictor(batch [B, 1, D, H, W] float32) -> (seg [B, C, D, H, W], cls [B, S])``, float32.
 
-    ``name`` is the backend ("torch", "onnxruntime", "tensorrt"), ``precision`` the arithmetic it
-    computes in ("fp32", "bf16", "fp16", "int8") and ``device`` where ("cpu", "cuda"). Returned
-    arrays belong to the caller, who may change them in place.
+    ``name`` is the backend ("torch", "onnxruntime", "openvino", "tensorrt"), ``precision`` the
+    arithmetic it computes in ("fp32", "bf16", "fp16", "int8") and ``device`` where ("cpu",
+    "cuda"). Returned arrays belong to the caller, who may change them in place.
     """
 
     name: str

@@ -62,7 +62,7 @@ def _tile_batch(value: str) -> int | None:
 )
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+    type=click.Choice(["auto", "torch", "onnxruntime", "openvino", "tensorrt"]),
     default="auto",
     show_default=True,
 )
