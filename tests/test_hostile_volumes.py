@@ -370,3 +370,48 @@ def test_mha_direction_orthonormalised_or_refused(
 
 def test_extent_beyond_any_patient_refused(tmp_path: Path) -> None:
     _error(_mha(tmp_path / "huge.mha", "1 0 0 0 1 0 0 0 1", spacing="0.8 0.8 4000"), "mm")
+
+
+# --- headers that point at other files ------------------------------------------------------------
+
+
+def _detached(folder: Path, name: str, target: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.raw").write_bytes(np.zeros(60, np.int16).tobytes())
+    if name.endswith(".nhdr"):
+        text = (
+            "NRRD0004\ntype: short\ndimension: 3\nsizes: 5 4 3\nspacings: 1 1 1\n"
+            f"encoding: raw\nendian: little\ndata file: {target}\n"
+        )
+    else:
+        text = (
+            "ObjectType = Image\nNDims = 3\nDimSize = 5 4 3\nElementType = MET_SHORT\n"
+            f"ElementSpacing = 1 1 1\nElementDataFile = {target}\n"
+        )
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["scan.mhd", "scan.mha", "scan.nhdr"])
+def test_header_pointing_outside_its_folder_refused(tmp_path: Path, name: str) -> None:
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(np.arange(60, dtype=np.int16).tobytes())
+    for target in (str(secret), "../secret.raw"):
+        path = _detached(tmp_path / "in", name, target)
+        _error(path, "outside")
+        with pytest.raises(InputError, match="outside"):
+            inspect_image(path)
+    inside = _detached(tmp_path / "in", name, "data.raw")  # beside the header: fine
+    assert read_image(inside).GetSize() == (5, 4, 3)
+
+
+def test_itk_native_messages_stay_off_the_terminal(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = _mha(tmp_path / "cut.mha", "1 0 0 0 1 0 0 0 1")
+    path.write_bytes(path.read_bytes()[:-20])  # MetaImage prints "data not read completely"
+    capfd.readouterr()
+    _error(path, "cannot be read")
+    native = capfd.readouterr()
+    assert native.out == "" and native.err == "", native

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -56,6 +57,9 @@ ORTHONORMAL_ROUNDING = 1e-6
 # No patient is taller than this; a longer axis is a corrupt spacing that would make the grid the
 # scan is resampled onto explode.
 MAX_EXTENT_MM = 5000.0
+# Headers that may keep their voxels in other files, and how much of one is searched for them.
+_DETACHED_SUFFIXES = (".mha", ".mhd", ".nhdr", ".nrrd")
+_HEADER_SCAN_BYTES = 1 << 16
 # The pipeline makes a float32 copy of every scan, so reading needs that much besides the scan.
 FLOAT32_BYTES = 4
 
@@ -86,13 +90,38 @@ def is_nifti(path: Path) -> bool:
 
 @contextlib.contextmanager
 def _quiet_itk() -> Iterator[None]:
-    # ITK prints warnings (e.g. "No Series were found") straight to stderr; we report our own line.
+    # ITK prints warnings (e.g. "No Series were found") straight to stderr, and its MetaImage
+    # and matrix code write to the C streams past that switch ("data not read completely"): the
+    # user gets our one line, and what ITK wrote goes to the debug log.
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        yield
+        with _native_output_to_log():
+            yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+@contextlib.contextmanager
+def _native_output_to_log() -> Iterator[None]:
+    """Send what native code writes to file descriptors 1 and 2 to the debug log meanwhile."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = [os.dup(fd) for fd in (1, 2)]
+        try:
+            for fd in (1, 2):
+                os.dup2(sink.fileno(), fd)
+            yield
+        finally:
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace").strip()
+            if text:
+                log.debug("ITK said: %s", " | ".join(text.splitlines()))
 
 
 # --- headers --------------------------------------------------------------------------------
@@ -210,6 +239,37 @@ def _read_information(path: Path) -> sitk.ImageFileReader:
     return reader
 
 
+def _data_file_names(path: Path) -> list[str]:
+    """The files a MetaImage or NRRD header reads its voxels from (none when they are inline)."""
+    with open(path, "rb") as fh:
+        text = fh.read(_HEADER_SCAN_BYTES).decode("latin-1")
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        key, sep, value = line.partition("=" if path.suffix.lower() in (".mha", ".mhd") else ":")
+        key = key.strip().lower().replace(" ", "")
+        if not sep or key not in ("elementdatafile", "datafile"):
+            continue
+        value = value.strip()
+        if value.upper() == "LOCAL":
+            return []
+        if value.upper().startswith("LIST"):
+            return [name.strip() for name in lines[index + 1 :] if name.strip()]
+        return [value, value.split()[0]] if value else []  # the first word of a slice pattern
+    return []
+
+
+def _check_data_files_inside(path: Path) -> None:
+    # A header may name any file as its voxels (/etc/passwd, ../../other_patient.raw); only
+    # files beside it, in its folder or below, are read.
+    if path.suffix.lower() not in _DETACHED_SUFFIXES:
+        return
+    folder = path.parent.resolve()
+    for name in _data_file_names(path):
+        target = (folder / name).resolve()
+        if not target.is_relative_to(folder):
+            raise InputError(path, f"names a data file outside its folder ({name}); refused")
+
+
 def inspect_image(path: str | Path, max_bytes: int | None = None) -> ImageInfo:
     """Read and validate a file's header without loading its voxels.
 
@@ -223,6 +283,7 @@ def inspect_image(path: str | Path, max_bytes: int | None = None) -> ImageInfo:
     if path.is_dir():
         img = read_image(path, max_bytes=max_bytes)
         return image_info(path, img)
+    _check_data_files_inside(path)
     header = _checked_nifti_header(path, max_bytes) if is_nifti(path) else None
     try:
         reader = _read_information(path)
