@@ -17,14 +17,11 @@ echo "== demo folder: $work"
 echo "== 1/6 synth: phantom data set"
 edgepanc synth --out "$work/data" --cases 24 --seed 0
 
-echo "== 2/6 train: the cpu preset, briefly"
-edgepanc train --data "$work/data" --out "$work/run" --preset cpu --target-spacing 3,2,2 --patch-size 32,48,48 \
-  --epochs 6 --steps-per-epoch 30 --val-every 3 --seed 0
+echo "== 2/6 train: the demo recipe (train/demo.toml), briefly"
+edgepanc train --data "$work/data" --out "$work/run" --recipe demo
 
-echo "== 3/6 quantize: prune, INT8, ONNX export, report"
-edgepanc quantize --model "$work/run" --data "$work/data" --out "$bundle" \
-  --prune 0.5 --int8 ptq --finetune-epochs 1 --steps-per-epoch 15 \
-  --calibration-cases 4 --calibration-method minmax --max-validation-cases 6
+echo "== 3/6 quantize: prune, INT8, ONNX export, report (quant/demo.toml)"
+edgepanc quantize --model "$work/run" --data "$work/data" --out "$bundle" --recipe demo
 
 echo "== 4/6 run: the optimised runtime on the validation scans (newest bundle, no --model)"
 edgepanc run "$work/data/validation" --out "$work/pred"

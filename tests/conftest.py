@@ -15,6 +15,16 @@ from edgepanc.data.cases import Case
 TINY_SHAPE = (4, 6, 6)  # (z, y, x): the smallest volume that still has an interior
 
 
+@pytest.fixture(autouse=True)
+def _plain_cpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edgepanc train` without --recipe picks the recipe of a plain CPU (no CUDA, no native
+    bf16) in every test, so that what a test trains does not depend on the machine it runs on."""
+    from edgepanc.training.recipes import Machine
+
+    plain = Machine(cuda=False, cpu_flags=frozenset({"avx2"}))
+    monkeypatch.setattr(Machine, "probe", classmethod(lambda cls: plain))
+
+
 # Small real CT volumes kept inside the repository (licence and attribution in their README).
 REAL_CT_DIR = Path(__file__).resolve().parent / "data" / "real_ct"
 

@@ -122,17 +122,21 @@ def test_refit_learns_the_subtypes_and_leaves_the_head_where_it_was() -> None:
         assert torch.equal(a, b)
 
 
+# The CLI run below names this recipe (without one it would take this machine's); its values
+# are the base of every configuration here, so the in-process runs repeat the CLI's.
+RECIPE = "cpu-fp32"
+
+
+TINY = {"preset": "tiny", "patch_size": PATCH, "target_spacing": (2.0, 2.0, 2.0), "epochs": 2}
+TINY |= {"steps_per_epoch": 3, "warmup_epochs": 0}
+
+
 def tiny_refit_config(data: Path, out: Path, **changes: object) -> TrainConfig:
-    return TrainConfig(
-        data=str(data),
-        out=str(out),
-        preset="tiny",
-        patch_size=PATCH,
-        target_spacing=(2.0, 2.0, 2.0),
-        epochs=2,
-        steps_per_epoch=3,
-        warmup_epochs=0,
-    ).replace(**changes)
+    from edgepanc.recipes import recipe_values
+
+    values = recipe_values(TrainConfig, "train", RECIPE) | TINY
+    run = {"data": str(data), "out": str(out), "recipe": RECIPE, "recipe_reason": "--recipe"}
+    return TrainConfig(**run, **values).replace(**changes)
 
 
 def read_records(run: Path) -> list[dict]:
@@ -144,7 +148,7 @@ def test_training_with_head_refit_logs_a_validated_refit_row(tmp_path: Path) -> 
     run = tmp_path / "run"
     result = CliRunner().invoke(
         main,
-        ["train", "--data", str(data), "--out", str(run), "--preset", "tiny"]
+        ["train", "--data", str(data), "--out", str(run), "--recipe", RECIPE, "--preset", "tiny"]
         + ["--patch-size", "16,16,16", "--target-spacing", "2,2,2", "--epochs", "2"]
         + ["--steps-per-epoch", "3", "--warmup-epochs", "0", "--head-refit"],
     )

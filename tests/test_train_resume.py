@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 # The console script installed beside this interpreter (torchrun needs a script path).
 EDGEPANC = str(Path(sys.executable).parent / "edgepanc")
 TRAIN_ARGS = [
+    # A subprocess would pick the recipe for this machine; the tests must not depend on it.
+    "--recipe",
+    "cpu-fp32",
     "--preset",
     "tiny",
     "--patch-size",

@@ -7,12 +7,16 @@ without it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edgepanc.commands.params import FiniteFloat
+from edgepanc.errors import InputError
 
 EXPORT_KINDS = ("onnx", "int8", "tensorrt")
+# Set by each invocation, never by a recipe: which bundle, which data, which output.
+_PER_RUN_KEYS = ("model", "data", "out", "recipe")
 
 
 def _parse_export(text: str) -> tuple[str, ...]:
@@ -128,49 +132,46 @@ def _parse_export(text: str) -> tuple[str, ...]:
     help="Score on at most this many validation cases (default: all).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-def quantize(
-    model: Path,
-    data: Path,
-    out: Path,
-    prune: float | None,
-    prune_criterion: str,
-    int8: str,
-    int8_layers: str,
-    calibration_cases: int,
-    calibration_method: str,
-    finetune_epochs: int,
-    qat_epochs: int,
-    steps_per_epoch: int,
-    export: str,
-    device: str,
-    latency_runs: int,
-    max_validation_cases: int | None,
-    seed: int,
-) -> None:
-    """Prune, quantize and export a trained bundle; measure every variant; write a new bundle."""
+@click.option(
+    "--recipe",
+    default=None,
+    metavar="NAME|FILE",
+    help="Recipe: int8, prune-int8, demo, or a .toml file; the flags given here override it.",
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set any configuration value over the recipe, e.g. --set prune=0.2 (repeatable).",
+)
+def quantize(**options: Any) -> None:
+    """Prune, quantize and export a trained bundle; measure every variant; write a new bundle.
+
+    Values: the defaults, then --recipe, then --set, then the flags given here.
+    """
     # imported here, not with the CLI: the other commands run without torch or the compression stage
     from edgepanc.quantization.config import QuantizeConfig
     from edgepanc.quantization.pipeline import run_quantize
+    from edgepanc.recipes import recipe_values
 
-    config = QuantizeConfig(
-        model=model,
-        data=data,
-        out=out,
-        prune=prune,
-        prune_criterion=prune_criterion,
-        int8=int8,
-        int8_layers=int8_layers,
-        calibration_cases=calibration_cases,
-        calibration_method=calibration_method,
-        finetune_epochs=finetune_epochs,
-        qat_epochs=qat_epochs,
-        steps_per_epoch=steps_per_epoch,
-        export=_parse_export(export),
-        device=device,
-        latency_runs=latency_runs,
-        max_validation_cases=max_validation_cases,
-        seed=seed,
-    )
+    context = click.get_current_context()
+    recipe, assignments = options.pop("recipe"), options.pop("assignments")
+    given = {
+        name: value
+        for name, value in options.items()
+        if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    if "export" in given:
+        given["export"] = _parse_export(given["export"])
+    values = recipe_values(QuantizeConfig, "quant", recipe, assignments, skip=_PER_RUN_KEYS)
+    values.update(given)
+    for key in ("model", "data", "out"):
+        values[key] = options[key]
+    try:
+        config = QuantizeConfig(recipe=None if recipe is None else str(recipe), **values)
+    except ValueError as exc:  # a value out of range, from the recipe, --set or a flag
+        raise InputError("configuration", f"{exc} (recipe {recipe} with --set and flags)") from None
     bundle = run_quantize(config)
     click.echo(
         f"wrote {bundle.path} ({len(bundle.artifacts)} artifacts, default {bundle.default_artifact}); "

@@ -1,19 +1,33 @@
 """``edgepanc train``: train the multi-task network into a run folder that is a model bundle.
 
-The training stage (``edgepanc/training/``) is imported inside the command, so the runtime commands work
-without it; only its option lists come from ``edgepanc.training.config``, which needs the standard
-library alone.
+The values come from a recipe (``--recipe NAME|FILE``; without one, the recipe for this machine:
+:mod:`edgepanc.training.recipes`), then ``--set key=value``, then the flags given on the command
+line. The training stage (``edgepanc/training/``) is imported inside the command, so the runtime
+commands work without it; only its option lists come from ``edgepanc.training.config``, which
+needs the standard library alone.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import click
 
+from edgepanc.commands.grouped import GroupedCommand, GroupedOption
 from edgepanc.commands.params import FiniteFloat
 from edgepanc.errors import InputError
-from edgepanc.training.config import HEAD_STATISTICS_MODES, LESION_DICE_MODES
+from edgepanc.training.config import (
+    DEVICE_NAMES,
+    HEAD_STATISTICS_MODES,
+    LESION_DICE_MODES,
+    PRESET_NAMES,
+)
+
+# Options that are not TrainConfig fields, or that need parsing before they are.
+_COMMAND_ONLY = ("recipe", "assignments", "print_config")
+_PARSED = ("patch_size", "target_spacing", "features", "depth", "fold")
 
 
 def _parse_triple(text: str | None, kind: type, name: str) -> tuple | None:
@@ -44,211 +58,282 @@ def _parse_fold(text: str | None) -> int | None | str:
         raise click.BadParameter(f"{text!r}: a fold number or 'all'", param_hint="--fold") from None
 
 
-@click.command()
-@click.option(
+data_option = partial(click.option, cls=GroupedOption, group="data and run")
+hardware_option = partial(click.option, cls=GroupedOption, group="hardware")
+schedule_option = partial(click.option, cls=GroupedOption, group="schedule")
+advanced_option = partial(
+    click.option, cls=GroupedOption, group="advanced (recipe values; also --set KEY=VALUE)"
+)
+
+
+@click.command(cls=GroupedCommand)
+@data_option(
     "--data",
     "data",
     required=True,
     type=click.Path(path_type=Path),
     help="Data set folder (quiz or nnU-Net layout).",
 )
-@click.option(
+@data_option(
     "--out",
     "out",
     required=True,
     type=click.Path(path_type=Path),
     help="Run folder to create (becomes a model bundle).",
 )
-@click.option(
-    "--preset",
-    type=click.Choice(["tiny", "cpu", "default"]),
-    default="cpu",
-    show_default=True,
-    help="Network size.",
+@data_option(
+    "--recipe",
+    default=None,
+    metavar="NAME|FILE",
+    help="Recipe: cpu-bf16, cpu-fp32, gpu, demo, or a .toml file or a run's config.json "
+    "(default: the recipe for this machine, printed with the reason).",
 )
-@click.option(
+@data_option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set any configuration value over the recipe, e.g. --set epochs=60 (repeatable; "
+    "keys as --print-config shows them).",
+)
+@data_option(
+    "--print-config",
+    is_flag=True,
+    help="Print the resolved configuration (a valid recipe) and exit without training.",
+)
+@data_option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@data_option(
+    "--init-from",
+    default=None,
+    help="Start from this trained bundle's weights, network and preprocessing plan "
+    "(fine-tuning on new data); --preset/--features/--target-spacing then come from it.",
+)
+@data_option(
+    "--folds",
+    type=click.IntRange(0, 100),
+    default=None,
+    help="K-fold cross-validation over train+validation (0: the data set's split, or a "
+    "drawn one when it has none).",
+)
+@data_option("--fold", default=None, help="Which fold to train (0..K-1) or 'all'.")
+@hardware_option(
+    "--device",
+    type=click.Choice(DEVICE_NAMES),
+    default=None,
+    help="Where to train [default: auto, a CUDA GPU when torch sees one].",
+)
+@hardware_option(
+    "--amp/--no-amp",
+    default=None,
+    help="Mixed precision: fp16 on CUDA, bf16 on CPU (fast only with native bf16).",
+)
+@hardware_option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Torch CPU threads per process (default: torch's choice; 1 is fastest on a busy "
+    "2-core machine).",
+)
+@hardware_option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Background processes drawing training patches (0: the training process). On a GPU the "
+    "sampler sets the pace; on a 2-core CPU leave 0. Part of the experiment: other batches.",
+)
+@hardware_option(
+    "--cpu-max-temp",
+    type=FiniteFloat(20, 120),
+    default=None,
+    help="Pause training above this CPU temperature, degrees C [default: 68].",
+)
+@hardware_option(
+    "--gpu-max-temp",
+    type=FiniteFloat(20, 120),
+    default=None,
+    help="Pause training above this GPU temperature, degrees C [default: 72].",
+)
+@hardware_option(
+    "--thermal-timeout",
+    type=FiniteFloat(1, 86400),
+    default=None,
+    help="Seconds a thermal pause may last before training stops with a checkpoint "
+    "[default: 1800].",
+)
+@hardware_option(
+    "--require-thermal", is_flag=True, help="Refuse to train without a temperature sensor."
+)
+@schedule_option("--epochs", type=click.IntRange(1, 100000), default=None, help="Epochs to train.")
+@schedule_option(
+    "--steps-per-epoch",
+    type=click.IntRange(1, 1000000),
+    default=None,
+    help="Optimiser steps (batches) per epoch.",
+)
+@schedule_option(
+    "--val-every",
+    type=click.IntRange(1, 100000),
+    default=None,
+    help="Epochs between validations (the last epoch always validates).",
+)
+@schedule_option(
+    "--patience",
+    type=click.IntRange(0, 100000),
+    default=None,
+    help="Validations without improvement before stopping (0: never).",
+)
+@schedule_option(
+    "--seed", type=click.IntRange(0, 2**31 - 1), default=None, help="Random seed of the run."
+)
+@advanced_option(
+    "--preset",
+    type=click.Choice(PRESET_NAMES),
+    default=None,
+    help="Network size: tiny (tests), cpu (~1.4M parameters), default (~23M, for a GPU).",
+)
+@advanced_option(
     "--features",
     "--width",
     "features",
     default=None,
     help="Channels per stage, e.g. 16,32,64,128 (overrides the preset).",
 )
-@click.option(
+@advanced_option(
     "--depth",
     type=click.IntRange(2, 7),
     default=None,
     help="Stages (with --width as one number: doubling widths).",
 )
-@click.option(
+@advanced_option(
     "--patch-size",
-    default="32,64,64",
-    show_default=True,
-    help="Patch (z,y,x) voxels, or one number for a cube.",
+    default=None,
+    help="Patch (z,y,x) in voxels of the target grid, or one number for a cube.",
 )
-@click.option(
+@advanced_option(
     "--target-spacing",
     default=None,
-    help="Target spacing (z,y,x) mm, or one number; default: median of the data.",
+    help="Target spacing (z,y,x) in mm, or one number; --set target_spacing=none: the data's "
+    "median spacing.",
 )
-@click.option("--batch-size", type=click.IntRange(1, 512), default=2, show_default=True)
-@click.option("--epochs", type=click.IntRange(1, 100000), default=50, show_default=True)
-@click.option("--steps-per-epoch", type=click.IntRange(1, 1000000), default=50, show_default=True)
-@click.option("--lr", type=FiniteFloat(0, 1, min_open=True), default=3e-3, show_default=True)
-@click.option("--weight-decay", type=FiniteFloat(0, 1), default=3e-5, show_default=True)
-@click.option("--warmup-epochs", type=click.IntRange(0, 100000), default=2, show_default=True)
-@click.option("--seg-weight", type=FiniteFloat(0, 100), default=1.0, show_default=True)
-@click.option("--cls-weight", type=FiniteFloat(0, 100), default=0.5, show_default=True)
-@click.option(
+@advanced_option(
+    "--batch-size", type=click.IntRange(1, 512), default=None, help="Patches per step."
+)
+@advanced_option(
+    "--lr",
+    type=FiniteFloat(0, 1, min_open=True),
+    default=None,
+    help="Peak learning rate of AdamW (after warm-up; cosine decay to the end).",
+)
+@advanced_option("--weight-decay", type=FiniteFloat(0, 1), default=None, help="AdamW weight decay.")
+@advanced_option(
+    "--warmup-epochs",
+    type=click.IntRange(0, 100000),
+    default=None,
+    help="Epochs of linear learning-rate warm-up.",
+)
+@advanced_option(
+    "--seg-weight",
+    type=FiniteFloat(0, 100),
+    default=None,
+    help="Weight of the segmentation loss (Dice + cross-entropy).",
+)
+@advanced_option(
+    "--cls-weight",
+    type=FiniteFloat(0, 100),
+    default=None,
+    help="Weight of the subtype loss.",
+)
+@advanced_option(
     "--teacher-forcing",
     type=FiniteFloat(0, 1),
-    default=0.5,
-    show_default=True,
+    default=None,
     help="Share of patches whose subtype head pools under the reference lesion mask.",
 )
-@click.option(
+@advanced_option(
     "--teacher-forcing-end",
     type=FiniteFloat(0, 1),
     default=None,
     help="Move that share linearly to this value by the last step (default: constant).",
 )
-@click.option(
+@advanced_option(
     "--teacher-mask-jitter",
     type=click.IntRange(0, 8),
-    default=0,
-    show_default=True,
+    default=None,
     help="Shift the reference lesion by up to this many voxels per axis and grow it by up to as "
     "many or shrink it by one before the head pools under it (margins like a prediction's).",
 )
-@click.option(
+@advanced_option(
     "--head-statistics",
     type=click.Choice(HEAD_STATISTICS_MODES),
-    default="augmented",
-    show_default=True,
+    default=None,
     help="Whether the subtype head's attenuation statistics read the intensity-augmented "
     "training patch or the same patch before intensity augmentation.",
 )
-@click.option(
+@advanced_option(
     "--head-refit/--no-head-refit",
-    default=False,
-    show_default=True,
+    default=None,
     help="After the last epoch, refit the subtype head alone on the training cases' runtime "
     "tiles (as `edgepanc run` tiles and weighs them), then validate again. With --resume on a "
     "finished run: refit it without training again.",
 )
-@click.option(
+@advanced_option(
     "--lesion-fraction",
     type=FiniteFloat(0, 1),
-    default=0.6,
-    show_default=True,
+    default=None,
     help="Share of patches centred on a lesion voxel.",
 )
-@click.option(
+@advanced_option(
     "--pancreas-fraction",
     type=FiniteFloat(0, 1),
-    default=0.25,
-    show_default=True,
-    help="Share centred on a pancreas voxel.",
+    default=None,
+    help="Share of patches centred on a pancreas voxel.",
 )
-@click.option(
+@advanced_option(
     "--lesion-dice",
     type=click.Choice(LESION_DICE_MODES),
-    default="batch",
-    show_default=True,
+    default=None,
     help="Lesion Dice over the whole batch, or per patch with lesion (small lesions count more).",
 )
-@click.option("--deep-supervision/--no-deep-supervision", default=False, show_default=True)
-@click.option(
-    "--init-from",
+@advanced_option(
+    "--deep-supervision/--no-deep-supervision",
     default=None,
-    help="Start from this trained bundle's weights, network and preprocessing plan "
-    "(fine-tuning on new data); --preset/--features/--target-spacing then come from it.",
+    help="Add losses on the decoder's coarser outputs.",
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True
-)
-@click.option(
-    "--amp/--no-amp",
-    default=None,
-    help="Mixed precision: fp16 on CUDA (default on), bf16 on CPU (default off).",
-)
-@click.option(
-    "--folds",
-    type=click.IntRange(0, 100),
-    default=0,
-    show_default=True,
-    help="K-fold cross-validation over train+validation (0: the data set's split).",
-)
-@click.option("--fold", default=None, help="Which fold to train (0..K-1) or 'all'.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
-@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
-@click.option("--val-every", type=click.IntRange(1, 100000), default=1, show_default=True)
-@click.option(
-    "--patience",
-    type=click.IntRange(0, 100000),
-    default=0,
-    show_default=True,
-    help="Validations without improvement before stopping (0: never).",
-)
-@click.option("--cpu-max-temp", type=FiniteFloat(20, 120), default=68.0, show_default=True)
-@click.option("--gpu-max-temp", type=FiniteFloat(20, 120), default=72.0, show_default=True)
-@click.option(
-    "--thermal-timeout",
-    type=FiniteFloat(1, 86400),
-    default=1800.0,
-    show_default=True,
-    help="Seconds a thermal pause may last before training stops with a checkpoint.",
-)
-@click.option(
-    "--require-thermal", is_flag=True, help="Refuse to train without a temperature sensor."
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 256),
-    default=None,
-    help="Torch CPU threads per process (default: torch's choice; 1 is fastest on a busy 2-core machine).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(0, 64),
-    default=0,
-    show_default=True,
-    help="Background processes drawing training patches (0: the training process). On a GPU the "
-    "sampler sets the pace; on a 2-core CPU leave 0. Part of the experiment: other batches.",
-)
-def train(**options: object) -> None:
+def train(**options: Any) -> None:
     """Train the multi-task UNet on DATA; write a model bundle, metrics, logs and curves to OUT.
 
-    DATA is checked first (every image header, every label in full): a problem stops with one
-    line naming the file, and a labelled case whose label is all background (no pancreas, no
-    lesion) is trained on with a warning naming that file. Nothing is written to OUT until every
-    check has passed; a run that fails before its first checkpoint leaves OUT as it was.
+    With no --recipe, the recipe for this machine: gpu where torch sees a CUDA GPU, cpu-bf16 on a
+    CPU with AVX512-BF16 or AMX, cpu-fp32 on any other CPU. Values: the recipe, then --set, then
+    the flags given here. DATA is checked first (every image header, every label in full): the
+    problems stop it with one line naming each file, and a labelled case whose label is all
+    background (no pancreas, no lesion) is trained on with a warning naming that file. Nothing
+    is written to OUT until every check has passed; a run that fails before its first
+    checkpoint leaves OUT as it was.
     """
-    from edgepanc.training.config import TrainConfig
-    from edgepanc.training.runner import run_training
+    from edgepanc.training.recipes import resolve_train_config
 
-    patch = _parse_triple(options.pop("patch_size"), int, "--patch-size")  # type: ignore[arg-type]
-    spacing = _parse_triple(options.pop("target_spacing"), float, "--target-spacing")  # type: ignore[arg-type]
-    features = _features(options.pop("features"), options.pop("depth"))  # type: ignore[arg-type]
-    fold = _parse_fold(options.pop("fold"))  # type: ignore[arg-type]
-    folds = int(options["folds"])  # type: ignore[arg-type]
-    if fold is not None and folds < 2:
-        raise click.BadParameter("--fold needs --folds K with K >= 2", param_hint="--fold")
-    if isinstance(fold, int) and not 0 <= fold < folds:
-        raise click.BadParameter(f"{fold} is not in 0..{folds - 1}", param_hint="--fold")
-    if float(options["lesion_fraction"]) + float(options["pancreas_fraction"]) > 1:  # type: ignore[arg-type]
-        raise click.BadParameter("--lesion-fraction + --pancreas-fraction must be <= 1")
-    data = Path(options.pop("data"))  # type: ignore[arg-type]
+    context = click.get_current_context()
+    given = {
+        name: value
+        for name, value in options.items()
+        if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    flags = {k: v for k, v in given.items() if k not in _COMMAND_ONLY + _PARSED}
+    flags.update(_parsed_flags(options))
+    data, out = Path(flags.pop("data")), Path(flags.pop("out"))
+    config = resolve_train_config(
+        str(data), str(out), flags, options["recipe"], options["assignments"]
+    )
+    _check_folds(config)
+    if options["print_config"]:
+        from edgepanc.recipes import to_toml
+
+        click.echo(to_toml(config.to_dict(), f"recipe {config.recipe}: {config.recipe_reason}"))
+        return
     if not data.is_dir():
         raise InputError(data, "data folder does not exist")
-    config = TrainConfig(
-        data=str(data),
-        out=str(options.pop("out")),
-        patch_size=patch,  # type: ignore[arg-type]
-        target_spacing=spacing,  # type: ignore[arg-type]
-        features=features,
-        fold=None if fold in (None, "all") else int(fold),  # type: ignore[arg-type]
-        **options,  # type: ignore[arg-type]
-    )
+    from edgepanc.training.runner import run_training
+
     summary = run_training(config)
     if "best_score" in summary:
         click.echo(
@@ -256,6 +341,35 @@ def train(**options: object) -> None:
         )
     else:
         click.echo(f"cross-validation summary written to {Path(config.out) / 'cv_summary.json'}")
+
+
+def _parsed_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """The options given as text that become typed TrainConfig fields (only those given)."""
+    parsed: dict[str, Any] = {}
+    patch = _parse_triple(options["patch_size"], int, "--patch-size")
+    if patch is not None:
+        parsed["patch_size"] = patch
+    spacing = _parse_triple(options["target_spacing"], float, "--target-spacing")
+    if spacing is not None:
+        parsed["target_spacing"] = spacing
+    features = _features(options["features"], options["depth"])
+    if features is not None:
+        parsed["features"] = features
+    fold = _parse_fold(options["fold"])
+    if fold is not None:
+        if options["folds"] is None or options["folds"] < 2:
+            raise click.BadParameter("--fold needs --folds K with K >= 2", param_hint="--fold")
+        if isinstance(fold, int) and not 0 <= fold < options["folds"]:
+            raise click.BadParameter(
+                f"{fold} is not in 0..{options['folds'] - 1}", param_hint="--fold"
+            )
+        parsed["fold"] = None if fold == "all" else fold
+    return parsed
+
+
+def _check_folds(config: Any) -> None:
+    if config.fold is not None and not (config.folds >= 2 and 0 <= config.fold < config.folds):
+        raise InputError("--set", f"fold {config.fold} needs folds >= 2 and fold < folds")
 
 
 def _features(text: str | None, depth: int | None) -> tuple[int, ...] | None:

@@ -39,7 +39,10 @@ class AccuracyTolerance:
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """Everything ``edgepanc quantize`` needs; every field has a CLI flag of the same name."""
+    """Everything ``edgepanc quantize`` needs; every field is a recipe and ``--set`` key.
+
+    Example: ``QuantizeConfig(model="run", data="data", out="q", int8="ptq").wants_ptq`` -> True.
+    """
 
     model: Path
     data: Path
@@ -61,6 +64,7 @@ class QuantizeConfig:
     max_validation_cases: int | None = None  # None: every validation case
     seed: int = 0
     tolerance: AccuracyTolerance = AccuracyTolerance()
+    recipe: str | None = None  # the recipe (name or file) the values came from, for the report
 
     def __post_init__(self) -> None:
         # frozen: the CLI and callers may pass strings; the fields are Paths from here on

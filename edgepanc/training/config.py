@@ -15,6 +15,25 @@ from typing import Any
 
 LESION_DICE_MODES = ("batch", "sample")  # see edgepanc.training.losses
 HEAD_STATISTICS_MODES = ("augmented", "clean")  # see TrainConfig.head_statistics
+PRESET_NAMES = ("tiny", "cpu", "default")  # edgepanc.networks.presets.PRESETS, without torch
+DEVICE_NAMES = ("auto", "cuda", "cpu")
+# Lower bounds of the numeric fields, so that a recipe or --set is checked as a flag is.
+_AT_LEAST = {
+    "batch_size": 1,
+    "epochs": 1,
+    "steps_per_epoch": 1,
+    "val_every": 1,
+    "warmup_epochs": 0,
+    "patience": 0,
+    "folds": 0,
+    "workers": 0,
+    "seed": 0,
+    "lr": 0.0,
+    "weight_decay": 0.0,
+    "grad_clip": 0.0,
+    "seg_weight": 0.0,
+    "cls_weight": 0.0,
+}
 
 # Fields that may differ between a run and its resumption without changing the experiment.
 _NON_IDENTITY_FIELDS = frozenset(
@@ -28,6 +47,9 @@ _NON_IDENTITY_FIELDS = frozenset(
         "thermal_timeout",
         "require_thermal",
         "resume",
+        # Which recipe a configuration came from and why: its values are what count.
+        "recipe",
+        "recipe_reason",
         "epochs",
         "patience",
         # Only adds a phase after the last epoch: a finished run resumed with --head-refit gets
@@ -39,7 +61,10 @@ _NON_IDENTITY_FIELDS = frozenset(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything ``edgepanc train`` needs; every field has a CLI flag of the same name."""
+    """Everything ``edgepanc train`` needs; every field is a recipe key and a ``--set`` key.
+
+    Example: ``TrainConfig(data="data100", out="model", epochs=2).identity()`` -> a 16-digit hash.
+    """
 
     data: str
     out: str
@@ -97,6 +122,8 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
     workers: int = 0  # background processes drawing patches (batches.py); 0: the training process
     resume: bool = False
+    recipe: str | None = None  # the recipe (name or file) the values came from
+    recipe_reason: str | None = None  # why that recipe: chosen for this machine, or asked for
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,6 +132,15 @@ class TrainConfig:
             object.__setattr__(self, "features", tuple(int(v) for v in self.features))
         if self.target_spacing is not None:
             object.__setattr__(self, "target_spacing", tuple(float(v) for v in self.target_spacing))
+        for name, low in _AT_LEAST.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.preset not in PRESET_NAMES:
+            raise ValueError(f"preset must be one of {PRESET_NAMES}, got {self.preset!r}")
+        if self.device not in DEVICE_NAMES:
+            raise ValueError(f"device must be one of {DEVICE_NAMES}, got {self.device!r}")
+        if min(self.patch_size) < 1 or len(self.patch_size) != 3:
+            raise ValueError(f"patch_size must be three positive sizes, got {self.patch_size}")
         if self.lesion_dice not in LESION_DICE_MODES:
             raise ValueError(f"lesion_dice must be one of {LESION_DICE_MODES}")
         if self.head_statistics not in HEAD_STATISTICS_MODES:

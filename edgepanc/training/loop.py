@@ -107,9 +107,6 @@ class Trainer:
         self.guard = guard
         self.train_cases = list(train_cases)
         self.val_cases = list(val_cases)
-        if not self.val_cases:
-            # The runner draws a split when the data set has none: a score needs cases to score.
-            raise ValueError("training needs validation cases to score its models")
         # Without a subtype label the head only ever sees a zero loss: the bundle says so.
         self.classifier = any(case.subtype is not None for case in self.train_cases)
         self.steps = StepRunner(
@@ -283,8 +280,10 @@ class Trainer:
         self.close_phase(record, refit_line(record))
 
     def score(self, record: dict[str, Any], validate: bool) -> None:
-        """Validate into ``record`` when ``validate`` and keep the best model."""
-        if validate:
+        """Validate into ``record`` when ``validate`` and keep the best model. Without validation
+        cases (the runner draws a split when the data set has none) nothing is scored: a score
+        is never made up."""
+        if validate and self.val_cases:
             val_start = time.monotonic()
             record.update(self.validate())
             record["val_s"] = time.monotonic() - val_start

@@ -300,6 +300,8 @@ def run_training(
     context = context_from_env()
     run_log = RunLog() if context.is_main else None
     try:
+        if config.recipe is not None:
+            log.info("recipe %s (%s)", config.recipe, config.recipe_reason)
         cases = labelled_cases(Path(config.data))
         if all(c.subtype is None for c in cases):
             log.warning(
