@@ -112,12 +112,16 @@ def test_run_on_device_or_fifo_gives_one_line_and_writes_nothing(
 # --- float options ------------------------------------------------------------------------------
 
 
-def _float_options() -> list[tuple[str, click.Parameter]]:
+def _float_options(
+    group: click.Group = main, prefix: str = ""
+) -> list[tuple[str, click.Parameter]]:
     found = []
-    for name, command in main.commands.items():
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):  # subcommands of subcommands too
+            found.extend(_float_options(command, f"{prefix}{name} "))
         for param in command.params:
             if isinstance(param.type, click.types.FloatParamType):
-                found.append((f"{name} {param.opts[0]}", param))
+                found.append((f"{prefix}{name} {param.opts[0]}", param))
     return found
 
 
