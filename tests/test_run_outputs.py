@@ -261,3 +261,48 @@ def test_a_run_removes_only_its_own_stale_temporaries(tmp_path: Path, bundle: Pa
     assert result.exit_code == 0, result.stderr
     assert not stale.exists()
     assert fresh.exists() and users.read_text() == "mine"
+
+
+def test_a_folder_run_killed_mid_way_continues_where_it_stopped(
+    tmp_path: Path, bundle: Path
+) -> None:
+    """A real SIGKILL once the first case has finished; the same command, run again as a new
+    process, skips what finished, computes the rest and removes the killed run's temporaries."""
+    import signal
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    names = [f"case{i:02d}" for i in range(8)]
+    for name in names:
+        _scan(folder / f"{name}_0000.nii.gz")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "edgepanc", "run", folder, "--model", bundle, "--out", out]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _finished_records(out):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    finished = _finished_records(out)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _summary(rerun.stdout, "skipped") == str(len(finished))
+    assert int(_summary(rerun.stdout, "succeeded")) == len(names) - len(finished)
+    rows = (out / "subtype_results.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == [f"{n}.nii.gz" for n in names]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def _finished_records(out: Path) -> list[str]:
+    """The visible case JSONs that say finished (a hidden one is a write in flight)."""
+    found = []
+    for path in out.glob("[!.]*.json"):
+        if json.loads(path.read_text())["status"] == "finished":
+            found.append(path.name)
+    return found

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
     Example: ``remove_stale_temporaries("masks")`` -> ``[Path("masks/.ct.nii.gz.4242.k3j_a9zq.tmp.nii.gz")]``.
     """
-    started = psutil.Process().create_time()
+    started = _process_start()
     removed: list[Path] = []
     for path in Path(folder).iterdir():
         match = TEMPORARY_NAME.match(path.name)
@@ -74,6 +75,14 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
+
+
+def _process_start() -> float:
+    started = psutil.Process().create_time()
+    with contextlib.suppress(AttributeError, OSError):  # CLOCK_BOOTTIME: Linux only
+        # psutil adds the boot time in whole seconds, up to 1 s early; the boot clock is exact
+        started += time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) - psutil.boot_time()
+    return started
 
 
 def _writer_alive(pid: str | None, written: float) -> bool:
