@@ -261,3 +261,21 @@ def test_the_wheel_carries_every_recipe(tmp_path: Path) -> None:
     for stage in ("train", "quant"):
         for name in recipe_names(stage):
             assert f"edgepanc/recipes/{stage}/{name}.toml" in names
+
+
+def test_bf16_on_a_cpu_without_it_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    from edgepanc.backends import openvino_backend
+    from edgepanc.training.loop import warn_if_bf16_is_emulated
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(openvino_backend, "machine_cpu_flags", lambda: frozenset({"avx2"}))
+    assert warn_if_bf16_is_emulated(cpu, torch.bfloat16)
+    assert "--no-amp (fp32) trains faster here" in caplog.text
+    assert not warn_if_bf16_is_emulated(cpu, None)
+    assert not warn_if_bf16_is_emulated(torch.device("cuda"), torch.float16)
+    monkeypatch.setattr(openvino_backend, "machine_cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert not warn_if_bf16_is_emulated(cpu, torch.bfloat16)

@@ -80,3 +80,26 @@ def test_training_logs_the_table(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.INFO):
         assert len(labelled_cases(data)) == 6
     assert "subtype0  subtype1  subtype2  total" in caplog.text
+
+
+def test_every_unpaired_file_is_named_in_one_error(quiz_dataset: Path) -> None:
+    lone_image = quiz_dataset / "train/subtype0/quiz_0_001_0000.nii.gz"
+    (quiz_dataset / "train/subtype0/quiz_0_001.nii.gz").unlink()
+    lone_mask = quiz_dataset / "validation/subtype1/quiz_1_004.nii.gz"
+    (quiz_dataset / "validation/subtype1/quiz_1_004_0000.nii.gz").unlink()
+    with pytest.raises(DatasetError) as info:
+        verify_dataset(quiz_dataset)
+    message = str(info.value)
+    assert info.value.path == quiz_dataset and message.count("; ") == 1
+    assert f"{lone_image}: image has no mask" in message
+    assert f"{lone_mask}: mask has no image" in message
+
+
+def test_missing_subtype_rows_are_named_together(nnunet_dataset: Path) -> None:
+    table = nnunet_dataset / "subtypes.csv"
+    lines = table.read_text().splitlines()
+    table.write_text(lines[0] + "\n")  # the header alone: no labelled case has a row
+    with pytest.raises(
+        DatasetError, match="no row for 3 labelled cases: pan_001, pan_002, pan_003"
+    ):
+        verify_dataset(nnunet_dataset)

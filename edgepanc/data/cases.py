@@ -23,7 +23,9 @@ nnU-Net raw layout::
                           unknown (None), as for MSD Task07 Pancreas.
 
 Structural problems (an image without its mask, a mask without its image, a subtype outside 0..2,
-a case found twice) raise :class:`~edgepanc.errors.DatasetError` naming the file.
+a case found twice) raise :class:`~edgepanc.errors.DatasetError` naming the file; every unpaired
+image or mask is found before that error is raised, so one error names them all
+(:func:`raise_problems`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from typing import Any
 from edgepanc.errors import DatasetError
 
 SPLITS = ("train", "validation", "test")
+# Enough to fix a batch of files at once; a longer list usually means a wrong folder or layout.
+MAX_PROBLEMS = 20
 SUBTYPES = (0, 1, 2)
 CHANNEL_SUFFIX = "_0000"  # one CT channel, named the nnU-Net way
 _SUBTYPE_FOLDER = re.compile(r"subtype(-?\d+)")
@@ -85,10 +89,17 @@ def detect_layout(root: str | Path) -> str:
 
 
 def discover_cases(root: str | Path) -> list[Case]:
-    """All cases under ``root``, sorted by split then case id (empty list if none)."""
+    """All cases under ``root``, sorted by split then case id (empty list if none).
+
+    Example: ``[c.case_id for c in discover_cases("data100")][:1]`` -> ``["quiz_0_000"]``.
+    """
     root = Path(root)
     layout = detect_layout(root)
-    cases = _discover_quiz(root) if layout == "quiz" else _discover_nnunet(root)
+    problems: list[DatasetError] = []
+    discover = _discover_quiz if layout == "quiz" else _discover_nnunet
+    cases = discover(root, problems)
+    if problems:
+        raise_problems(problems, root)
     raise_on_duplicates(cases)
     order = {split: i for i, split in enumerate(SPLITS)}
     return sorted(cases, key=lambda c: (order[c.split], c.case_id))
@@ -103,6 +114,30 @@ def raise_on_duplicates(cases: Iterable[Case]) -> None:
                 case.image, f"case {case.case_id} appears twice (also {seen[case.case_id].image})"
             )
         seen[case.case_id] = case
+
+
+def raise_problems(
+    problems: Sequence[DatasetError],
+    root: Path | None,
+    num_cases: int | None = None,
+    stopped: bool = False,
+) -> None:
+    """One problem: raise it as it is (it names its file). Several: one line listing each (the
+    first MAX_PROBLEMS), on ``root`` (``<cases>`` for a list of cases); ``stopped``: the check
+    stopped at the last one.
+
+    Example: ``raise_problems([DatasetError(Path("a.nii.gz"), "truncated")], None)`` raises
+    ``a.nii.gz: truncated``.
+    """
+    if len(problems) == 1:
+        raise problems[0]
+    head = f"{len(problems)} problems" + (f" in {num_cases} cases" if num_cases else "")
+    if stopped:
+        head += f" (checking stopped after {len(problems)})"
+    elif len(problems) > MAX_PROBLEMS:
+        head += f" (the first {MAX_PROBLEMS} listed)"
+    listed = "; ".join(str(p) for p in problems[:MAX_PROBLEMS])
+    raise DatasetError(root or Path("<cases>"), f"{head}: {listed}")
 
 
 # --- shared helpers -------------------------------------------------------------------------
@@ -126,19 +161,23 @@ def _volume_files(folder: Path, endings: tuple[str, ...]) -> dict[str, Path]:
 
 
 def _pair_images_and_masks(
-    images: dict[str, Path], masks: dict[str, Path], ending: str
+    images: dict[str, Path], masks: dict[str, Path], ending: str, problems: list[DatasetError]
 ) -> dict[str, tuple[Path, Path]]:
-    """Pair ``CASE_0000`` images with ``CASE`` masks; DatasetError for any unpaired file."""
+    """Pair ``CASE_0000`` images with ``CASE`` masks; a DatasetError in ``problems`` for each
+    unpaired file."""
     pairs = {}
     for stem, image in images.items():
         case_id = stem[: -len(CHANNEL_SUFFIX)]
         if case_id not in masks:
-            raise DatasetError(image, f"image has no mask (expected {case_id}{ending})")
-        pairs[case_id] = (image, masks[case_id])
+            problems.append(DatasetError(image, f"image has no mask (expected {case_id}{ending})"))
+        else:
+            pairs[case_id] = (image, masks[case_id])
     for case_id, mask in masks.items():
-        if case_id not in pairs:
-            raise DatasetError(
-                mask, f"mask has no image (expected {case_id}{CHANNEL_SUFFIX}{ending})"
+        if f"{case_id}{CHANNEL_SUFFIX}" not in images:
+            problems.append(
+                DatasetError(
+                    mask, f"mask has no image (expected {case_id}{CHANNEL_SUFFIX}{ending})"
+                )
             )
     return pairs
 
@@ -163,7 +202,7 @@ def _subtype_of_folder(folder: Path) -> int:
     return subtype
 
 
-def _discover_quiz(root: Path) -> list[Case]:
+def _discover_quiz(root: Path, problems: list[DatasetError]) -> list[Case]:
     cases = []
     for split in ("train", "validation"):
         folder = root / split
@@ -175,7 +214,8 @@ def _discover_quiz(root: Path) -> list[Case]:
             subtype = _subtype_of_folder(sub)
             images, masks = _split_channel_files(_volume_files(sub, _QUIZ_NIFTI))
             ending = _ending_of(images, masks)
-            for case_id, (image, mask) in _pair_images_and_masks(images, masks, ending).items():
+            pairs = _pair_images_and_masks(images, masks, ending, problems)
+            for case_id, (image, mask) in pairs.items():
                 cases.append(Case(case_id, image, mask, subtype, split))
     test = root / "test"
     if test.is_dir():
@@ -400,12 +440,15 @@ def _channel0_images(folder: Path, ending: str) -> dict[str, Path]:
     return images
 
 
-def _discover_nnunet(root: Path) -> list[Case]:
+def _discover_nnunet(root: Path, problems: list[DatasetError]) -> list[Case]:
     meta = DatasetJson.read(root)
     ending = meta.file_ending
     labels_dir = root / "labelsTr"
     masks = _volume_files(labels_dir, (ending,)) if labels_dir.is_dir() else {}
-    pairs = _pair_images_and_masks(_channel0_images(root / "imagesTr", ending), masks, ending)
+    images = _channel0_images(root / "imagesTr", ending)
+    pairs = _pair_images_and_masks(images, masks, ending, problems)
+    if problems:  # the checks below count and name cases: the pairs must be complete
+        return []
     tests = {
         s[: -len(CHANNEL_SUFFIX)]: p for s, p in _channel0_images(root / "imagesTs", ending).items()
     }
@@ -418,10 +461,11 @@ def _discover_nnunet(root: Path) -> list[Case]:
     validation = _validation_ids(meta, set(pairs))
     csv_path = _find_subtype_csv(meta)
     subtypes = _read_subtype_csv(csv_path, set(pairs) | set(tests), ending) if csv_path else {}
-    if csv_path:
-        for case_id in pairs:
-            if case_id not in subtypes:
-                raise DatasetError(csv_path, f"has no row for labelled case {case_id}")
+    missing = sorted(case_id for case_id in pairs if case_id not in subtypes) if csv_path else []
+    if csv_path and missing:
+        named = ", ".join(missing[:MAX_PROBLEMS]) + (", ..." if len(missing) > MAX_PROBLEMS else "")
+        cases_word = "labelled case" if len(missing) == 1 else f"{len(missing)} labelled cases:"
+        raise DatasetError(csv_path, f"has no row for {cases_word} {named}")
 
     cases = [
         Case(cid, image, mask, subtypes.get(cid), "validation" if cid in validation else "train")

@@ -23,7 +23,15 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from edgepanc.data.cases import SPLITS, SUBTYPES, Case, discover_cases, raise_on_duplicates
+from edgepanc.data.cases import (
+    MAX_PROBLEMS,
+    SPLITS,
+    SUBTYPES,
+    Case,
+    discover_cases,
+    raise_on_duplicates,
+    raise_problems,
+)
 from edgepanc.errors import DatasetError, InputError
 from edgepanc.io.volume import (
     ImageInfo,
@@ -36,8 +44,6 @@ from edgepanc.io.volume import (
 T = TypeVar("T")
 
 GEOMETRY_TOLERANCE = 1e-4  # relative; scanners and converters round headers differently
-# Enough to fix a batch of files at once; a longer list usually means a wrong folder or layout.
-MAX_PROBLEMS = 20
 ROUNDED = "rounded"
 ALL_BACKGROUND = "all background"
 _FOLDED = {
@@ -226,25 +232,9 @@ def verify_dataset(
             problems.append(exc)
             if len(problems) >= MAX_PROBLEMS:
                 break
-    if problems:
-        raise_problems(problems, root, len(cases))
+    if problems:  # every problem in one line
+        raise_problems(problems, root, len(cases), stopped=len(problems) >= MAX_PROBLEMS)
     return DatasetReport(root, *_counts(cases), warnings=fold_warnings(warnings))
-
-
-def raise_problems(problems: Sequence[DatasetError], root: Path | None, num_cases: int) -> None:
-    """One problem: raise it as it is (it names its file). Several: one line listing each.
-
-    Example: ``raise_problems([DatasetError(Path("a.nii.gz"), "truncated")], None, 3)`` raises
-    ``a.nii.gz: truncated``.
-    """
-    if len(problems) == 1:
-        raise problems[0]
-    stopped = f"checking stopped after {MAX_PROBLEMS}" if len(problems) >= MAX_PROBLEMS else None
-    listed = "; ".join(str(p) for p in problems)
-    head = f"{len(problems)} problems in {num_cases} cases"
-    raise DatasetError(
-        root or Path("<cases>"), f"{head} ({stopped}): {listed}" if stopped else f"{head}: {listed}"
-    )
 
 
 def _counts(cases: Sequence[Case]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:

@@ -76,6 +76,23 @@ def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
+def warn_if_bf16_is_emulated(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+    """Warn (and return True) when bf16 autocast runs on a CPU without native bf16, where it is
+    about 10x slower than fp32 (docs/measurements/cpu_recipe.md).
+
+    Example: ``warn_if_bf16_is_emulated(torch.device("cpu"), torch.bfloat16)`` -> ``True`` on
+    an AVX2-only CPU.
+    """
+    if device.type != "cpu" or amp_dtype != torch.bfloat16:
+        return False
+    from edgepanc.backends.openvino_backend import machine_cpu_flags, native_bf16_problem
+
+    problem = native_bf16_problem(machine_cpu_flags())
+    if problem is not None:
+        log.warning("--amp on this CPU: %s; --no-amp (fp32) trains faster here", problem)
+    return problem is not None
+
+
 class Trainer:
     """Trains one model on prepared cases and writes the run folder (rank 0 only).
 
@@ -102,6 +119,7 @@ class Trainer:
             # One thread per process avoids OpenMP oversubscription on a small or shared CPU.
             torch.set_num_threads(config.threads)
         self.amp_dtype = autocast_dtype(self.device, config.amp)
+        warn_if_bf16_is_emulated(self.device, self.amp_dtype)
         self.plan = plan
         self.network_config = network_config
         self.guard = guard
