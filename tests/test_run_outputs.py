@@ -61,6 +61,30 @@ def test_overwrite_never_replaces_a_reference_mask(
     assert _snapshot(folder) == before  # nothing written at all
 
 
+def test_overwrite_never_replaces_nnunet_labels(tmp_path: Path, bundle: Path) -> None:
+    images = tmp_path / "Dataset001" / "imagesTr"
+    _scan(images / "pan_001_0000.nii.gz")
+    labels = images.with_name("labelsTr")
+    labels.mkdir()
+    (labels / "pan_001.nii.gz").write_bytes(b"ground truth")
+    result = run_cli("run", images, "--model", bundle, "--out", labels, "--overwrite")
+    assert result.exit_code == 2
+    line = _one_error_line(result.stderr)
+    assert "pan_001.nii.gz" in line and "reference mask" in line
+    assert _snapshot(labels) == {"pan_001.nii.gz": b"ground truth"}
+
+
+def test_the_baseline_keeps_to_the_same_rules(tmp_path: Path, bundle: Path) -> None:
+    from edgepanc.errors import InputError
+    from edgepanc.runtime.baseline import BaselineConfig, run_baseline
+
+    folder = tmp_path / "in"
+    scan, reference = _quiz_folder(folder)
+    with pytest.raises(InputError, match="reference mask"):
+        run_baseline(scan, bundle, folder, BaselineConfig(overwrite=True))
+    assert reference.read_bytes() == b"ground truth"
+
+
 def test_resolved_paths_not_names_protect_inputs(tmp_path: Path, bundle: Path) -> None:
     folder = tmp_path / "in"
     _scan_path, reference = _quiz_folder(folder)

@@ -34,14 +34,10 @@ from edgepanc.inferers.sliding_window import sliding_window_inference
 from edgepanc.io.volume import read_image
 from edgepanc.postprocessing import finish_prediction
 from edgepanc.preprocessing import PreprocessingPlan, preprocess_image
+from edgepanc.runtime.outputs import plan_outputs
 from edgepanc.runtime.pipeline import CaseRun, StageTimer, write_case_outputs
 from edgepanc.runtime.report import CaseReport
-from edgepanc.runtime.scans import (
-    CaseOutputs,
-    all_or_none,
-    check_output_folder,
-    create_output_folder,
-)
+from edgepanc.runtime.scans import all_or_none, check_output_folder, create_output_folder
 
 BASELINE_STEP = 0.5
 BASELINE_IMPORTANCE = "gaussian"
@@ -92,7 +88,9 @@ def run_baseline(
         bundle = load_bundle(Path(bundle))
     plan = PreprocessingPlan.from_dict(bundle.preprocessing)
     check_output_folder(out)
-    outputs = CaseOutputs.for_scan(scan_path, out, config.overwrite)
+    # the runtime's checks (never an input or a reference mask, nobody else's files); a case
+    # finished earlier is computed again all the same, since the baseline is there to be timed
+    outputs = plan_outputs([scan_path], out, None, overwrite=config.overwrite).cases[0].outputs
     create_output_folder(out)
     predictor = load_baseline_predictor(bundle)
     spacing = tuple(float(s) for s in plan.target_spacing)

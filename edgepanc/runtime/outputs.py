@@ -183,7 +183,9 @@ class _Protected:
 
 
 def reference_masks(scan: Path) -> list[Path]:
-    """The reference masks beside an image ``X_0000.<ext>``: any ``X.<ext>`` that exists.
+    """The reference masks of an image ``X_0000.<ext>`` that exist: ``X.<ext>`` beside it (quiz
+    layout) and, for an image in ``imagesTr``/``imagesTs``, ``X.<ext>`` in ``labelsTr``/``labelsTs``
+    (nnU-Net layout).
 
     Example: ``reference_masks(Path("test/quiz_037_0000.nii.gz"))`` ->
     ``[Path("test/quiz_037.nii.gz")]`` when that file is there.
@@ -192,7 +194,11 @@ def reference_masks(scan: Path) -> list[Path]:
     if stem is None or not stem.endswith(CHANNEL_SUFFIX):
         return []
     base = stem[: -len(CHANNEL_SUFFIX)]
-    return [scan.with_name(base + s) for s in IMAGE_SUFFIXES if scan.with_name(base + s).exists()]
+    folders = [scan.parent]
+    if scan.parent.name.startswith("images"):
+        folders.append(scan.parent.with_name("labels" + scan.parent.name[len("images") :]))
+    candidates = [folder / (base + suffix) for folder in folders for suffix in IMAGE_SUFFIXES]
+    return [path for path in candidates if path.exists()]
 
 
 def _folder_records(out_dir: Path) -> dict[str, CaseRecord]:

@@ -23,6 +23,7 @@ SUBTYPE_CSV = "subtype_results.csv"
 STAGES = ("read", "preprocess", "coarse", "fine", "postprocess", "restore", "write")
 CASE_FORMAT = "edgepanc-case"
 WRITING, FINISHED = "writing", "finished"
+_MAX_RECORD_BYTES = 16 << 20  # a case JSON is a few kB; anything this large is someone else's
 
 
 @dataclass
@@ -84,9 +85,9 @@ def read_case_record(path: Path) -> CaseRecord | None:
 
     Example: ``read_case_record(Path("out/notes.json"))`` -> ``None``.
     """
-    if path.is_symlink() or not path.is_file():
-        return None
     try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_RECORD_BYTES:
+            return None
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
