@@ -330,3 +330,17 @@ def _finished_records(out: Path) -> list[str]:
         if json.loads(path.read_text())["status"] == "finished":
             found.append(path.name)
     return found
+
+
+@pytest.mark.parametrize("name", ["ok.nii.gz", "ok.json", "subtype_results.csv"])
+def test_an_output_name_taken_by_a_folder_is_refused_up_front(
+    name: str, tmp_path: Path, bundle: Path
+) -> None:
+    scan = _scan(tmp_path / "in" / "ok_0000.nii.gz")
+    out = tmp_path / "out"
+    (out / name).mkdir(parents=True)
+    result = run_cli("run", scan, "--model", bundle, "--out", out, "--overwrite")
+    assert result.exit_code == 2
+    line = _one_error_line(result.stderr)
+    assert name in line and "folder" in line
+    assert [p.name for p in out.iterdir()] == [name]

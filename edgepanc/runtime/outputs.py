@@ -3,9 +3,11 @@
 The rules, in order:
 
 1. Never an input or a reference mask: an output whose resolved path (links followed) or file
-   identity is a scan, a file of a DICOM series, the reference mask ``X.nii.gz`` beside an image
-   ``X_0000.nii.gz``, or a file of the model bundle is refused, ``--overwrite`` or not.
-2. Without ``--overwrite`` an existing output is replaced only if this tool wrote it: a case JSON
+   identity is a scan, a file of a DICOM series, a reference mask (``X.nii.gz`` beside an image
+   ``X_0000.nii.gz``, or in ``labelsTr`` for one in ``imagesTr``) or a file of the model bundle
+   is refused, ``--overwrite`` or not.
+2. An output name taken by a folder is refused (a rename cannot replace it). Without
+   ``--overwrite`` an existing output is replaced only if this tool wrote it: a case JSON
    with edgepanc's ``format``; a mask or preview whose SHA-256 that JSON records; a
    ``subtype_results.csv`` whose every row names a case with such a JSON (a hand-added row makes
    the table the user's). A broken table is refused naming its problem.
@@ -116,13 +118,12 @@ def plan_outputs(
     """
     cases = [PlannedCase(scan, CaseOutputs.named(scan, out_dir)) for scan in scans]
     guard = _Protected(scans, protected)
+    files = [path for case in cases for path in _case_files(case.outputs, preview)]
     problems = [
         problem
-        for case in cases
-        for path in _case_files(case.outputs, preview)
-        if (problem := guard.check(path)) is not None
+        for path in [*files, out_dir / SUBTYPE_CSV]
+        if (problem := guard.check(path) or _folder_in_the_way(path)) is not None
     ]
-    problems += [p for p in [guard.check(out_dir / SUBTYPE_CSV)] if p is not None]
     _raise_first(problems)
     records = _folder_records(out_dir)
     finished = {r.name: r.subtype for r in records.values() if _mask_is_recorded(out_dir, r)}
@@ -137,6 +138,12 @@ def plan_outputs(
 
 def _case_files(outputs: CaseOutputs, preview: bool) -> list[Path]:
     return [outputs.mask, outputs.case_json, *([outputs.preview] if preview else [])]
+
+
+def _folder_in_the_way(path: Path) -> InputError | None:
+    if path.is_dir() and not path.is_symlink():  # a rename cannot replace a folder
+        return InputError(path, "is a folder where edgepanc writes a file; choose another --out")
+    return None
 
 
 def _raise_first(problems: list[InputError]) -> None:
