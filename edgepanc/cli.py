@@ -17,6 +17,7 @@ import click
 
 from edgepanc import __version__
 from edgepanc.errors import EdgepancError
+from edgepanc.extras import missing_extra
 
 # Key in click's shared context metadata under which ``--debug`` is kept for the error boundary.
 _DEBUG = "edgepanc.debug"
@@ -95,6 +96,17 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(_INTERRUPTED)
+        except ModuleNotFoundError as exc:
+            # An optional dependency met on the way (e.g. a bundle with torch weights alone in a
+            # runtime-only install): name the extra that installs it rather than a traceback.
+            missing = missing_extra(ctx.invoked_subcommand, exc)
+            line, code = (
+                (str(missing), missing.exit_code)
+                if missing is not None
+                else describe_unexpected(exc, bool(ctx.meta.get(_DEBUG)))
+            )
+            click.echo(f"error: {line}", err=True)
+            sys.exit(code)
         except Exception as exc:
             line, code = describe_unexpected(exc, bool(ctx.meta.get(_DEBUG)))
             click.echo(f"error: {line}", err=True)

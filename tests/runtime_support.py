@@ -123,3 +123,31 @@ def run_cli(*args: str | Path):
     from edgepanc.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def make_onnx_bundle(folder: Path) -> Path:
+    """A tiny bundle whose default artifact is an fp32 ONNX graph (activation footprint stored)."""
+    import warnings
+
+    from edgepanc.bundle import load_bundle, save_bundle_metadata, write_bundle
+    from edgepanc.networks import build_network
+
+    torch.manual_seed(0)
+    model = build_network("tiny").eval()
+    write_bundle(folder, model, TINY_PLAN.to_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, *TINY_PLAN.patch_size),),
+            str(folder / "model_fp32.onnx"),
+            input_names=["image"],
+            output_names=["seg_logits", "cls_logits"],
+            dynamic_axes={"image": {0: "b"}, "seg_logits": {0: "b"}, "cls_logits": {0: "b"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    bundle = load_bundle(folder)
+    bundle.add_artifact("onnx_fp32", "model_fp32.onnx", "onnxruntime", "fp32", make_default=True)
+    save_bundle_metadata(bundle)
+    return folder

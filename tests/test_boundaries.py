@@ -12,15 +12,13 @@ import importlib.util
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 from edgepanc.backends.devices import nvidia_gpu_present
 
-from runtime_support import TINY_PLAN, phantom, write_image
+from runtime_support import make_onnx_bundle, phantom, write_image
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgepanc"
 FORBIDDEN = ("torch", "edgepanc.training", "edgepanc.quantization")
@@ -80,29 +78,7 @@ def test_runtime_side_never_imports_training_or_compression_even_lazily():
 @pytest.fixture(scope="module")
 def onnx_bundle(tmp_path_factory) -> Path:
     """A tiny bundle whose default artifact is an fp32 ONNX graph (activation footprint stored)."""
-    from edgepanc.bundle import load_bundle, save_bundle_metadata, write_bundle
-    from edgepanc.networks import build_network
-
-    torch.manual_seed(0)
-    model = build_network("tiny").eval()
-    folder = tmp_path_factory.mktemp("onnx_bundle") / "bundle"
-    write_bundle(folder, model, TINY_PLAN.to_dict())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 1, *TINY_PLAN.patch_size),),
-            str(folder / "model_fp32.onnx"),
-            input_names=["image"],
-            output_names=["seg_logits", "cls_logits"],
-            dynamic_axes={"image": {0: "b"}, "seg_logits": {0: "b"}, "cls_logits": {0: "b"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    bundle = load_bundle(folder)
-    bundle.add_artifact("onnx_fp32", "model_fp32.onnx", "onnxruntime", "fp32", make_default=True)
-    save_bundle_metadata(bundle)
-    return folder
+    return make_onnx_bundle(tmp_path_factory.mktemp("onnx_bundle") / "bundle")
 
 
 def test_an_onnx_runtime_run_loads_neither_training_compression_nor_torch(onnx_bundle, tmp_path):

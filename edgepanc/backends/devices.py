@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from edgepanc.backends.base import DEVICES, BackendUnavailable
+from edgepanc.extras import installed
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", *DEVICES)
 
@@ -39,7 +40,8 @@ def cuda_available() -> bool:
 
     Example: ``cuda_available()`` -> ``True`` on a machine with a CUDA build of torch and a GPU.
     """
-    if "torch" not in sys.modules and not nvidia_gpu_present():
+    # A runtime-only install (no torch) runs on ONNX Runtime or OpenVINO even beside a GPU.
+    if sys.modules.get("torch") is None and (not installed("torch") or not nvidia_gpu_present()):
         return False
     import torch
 

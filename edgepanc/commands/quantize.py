@@ -13,6 +13,7 @@ import click
 
 from edgepanc.commands.params import FiniteFloat
 from edgepanc.errors import InputError
+from edgepanc.extras import require
 
 EXPORT_KINDS = ("onnx", "int8", "tensorrt")
 # Set by each invocation, never by a recipe: which bundle, which data, which output.
@@ -150,6 +151,7 @@ def quantize(**options: Any) -> None:
 
     Values: the defaults, then --recipe, then --set, then the flags given here.
     """
+    require("quantize")  # before anything is read or written: one line naming the quant extra
     # imported here, not with the CLI: the other commands run without torch or the compression stage
     from edgepanc.quantization.config import QuantizeConfig
     from edgepanc.quantization.pipeline import run_quantize

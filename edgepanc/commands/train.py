@@ -18,6 +18,7 @@ import click
 from edgepanc.commands.grouped import GroupedCommand, GroupedOption
 from edgepanc.commands.params import FiniteFloat
 from edgepanc.errors import InputError
+from edgepanc.extras import require
 from edgepanc.training.config import (
     DEVICE_NAMES,
     HEAD_STATISTICS_MODES,
@@ -310,6 +311,7 @@ def train(**options: Any) -> None:
     is written to OUT until every check has passed; a run that fails before its first
     checkpoint leaves OUT as it was.
     """
+    require("train")  # before anything is read or written: one line if PyTorch is missing
     from edgepanc.training.recipes import resolve_train_config
 
     context = click.get_current_context()
