@@ -272,6 +272,8 @@ def test_latency_script_times_every_backend_in_one_run(tmp_path):
         [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
+        encoding="utf-8",  # NNCF draws progress bars even without a terminal
+        errors="replace",
         timeout=300,
         check=True,
     )
