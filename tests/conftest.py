@@ -25,6 +25,15 @@ def _plain_cpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Machine, "probe", classmethod(lambda cls: plain))
 
 
+@pytest.fixture(autouse=True)
+def _private_edgepanc_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """What edgepanc keeps between runs (bundles, the backend choice cache) goes to a folder of
+    each test's own, never to the user's, and no test sees another's cached choice."""
+    monkeypatch.setenv("EDGEPANC_HOME", str(tmp_path_factory.mktemp("edgepanc_home")))
+
+
 # Small real CT volumes kept inside the repository (licence and attribution in their README).
 REAL_CT_DIR = Path(__file__).resolve().parent / "data" / "real_ct"
 

@@ -15,10 +15,8 @@ from click.testing import CliRunner
 
 from edgepanc.bundle import load_bundle
 from edgepanc.cli import main
-from edgepanc.training.config import TrainConfig
-from edgepanc.training.runner import run_training
 
-from train_support import write_tiny_dataset
+from train_support import train_tiny_bundle
 
 PATCH = (16, 16, 16)
 
@@ -31,21 +29,7 @@ def _one_thread() -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data, bundle): a tiny quiz data set and a tiny model trained on it for two steps."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("quant")
-    data = write_tiny_dataset(root / "data")
-    config = TrainConfig(
-        data=str(data),
-        out=str(root / "run"),
-        preset="tiny",
-        patch_size=PATCH,
-        target_spacing=(2.0, 2.0, 2.0),
-        epochs=1,
-        steps_per_epoch=2,
-        warmup_epochs=0,
-    )
-    run_training(config)
-    return data, root / "run"
+    return train_tiny_bundle(tmp_path_factory.mktemp("quant"), PATCH)
 
 
 @pytest.fixture(scope="module")

@@ -69,3 +69,27 @@ def write_tiny_dataset(
                 _write(label, folder / f"{stem}.nii.gz")
                 number += 1
     return root
+
+
+def train_tiny_bundle(root: Path, patch: tuple[int, int, int]) -> tuple[Path, Path]:
+    """(data, bundle): a tiny quiz data set under ``root`` and the tiny preset trained on it for
+    two steps at ``patch`` (one thread), enough for the compression stage to work on."""
+    import torch
+
+    from edgepanc.training.config import TrainConfig
+    from edgepanc.training.runner import run_training
+
+    torch.set_num_threads(1)
+    data = write_tiny_dataset(root / "data")
+    config = TrainConfig(
+        data=str(data),
+        out=str(root / "run"),
+        preset="tiny",
+        patch_size=patch,
+        target_spacing=(2.0, 2.0, 2.0),
+        epochs=1,
+        steps_per_epoch=2,
+        warmup_epochs=0,
+    )
+    run_training(config)
+    return data, root / "run"

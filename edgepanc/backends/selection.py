@@ -1,16 +1,23 @@
 """Pick the predictor a bundle should run with on this machine, and say why.
 
-``auto`` prefers what the bundle's author chose (``default_artifact``), then the fastest artifact
-this machine can run by the latency the compression stage measured, then the bundle's own fp32
-weights in eager torch, which always run. Explicit choices narrow the candidates; when none is
-left the error says what each artifact lacked. ``openvino`` runs the bundle's OpenVINO artifacts
-or its fp32 ONNX file, in bf16 where the CPU computes bf16 natively (2.7x to 7.7x faster per patch
-than ONNX Runtime fp32 there: docs/measurements/openvino_latency.md), else in fp32.
+A variant the compression stage measured outside the accuracy tolerance (its record's
+``within_tolerance`` is false, or the bundle's ``quantization.json`` says so) is never a
+candidate, whatever was asked, unless ``allow_failed`` (``run --allow-failed-variant``) is given;
+then it runs with a warning. Among the others, ``auto`` with an :class:`AutoTiming` (what ``run``
+does) times every runnable candidate on this machine and keeps the fastest, cached per bundle and
+CPU model (:mod:`edgepanc.backends.choice`). Without timing it prefers what the bundle's author
+chose (``default_artifact``), then the fastest artifact by the latency the compression stage
+measured, then the bundle's own fp32 weights in eager torch, which always run. Explicit choices
+narrow the candidates; when none is left the error says what each artifact lacked. ``openvino``
+runs the bundle's OpenVINO artifacts or its fp32 ONNX file, in bf16 where the CPU computes bf16
+natively (2.7x to 7.7x faster per patch than ONNX Runtime fp32 there:
+docs/measurements/openvino_latency.md), else in fp32.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +26,12 @@ from typing import Any
 
 from edgepanc.backends import devices
 from edgepanc.backends.base import BACKENDS, PRECISIONS, BackendUnavailable, Predictor
+from edgepanc.backends.choice import (
+    AutoTiming,
+    MeasuredChoice,
+    bundle_content_id,
+    measured_choice,
+)
 from edgepanc.errors import BundleError
 
 log = logging.getLogger("edgepanc.backends")
@@ -107,9 +120,19 @@ def artifact_problem(
 
 
 def choose_backend(
-    bundle: Any, backend: str = "auto", device: str = "auto", precision: str = "auto"
+    bundle: Any,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    allow_failed: bool = False,
+    timing: AutoTiming | None = None,
 ) -> BackendChoice:
-    """Decide how to run ``bundle`` here (no model is loaded). See the module docstring."""
+    """Decide how to run ``bundle`` here. See the module docstring; only ``timing`` loads
+    models (each candidate, to time it).
+
+    Example: ``choose_backend(load_bundle("bundles/pancreas"), precision="int8").artifact`` ->
+    ``"onnx_int8_minmax"``, or a BundleError when every INT8 variant failed the tolerance.
+    """
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     if precision != "auto" and precision not in PRECISIONS:
@@ -135,19 +158,27 @@ def choose_backend(
         candidates.update(_openvino_from_onnx(view.artifacts, precision))
     problems: dict[str, str] = {}
     runnable: list[tuple[str, Mapping[str, Any]]] = []
+    failed = failed_variants(view)
     for name, record in candidates.items():
         if not wanted(record):
             continue
         problem = artifact_problem(record, device, view.root, backends)
+        if problem is None and name in failed and not allow_failed:
+            problem = f"{FAILED_PROBLEM}; --allow-failed-variant runs it anyway"
         if problem is None:
             runnable.append((name, record))
         else:
             problems[name] = problem
 
     def choice(name: str, record: Mapping[str, Any], reason: str) -> BackendChoice:
+        if name in failed:
+            reason += f"; WARNING: {name} {FAILED_PROBLEM}, run on purpose"
         return BackendChoice(record["backend"], record["precision"], device, name, reason)
 
     by_name = dict(runnable)
+    if timing is not None and backend == "auto" and len(runnable) > 1:
+        timed = _timed_choice(view, runnable, device, precision, timing)
+        return choice(timed.artifact, by_name[timed.artifact], timed.reason(timing.cpu))
     if view.default_artifact in by_name:
         return choice(
             view.default_artifact, by_name[view.default_artifact], "the bundle's default artifact"
@@ -221,12 +252,85 @@ def build_predictor(choice: BackendChoice, bundle: Any) -> Predictor:
 
 
 def select_predictor(
-    bundle: Any, backend: str = "auto", device: str = "auto", precision: str = "auto"
+    bundle: Any,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    measure: bool = True,
+    allow_failed: bool = False,
+    timing: AutoTiming | None = None,
 ) -> Predictor:
-    """Choose (:func:`choose_backend`), log the choice in one line, and load the predictor."""
-    choice = choose_backend(bundle, backend, device, precision)
-    log.info("backend: %s", choice.describe())
+    """Choose (:func:`choose_backend`, timing the candidates here unless ``measure`` is False),
+    log the choice and why in one line, and load the predictor. A variant that failed the
+    accuracy tolerance (only with ``allow_failed``) is logged as a warning.
+
+    Example: ``select_predictor(load_bundle("bundles/pancreas")).name`` -> ``"openvino"``.
+    """
+    if measure and timing is None:
+        timing = AutoTiming()
+    choice = choose_backend(bundle, backend, device, precision, allow_failed, timing)
+    failed = choice.artifact is not None and choice.artifact in failed_variants(_view(bundle))
+    log.log(logging.WARNING if failed else logging.INFO, "backend: %s", choice.describe())
     return build_predictor(choice, bundle)
+
+
+FAILED_PROBLEM = "failed the accuracy tolerance against fp32"
+
+
+def failed_variants(bundle: Any) -> set[str]:
+    """The artifacts measured outside the accuracy tolerance: their records say so, or, for a
+    bundle written before records carried the verdict, its ``quantization.json`` does.
+
+    Example: ``failed_variants(load_bundle("demo"))`` -> ``{"pruned_onnx_int8_minmax"}``.
+    """
+    view = _view(bundle)
+    report: dict[str, Any] = {}
+    try:
+        data = json.loads((view.root / "quantization.json").read_text())
+        report = {v["name"]: v.get("within_tolerance") for v in data.get("variants", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass  # no report (a trained bundle) or an unreadable one: the records decide alone
+    return {
+        name
+        for name, record in view.artifacts.items()
+        if record.get("within_tolerance", report.get(name)) is False
+    }
+
+
+def _timed_choice(
+    view: _Bundle,
+    runnable: list[tuple[str, Mapping[str, Any]]],
+    device: str,
+    precision: str,
+    timing: AutoTiming,
+) -> MeasuredChoice:
+    """Time the runnable candidates (torch only when nothing else runs: importing it costs the
+    process about 0.5 GB that the run would then keep) and return the measured choice."""
+    pool = [(n, r) for n, r in runnable if r.get("backend") != "torch"] or runnable
+
+    def loader(name: str, record: Mapping[str, Any]) -> Any:
+        probe = BackendChoice(record["backend"], record["precision"], device, name, "timing")
+        return lambda: build_predictor(probe, view)
+
+    key = "|".join(
+        (bundle_content_id(view.root, view.artifacts), timing.cpu, f"auto/{device}/{precision}")
+    )
+    return measured_choice(
+        {name: loader(name, record) for name, record in pool}, _patch_size(view), timing, key
+    )
+
+
+def _patch_size(view: _Bundle) -> tuple[int, ...]:
+    source = view.source
+    plan = (
+        source.get("preprocessing")
+        if isinstance(source, Mapping)
+        else getattr(source, "preprocessing", None)
+    )
+    patch = (plan or {}).get("patch_size") if isinstance(plan, Mapping) else None
+    if not patch:
+        raise BundleError(view.root, "model.json has no preprocessing patch_size to time with")
+    return tuple(int(p) for p in patch)
 
 
 def _openvino_problem(precision: Any, device: str) -> str | None:
@@ -254,15 +358,28 @@ def _openvino_from_onnx(
         precision = "fp32" if native_bf16_problem(machine_cpu_flags()) else "bf16"
     if precision not in ("fp32", "bf16"):
         return {}
-    return {
-        # The recorded latency was ONNX Runtime's, so it is not carried over.
-        name: {k: v for k, v in record.items() if k != "latency_ms"}
-        | {"backend": "openvino", "precision": precision}
-        for name, record in artifacts.items()
-        if record.get("backend") == "onnxruntime"
-        and record.get("precision") == "fp32"
-        and str(record.get("file", "")).endswith(".onnx")
+    # A variant the compression stage measured in OpenVINO on the same file and precision
+    # lends its accuracy verdict: fp32 ONNX passing in ONNX Runtime says nothing about bf16.
+    measured = {
+        (r.get("file"), r.get("precision")): r.get("within_tolerance")
+        for r in artifacts.values()
+        if r.get("backend") == "openvino"
     }
+    derived = {}
+    for name, record in artifacts.items():
+        if not (
+            record.get("backend") == "onnxruntime"
+            and record.get("precision") == "fp32"
+            and str(record.get("file", "")).endswith(".onnx")
+        ):
+            continue
+        # The recorded latency was ONNX Runtime's, so it is not carried over.
+        entry = {k: v for k, v in record.items() if k != "latency_ms"}
+        entry |= {"backend": "openvino", "precision": precision}
+        if (record.get("file"), precision) in measured:
+            entry["within_tolerance"] = measured[(record.get("file"), precision)]
+        derived[name] = entry
+    return derived
 
 
 def _view(bundle: Any) -> _Bundle:
@@ -323,5 +440,6 @@ __all__ = [
     "available_backends",
     "build_predictor",
     "choose_backend",
+    "failed_variants",
     "select_predictor",
 ]

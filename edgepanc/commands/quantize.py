@@ -15,7 +15,7 @@ from edgepanc.commands.params import FiniteFloat
 from edgepanc.errors import InputError
 from edgepanc.extras import require
 
-EXPORT_KINDS = ("onnx", "int8", "tensorrt")
+EXPORT_KINDS = ("onnx", "int8", "tensorrt", "openvino")
 # Set by each invocation, never by a recipe: which bundle, which data, which output.
 _PER_RUN_KEYS = ("model", "data", "out", "recipe")
 
@@ -108,9 +108,10 @@ def _parse_export(text: str) -> tuple[str, ...]:
 @click.option(
     "--export",
     "export",
-    default="onnx,int8,tensorrt",
+    default="onnx,int8,tensorrt,openvino",
     show_default=True,
-    help="What to build: onnx, int8, tensorrt (TensorRT only where a GPU and TensorRT exist).",
+    help="What to build: onnx, int8, tensorrt (TensorRT only where a GPU and TensorRT exist), "
+    "openvino (OpenVINO bf16 where the CPU has it natively, and NNCF INT8; where installed).",
 )
 @click.option(
     "--device",

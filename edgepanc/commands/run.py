@@ -76,6 +76,12 @@ def _tile_batch(value: str) -> int | None:
     show_default=True,
 )
 @click.option(
+    "--allow-failed-variant",
+    is_flag=True,
+    help="Let --backend/--precision pick a variant that failed the accuracy tolerance against "
+    "fp32 in quantize (never chosen otherwise); it runs with a warning.",
+)
+@click.option(
     "--step",
     type=FiniteFloat(0.05, 1.0),
     default=0.5,
@@ -123,6 +129,7 @@ def run(
     backend: str,
     device: str,
     precision: str,
+    allow_failed_variant: bool,
     step: float,
     tile_batch: str,
     memory_budget: str | None,
@@ -167,7 +174,7 @@ def run(
     limits = ThermalLimits.from_max_temp(max_temp) if max_temp is not None else ThermalLimits()
     guard = ThermalGuard.discover(limits, require=require_thermal)
     bundle_path = resolve_bundle_path(model_path)
-    loaded = load_model(bundle_path, backend, device, precision)
+    loaded = load_model(bundle_path, backend, device, precision, allow_failed_variant)
     bundle_dir = bundle_path if bundle_path.is_dir() else bundle_path.parent
     plan = plan_outputs(
         scans,

@@ -12,7 +12,7 @@ INT8_MODES: tuple[str, ...] = ("ptq", "qat", "both", "none")
 # measured: INT8 only where this CPU runs the layer faster in INT8 (int8_placement.py).
 INT8_LAYER_CHOICES: tuple[str, ...] = ("measured", "all")
 CALIBRATION_METHODS: tuple[str, ...] = ("auto", "minmax", "entropy", "percentile")
-EXPORT_KINDS: tuple[str, ...] = ("onnx", "int8", "tensorrt")
+EXPORT_KINDS: tuple[str, ...] = ("onnx", "int8", "tensorrt", "openvino")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 # A pruning ratio above this leaves too few channels per stage to recover by fine-tuning.
@@ -58,7 +58,7 @@ class QuantizeConfig:
     qat_epochs: int = 2
     steps_per_epoch: int = 20
     lr: float = 3e-4
-    export: tuple[str, ...] = ("onnx", "int8", "tensorrt")
+    export: tuple[str, ...] = ("onnx", "int8", "tensorrt", "openvino")
     device: str = "auto"
     latency_runs: int = 5
     max_validation_cases: int | None = None  # None: every validation case

@@ -7,7 +7,8 @@ The stages (``edgepanc/quantization/stages/``), in order, over one context:
 2. fp32: the reference (PyTorch) and the fp32 ONNX export, checked against PyTorch;
 3. INT8: activation type and layer placement measured on this CPU, post-training quantization
    (calibration method chosen by validation accuracy), quantization-aware training;
-4. TensorRT: fp16 and INT8 engines where TensorRT and a GPU exist;
+4. TensorRT: fp16 and INT8 engines where TensorRT and a GPU exist; OpenVINO: the fp32 export
+   computed in bf16 (native bf16 only) and NNCF INT8, where OpenVINO and NNCF are installed;
 5. pruning: the pruned, fine-tuned network, exported and quantized like the full one;
 6. assembly: every variant timed per patch through the runtime's backends, the default chosen,
    the report and ``model.json`` written.
@@ -32,6 +33,7 @@ from edgepanc.quantization.stages import fp32, int8, pruning, tensorrt
 from edgepanc.quantization.stages.assembly import assemble
 from edgepanc.quantization.stages.context import QuantizeContext
 from edgepanc.quantization.stages.inputs import check_inputs, make_context
+from edgepanc.quantization.stages.openvino import build_openvino
 
 ALL_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -71,7 +73,7 @@ def compress(ctx: QuantizeContext) -> ModelBundle:
     method = methods[0]  # the calibration of QAT, TensorRT and the pruned INT8 unless PTQ chooses
     activation_type: str | None = None  # chosen on this CPU when INT8 is asked for
     model = fp32.reference(ctx)
-    if {"onnx", "int8", "tensorrt"} & set(config.export):
+    if {"onnx", "int8", "tensorrt", "openvino"} & set(config.export):
         exported, fp32_onnx = fp32.export(ctx, model)
         if config.wants_int8:
             activation_type, layers = int8.choose_activation_type(ctx, fp32_onnx)
@@ -83,6 +85,8 @@ def compress(ctx: QuantizeContext) -> ModelBundle:
                 int8.quantization_aware(ctx, model, method, activation_type, layers)
         if "tensorrt" in config.export:
             tensorrt.build_engines(ctx, fp32_onnx, exported, method)
+        if "openvino" in config.export:
+            build_openvino(ctx, fp32_onnx, exported)
     pruned_network = None
     if config.prune is not None:
         small = pruning.prune(ctx, model, config.prune)

@@ -16,13 +16,16 @@ from edgepanc.bundle import WEIGHTS_FILE
 
 # How a variant is made, and the backend that runs it: PyTorch weights (the source's or the
 # pruned network's), the fp32 ONNX export, INT8 ONNX by post-training quantization or after
-# quantization-aware training, a TensorRT engine.
+# quantization-aware training, a TensorRT engine, the fp32 ONNX export computed in bf16 by
+# OpenVINO (no file of its own), an OpenVINO IR quantized to INT8 by NNCF.
 KIND_BACKENDS: dict[str, str] = {
     "weights": "torch",
     "onnx": "onnxruntime",
     "ptq": "onnxruntime",
     "qat": "onnxruntime",
     "engine": "tensorrt",
+    "onnx_bf16": "openvino",
+    "nncf": "openvino",
 }
 KIND_PRECISIONS: dict[str, tuple[str, ...]] = {
     "weights": ("fp32",),
@@ -30,7 +33,11 @@ KIND_PRECISIONS: dict[str, tuple[str, ...]] = {
     "ptq": ("int8",),
     "qat": ("int8",),
     "engine": ("fp16", "int8"),
+    "onnx_bf16": ("bf16",),
+    "nncf": ("int8",),
 }
+# Kinds that run another variant's file (in another arithmetic) rather than a file of their own.
+SHARED_FILE_KINDS: tuple[str, ...] = ("onnx_bf16",)
 # The artifact name of each kind (before the ``pruned_`` prefix); these names are the bundle's.
 _NAMES: dict[str, str] = {
     "weights": "torch_fp32",
@@ -38,6 +45,8 @@ _NAMES: dict[str, str] = {
     "ptq": "onnx_int8_{calibration}",
     "qat": "onnx_int8_qat",
     "engine": "tensorrt_{precision}",
+    "onnx_bf16": "openvino_bf16",
+    "nncf": "openvino_int8",
 }
 _INT8_ONNX = ("ptq", "qat")
 
@@ -74,6 +83,11 @@ class Variant:
         """The artifact name in ``model.json`` and the report, built from the fields."""
         stem = _NAMES[self.kind].format(calibration=self.calibration, precision=self.precision)
         return f"pruned_{stem}" if self.pruned else stem
+
+    @property
+    def owns_file(self) -> bool:
+        """False when the file is another variant's (the fp32 ONNX that OpenVINO runs in bf16)."""
+        return self.kind not in SHARED_FILE_KINDS
 
     @property
     def device(self) -> str:
@@ -139,6 +153,18 @@ def onnx_int8_qat(calibration: str) -> Variant:
 def tensorrt_engine(precision: str) -> Variant:
     """A TensorRT engine in ``precision`` (fp16 or int8) built from the fp32 ONNX export."""
     return Variant("engine", "tensorrt", precision, f"model_{precision}.engine")
+
+
+def openvino_bf16(pruned: bool = False) -> Variant:
+    """The fp32 ONNX export run by OpenVINO in bf16: its record names the fp32 file, and
+    ``precision`` bf16 is the arithmetic OpenVINO is told to compute that file in."""
+    return Variant("onnx_bf16", "openvino", "bf16", onnx_fp32(pruned).file, pruned)
+
+
+def openvino_int8(pruned: bool = False) -> Variant:
+    """The fp32 ONNX export quantized to INT8 by NNCF, an OpenVINO IR (``.xml`` with a ``.bin``)."""
+    stem = "pruned" if pruned else "model"
+    return Variant("nncf", "openvino", "int8", f"{stem}_int8_openvino.xml", pruned)
 
 
 # Every variant is judged against this one: the source bundle's fp32 weights run by PyTorch.

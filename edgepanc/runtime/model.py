@@ -49,7 +49,11 @@ class LoadedModel:
 
 
 def load_model(
-    bundle_path: Path, backend: str = "auto", device: str = "auto", precision: str = "auto"
+    bundle_path: Path,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    allow_failed_variant: bool = False,
 ) -> LoadedModel:
     """Load the bundle at ``bundle_path`` and a predictor for it on this machine.
 
@@ -66,7 +70,9 @@ def load_model(
         from edgepanc.networks.activation import network_activation_bytes_per_voxel
 
         activation = network_activation_bytes_per_voxel(bundle.network, plan.patch_size)
-    predictor = select_predictor(bundle, backend=backend, device=device, precision=precision)
+    predictor = select_predictor(
+        bundle, backend, device, precision, allow_failed=allow_failed_variant
+    )
     artifact = getattr(predictor, "artifact", None)
     return LoadedModel(
         predictor=predictor,

@@ -14,6 +14,7 @@ from torch import nn
 
 from edgepanc.backends.base import Predictor
 from edgepanc.backends.onnxruntime_backend import OnnxRuntimePredictor
+from edgepanc.backends.openvino_backend import OpenVinoPredictor
 from edgepanc.backends.tensorrt_backend import TensorRTPredictor
 from edgepanc.backends.torch_backend import TorchPredictor
 from edgepanc.networks import count_parameters, estimate_flops
@@ -38,7 +39,7 @@ def measure(
         variant.file,
         count_parameters(model),
         estimate_flops(model, (1, 1, *ctx.patch_size)),
-        ctx.path(variant).stat().st_size,
+        _size_bytes(ctx, variant),
         notes=notes,
     )
     predictor = _predictor(ctx, variant, model)
@@ -57,7 +58,9 @@ def measure(
 def discard(ctx: QuantizeContext, variant: Variant) -> None:
     """Drop a measured variant from the run and its file from the staged bundle."""
     ctx.measured = [m for m in ctx.measured if m.variant != variant]
-    ctx.path(variant).unlink()
+    if variant.owns_file:
+        ctx.path(variant).unlink()
+        ctx.path(variant).with_suffix(".bin").unlink(missing_ok=True)
 
 
 def time_variants(ctx: QuantizeContext) -> None:
@@ -78,4 +81,13 @@ def _predictor(ctx: QuantizeContext, variant: Variant, model: nn.Module) -> Pred
         return OnnxRuntimePredictor(
             ctx.path(variant), ["CPUExecutionProvider"], precision=variant.precision
         )
+    if variant.backend == "openvino":
+        return OpenVinoPredictor(ctx.path(variant), variant.precision, artifact=variant.name)
     return TensorRTPredictor(ctx.path(variant), precision=variant.precision)
+
+
+def _size_bytes(ctx: QuantizeContext, variant: Variant) -> int:
+    """The variant's file, with the weights beside an OpenVINO IR (``.xml`` + ``.bin``)."""
+    path = ctx.path(variant)
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return path.stat().st_size + (weights.stat().st_size if weights and weights.exists() else 0)
