@@ -457,6 +457,17 @@ def read_image(path: str | Path, max_bytes: int | None = None) -> sitk.Image:
     else:
         inspect_image(path, max_bytes=max_bytes)
         img = _itk_read(path, named=path)
+    return check_image(img, path)
+
+
+def check_image(img: sitk.Image, source: str | Path) -> sitk.Image:
+    """Check a volume as :func:`read_image` checks what it reads (3D, scalar, spacing, geometry,
+    finite voxels); InputError naming ``source`` otherwise. A direction slightly off
+    orthonormal is corrected in ``img`` with a warning. The Python API checks images in memory.
+
+    Example: ``check_image(sitk.Image([64, 64, 32], sitk.sitkInt16), "image")`` -> that image.
+    """
+    path = Path(source)
     _check_geometry(path, tuple(img.GetSize()), img.GetNumberOfComponentsPerPixel())
     _check_spacing(path, tuple(img.GetSpacing()), tuple(img.GetSize()))
     direction, off = _direction_fix(path, img.GetOrigin(), img.GetDirection())

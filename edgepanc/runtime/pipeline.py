@@ -38,7 +38,7 @@ from edgepanc.inferers.sliding_window import BatchPolicy, SlidingWindowResult, p
 from edgepanc.inferers.streaming import slab_memory_bytes, streaming_sliding_window_inference
 from edgepanc.inferers.tiling import bounding_box
 from edgepanc.io.atomic import atomic_path
-from edgepanc.io.volume import looks_like_label, read_image, write_label
+from edgepanc.io.volume import check_image, looks_like_label, read_image, write_label
 from edgepanc.memory import peak_rss
 from edgepanc.postprocessing import (
     FinishedPrediction,
@@ -78,6 +78,7 @@ from edgepanc.thermal import ThermalGuard
 log = logging.getLogger(__name__)
 
 NO_SENSOR_NOTE = "no temperature sensor found: thermal protection is off"
+IN_MEMORY = "<image in memory>"  # what messages name for a scan given as an image, not a path
 
 
 @dataclass(frozen=True)
@@ -224,17 +225,27 @@ def coarse_roi(
 
 
 def prepare_case(
-    scan: Path, model: LoadedModel, config: RunConfig, timer: StageTimer, notes: list[str]
+    scan: Path | sitk.Image,
+    model: LoadedModel,
+    config: RunConfig,
+    timer: StageTimer,
+    notes: list[str],
 ) -> tuple[np.ndarray, GridRecord, BudgetPlan]:
     """Read ``scan``, plan its memory and bring it onto the network's grid.
 
-    Returns the normalised float32 volume, the record that restores a mask onto the scan's grid,
-    and the memory plan. A scan that looks like a label mask adds a note and goes on.
+    ``scan`` may also be an image in memory (the Python API, :mod:`edgepanc.api`), checked as a
+    read one is and left as it was. Returns the normalised float32 volume, the record that
+    restores a mask onto the scan's grid, and the memory plan. A scan that looks like a label
+    mask adds a note and goes on.
 
     Example: ``volume, grid, plan = prepare_case(scan, model, config, StageTimer(), [])``.
     """
-    with timer("read"):
-        image = read_image(scan, max_bytes=config.memory_budget)
+    if isinstance(scan, sitk.Image):
+        # a copy (SimpleITK shares the voxels until written) so a direction fix stays ours
+        image, scan = check_image(sitk.Image(scan), IN_MEMORY), Path(IN_MEMORY)
+    else:
+        with timer("read"):
+            image = read_image(scan, max_bytes=config.memory_budget)
     if looks_like_label(image):
         note = f"{scan}: looks like a label mask (only integer values 0..2), not a CT; continuing"
         log.warning(note)
@@ -312,6 +323,19 @@ class CaseRun:
     model_id: str | None = None
 
 
+def restore_mask(finished: FinishedPrediction, grid: GridRecord) -> tuple[sitk.Image, float, float]:
+    """``finished``'s labels on the scan's own grid, with the pancreas (all organ labels) and
+    lesion volumes in ml measured there, as the mask is written and read.
+
+    Example: ``mask, pancreas_ml, lesion_ml = restore_mask(finished, grid)`` -> ``lesion_ml``
+    ``0.0`` when no lesion was kept.
+    """
+    restored = restore_label(finished.labels, grid, finished.region_probabilities)
+    view = sitk.GetArrayViewFromImage(restored)
+    ml = voxel_volume_ml(tuple(reversed(restored.GetSpacing())))
+    return restored, float(np.count_nonzero(view) * ml), float(np.count_nonzero(view == 2) * ml)
+
+
 def write_case_outputs(
     scan: Path,
     outputs: CaseOutputs,
@@ -333,11 +357,7 @@ def write_case_outputs(
     -> ``1``.
     """
     with timer("restore"):
-        restored = restore_label(finished.labels, grid, finished.region_probabilities)
-    view = sitk.GetArrayViewFromImage(restored)
-    ml = voxel_volume_ml(tuple(reversed(restored.GetSpacing())))
-    pancreas_ml, lesion_ml = np.count_nonzero(view) * ml, np.count_nonzero(view == 2) * ml
-    del view
+        restored, pancreas_ml, lesion_ml = restore_mask(finished, grid)
     input_sha256 = scan_sha256(scan)
     preview_sha256 = file_sha256(outputs.preview) if outputs.preview in written else None
     with timer("write"), atomic_path(outputs.mask) as staged:
