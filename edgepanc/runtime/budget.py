@@ -22,7 +22,10 @@ Network activations are measured, not guessed: the bundle records
 :func:`~edgepanc.networks.activation.network_activation_bytes_per_voxel` (the largest total size
 of intermediate tensors alive at once during one forward pass, per input voxel); the planner
 scales it to the patch and multiplies by ``ACTIVATION_SAFETY`` to cover convolution workspaces
-and allocator slack.
+and allocator slack. OpenVINO's CPU plugin holds more than that (its own intermediate buffers,
+sized at the first inference of each batch shape, and a fixed scratch); for it the planner
+counts :data:`OPENVINO_ENGINE`, the bound of its measured resident memory after compiling and
+one inference (docs/measurements/openvino_quantize.md).
 """
 
 from __future__ import annotations
@@ -38,6 +41,32 @@ UINT8 = 1
 NUM_CLASSES = 3
 ACTIVATION_SAFETY = 2.0
 MAX_AUTO_TILE_BATCH = 8
+
+
+@dataclass(frozen=True)
+class EngineMemory:
+    """What an inference engine holds for one batch of tiles beyond its compiled model:
+    ``factor`` x the network's measured activations for ``tile_batch + extra_tiles`` tiles,
+    plus ``fixed_bytes``.
+
+    Example: ``OPENVINO_ENGINE.batch_bytes(2, 65536, 149.0)`` -> ``103_883_776``.
+    """
+
+    factor: float
+    extra_tiles: int = 0
+    fixed_bytes: int = 0
+
+    def batch_bytes(self, tile_batch: int, tile_voxels: int, activation_per_voxel: float) -> int:
+        per_tile = int(self.factor * activation_per_voxel * tile_voxels)
+        return per_tile * (tile_batch + self.extra_tiles) + self.fixed_bytes
+
+
+# Every engine but OpenVINO: the measured activations with the safety factor.
+DEFAULT_ENGINE = EngineMemory(ACTIVATION_SAFETY)
+# OpenVINO: the bound over its resident memory measured for the tiny, cpu and default presets in
+# fp32, bf16 and INT8 at batches 1 to 4 (docs/measurements/openvino_quantize.md).
+OPENVINO_ENGINE = EngineMemory(3.0, extra_tiles=1, fixed_bytes=16_000_000)
+ENGINES: dict[str, EngineMemory] = {"openvino": OPENVINO_ENGINE}
 
 
 @dataclass(frozen=True)
@@ -104,13 +133,20 @@ def restore_phase_bytes(sizes: VolumeSizes) -> int:
 
 
 def tile_batch_bytes(
-    tile_batch: int, patch_size: Sequence[int], activation_per_voxel: float
+    tile_batch: int,
+    patch_size: Sequence[int],
+    activation_per_voxel: float,
+    engine: str | None = None,
 ) -> int:
-    """One batch of tiles: the tiler's buffers plus measured activations (with safety factor)."""
+    """One batch of tiles: the tiler's buffers plus what the ``engine`` (a predictor's name)
+    holds for the network's activations (:data:`ENGINES`, else the safety factor)."""
     from edgepanc.inferers.streaming import tile_batch_memory_bytes
 
-    activation_per_tile = int(ACTIVATION_SAFETY * activation_per_voxel * math.prod(patch_size))
-    return tile_batch_memory_bytes(patch_size, tile_batch, NUM_CLASSES, activation_per_tile)
+    memory = ENGINES.get(engine or "", DEFAULT_ENGINE)
+    network = memory.batch_bytes(tile_batch, math.prod(patch_size), activation_per_voxel)
+    # the input batch, the logits and the softmax temporaries
+    buffers = tile_batch_memory_bytes(patch_size, tile_batch, NUM_CLASSES, 0)
+    return buffers + network
 
 
 def estimate_memory(
@@ -120,6 +156,7 @@ def estimate_memory(
     patch_size: Sequence[int],
     activation_per_voxel: float,
     tile_batch: int,
+    engine: str | None = None,
 ) -> MemoryEstimate:
     """Peak-memory estimate for one case at a given tile batch."""
     # the volume, the raw and the post-processed labels, the raw and the masked probability maps
@@ -130,7 +167,7 @@ def estimate_memory(
         baseline=baseline,
         preprocess=preprocess_phase_bytes(sizes),
         infer_data=infer_data,
-        tile_batch_bytes=tile_batch_bytes(tile_batch, patch_size, activation_per_voxel),
+        tile_batch_bytes=tile_batch_bytes(tile_batch, patch_size, activation_per_voxel, engine),
         restore=restore_phase_bytes(sizes),
     )
 
@@ -144,6 +181,7 @@ def plan_tile_batch(
     activation_per_voxel: float,
     requested_tile_batch: int | None,
     source: str = "input",
+    engine: str | None = None,
 ) -> BudgetPlan:
     """The largest tile batch (up to the request, or ``MAX_AUTO_TILE_BATCH`` for auto) in budget.
 
@@ -152,7 +190,9 @@ def plan_tile_batch(
     """
 
     def estimate(batch: int) -> MemoryEstimate:
-        return estimate_memory(baseline, sizes, slab_bytes, patch_size, activation_per_voxel, batch)
+        return estimate_memory(
+            baseline, sizes, slab_bytes, patch_size, activation_per_voxel, batch, engine
+        )
 
     ceiling = requested_tile_batch or MAX_AUTO_TILE_BATCH
     if budget is None:

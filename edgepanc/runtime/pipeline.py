@@ -154,6 +154,7 @@ def plan_case_memory(
         model.activation_bytes_per_voxel,
         config.tile_batch,
         source=str(source),
+        engine=model.predictor.name,
     )
 
 
