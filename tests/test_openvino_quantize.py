@@ -120,3 +120,46 @@ def test_run_auto_times_the_passing_variants_and_caches_the_choice(
     assert set(entry["timings_ms"]) == passing  # exactly the passing variants were timed
     assert entry["artifact"] == min(entry["timings_ms"], key=entry["timings_ms"].get)
     assert f"artifact {entry['artifact']!r}" in first
+
+
+def test_run_refuses_a_failed_variant_unless_allowed_on_purpose(
+    quantized: dict, tmp_path: Path
+) -> None:
+    """Every INT8 variant marked outside the tolerance: --precision int8 stops with one line and
+    writes nothing; --allow-failed-variant runs one with a warning naming the failure."""
+    import logging
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(quantized["out"], bundle)
+    metadata = json.loads((bundle / "model.json").read_text())
+    for record in metadata["artifacts"].values():
+        if record["precision"] == "int8":
+            record["within_tolerance"] = False
+    (bundle / "model.json").write_text(json.dumps(metadata))
+    scan = next(quantized["data"].rglob("*_0000.nii.gz"))
+    refused = CliRunner().invoke(
+        main, ["run", str(scan), "--model", str(bundle), "--precision", "int8",
+               "--out", str(tmp_path / "refused")],
+    )  # fmt: skip
+    assert refused.exit_code == 2, refused.output
+    [line] = [x for x in refused.output.splitlines() if x.startswith("error:")]
+    assert "failed the accuracy tolerance" in line and "--allow-failed-variant" in line
+    assert not (tmp_path / "refused").exists()
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("edgepanc.backends").addHandler(handler)
+    try:
+        allowed = CliRunner().invoke(
+            main, ["run", str(scan), "--model", str(bundle), "--precision", "int8",
+                   "--allow-failed-variant", "--out", str(tmp_path / "allowed")],
+        )  # fmt: skip
+    finally:
+        logging.getLogger("edgepanc.backends").removeHandler(handler)
+    assert allowed.exit_code == 0, allowed.output
+    [choice] = [r for r in records if r.getMessage().startswith("backend: ")]
+    assert choice.levelno == logging.WARNING and "int8" in choice.getMessage()
+    assert "failed the accuracy tolerance" in choice.getMessage()
+    assert any((tmp_path / "allowed").rglob("*.nii.gz"))
