@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from edgepanc.version import __version__
 
 # Names served by edgepanc.api, imported when first asked for.
 _API = ("Result", "load_bundle", "segment")

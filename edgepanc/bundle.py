@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgepanc import __version__
 from edgepanc.errors import BundleError
 from edgepanc.io.atomic import atomic_path, write_json_atomic
 from edgepanc.networks.config import UNetConfig
+from edgepanc.version import __version__
 
 if TYPE_CHECKING:
     # torch only where weights are read or written: the ONNX Runtime path reads model.json alone

@@ -15,9 +15,9 @@ import traceback
 
 import click
 
-from edgepanc import __version__
 from edgepanc.errors import EdgepancError
 from edgepanc.extras import missing_extra
+from edgepanc.version import __version__
 
 # Key in click's shared context metadata under which ``--debug`` is kept for the error boundary.
 _DEBUG = "edgepanc.debug"

@@ -21,9 +21,9 @@ from typing import Any
 
 import psutil
 
-from edgepanc import __version__
 from edgepanc.memory import available_memory, cgroup_memory, format_size, total_memory
 from edgepanc.thermal import NvmlSource, PsutilSource, SysfsSource, ThermalLimits
+from edgepanc.version import __version__
 
 Report = dict[str, dict[str, Any]]
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from edgepanc import __version__
 from edgepanc.errors import InputError
 from edgepanc.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from edgepanc.synth.phantom import SIZES, Phantom, PhantomSpec, generate_phantom
+from edgepanc.version import __version__
 
 LAYOUTS = ("quiz", "nnunet")
 # Cases per (split, subtype) in the real data set, and its test set size.
