@@ -192,3 +192,13 @@ def test_tile_timer_times_the_loaded_predictor_on_a_tile():
     ms = TileTimer(calls=3)("x", lambda: predictor, PATCH)
     assert ms >= 0.0
     assert calls == [(1, 1, *PATCH)] * 4  # one untimed call, then three timed ones
+
+
+def test_nothing_is_timed_when_one_variant_besides_torch_can_run(bundle, tmp_path):
+    (tmp_path / "model_fp32.onnx").unlink()  # ONNX Runtime fp32 and OpenVINO bf16 are gone
+    bundle["artifacts"]["onnx_int8"] = record("int8.onnx", "onnxruntime", "int8", 9.0, True)
+    (tmp_path / "int8.onnx").write_bytes(b"")
+    timer = ScriptedTimer({})
+    choice = choose_backend(bundle, timing=timing(timer, tmp_path))
+    assert choice.artifact == "onnx_int8" and timer.timed == []
+    assert not (tmp_path / "home" / "choice.json").exists()

@@ -176,8 +176,11 @@ def choose_backend(
         return BackendChoice(record["backend"], record["precision"], device, name, reason)
 
     by_name = dict(runnable)
-    if timing is not None and backend == "auto" and len(runnable) > 1:
-        timed = _timed_choice(view, runnable, device, precision, timing)
+    # Eager torch is timed only when nothing else runs: importing it costs the process about
+    # 0.5 GB that the run would then keep, and it is the slowest CPU backend measured.
+    pool = [(n, r) for n, r in runnable if r.get("backend") != "torch"] or runnable
+    if timing is not None and backend == "auto" and len(pool) > 1:
+        timed = _timed_choice(view, pool, device, precision, timing)
         return choice(timed.artifact, by_name[timed.artifact], timed.reason(timing.cpu))
     if view.default_artifact in by_name:
         return choice(
@@ -299,14 +302,12 @@ def failed_variants(bundle: Any) -> set[str]:
 
 def _timed_choice(
     view: _Bundle,
-    runnable: list[tuple[str, Mapping[str, Any]]],
+    pool: list[tuple[str, Mapping[str, Any]]],
     device: str,
     precision: str,
     timing: AutoTiming,
 ) -> MeasuredChoice:
-    """Time the runnable candidates (torch only when nothing else runs: importing it costs the
-    process about 0.5 GB that the run would then keep) and return the measured choice."""
-    pool = [(n, r) for n, r in runnable if r.get("backend") != "torch"] or runnable
+    """Time the candidates in ``pool`` (or take the cached choice) and return it."""
 
     def loader(name: str, record: Mapping[str, Any]) -> Any:
         probe = BackendChoice(record["backend"], record["precision"], device, name, "timing")
