@@ -136,8 +136,9 @@ from edgepanc.commands.doctor import doctor  # noqa: E402
 from edgepanc.commands.evaluate import evaluate  # noqa: E402
 from edgepanc.commands.quantize import quantize  # noqa: E402
 from edgepanc.commands.run import run  # noqa: E402
+from edgepanc.commands.summarize import summarize  # noqa: E402
 from edgepanc.commands.synth import synth  # noqa: E402
 from edgepanc.commands.train import train  # noqa: E402
 
-for _command in (synth, train, quantize, run, evaluate, doctor):
+for _command in (synth, train, quantize, run, summarize, evaluate, doctor):
     main.add_command(_command)

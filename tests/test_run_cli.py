@@ -90,8 +90,12 @@ def test_real_ct_masks_keep_the_input_grid(
         report = json.loads((out / f"{case.case_id}.json").read_text())
         assert set(report["timings_s"]) >= STAGES
         assert abs(sum(report["probabilities"]) - 1) < 1e-4
-        assert report["subtype"] == int(np.argmax(report["probabilities"]))
-        assert f"{case.case_id}.nii.gz,{report['subtype']}" in rows
+        argmax = int(np.argmax(report["probabilities"]))
+        # no lesion kept, no subtype claimed; the submission row keeps the head's argmax
+        assert report["subtype"] == (argmax if report["lesion_found"] else None)
+        assert report["lesion_found"] == (report["lesion_volume_ml"] > 0)
+        assert report["submission_subtype"] == argmax
+        assert f"{case.case_id}.nii.gz,{argmax}" in rows
         assert report["backend"] == "torch" and report["precision"] == "fp32"
         assert report["tile_count"] > 0 and report["peak_memory_bytes"] > 0
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000

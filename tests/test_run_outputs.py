@@ -194,6 +194,7 @@ def test_rerun_after_a_kill_continues_and_rebuilds_the_csv(tmp_path: Path, bundl
     (out / "c.nii.gz").unlink()
     (out / "c.json").unlink()
     (out / "subtype_results.csv").unlink()
+    (out / "statistics.csv").unlink()
     kept = (out / "a.nii.gz").stat().st_ino
     redone = (out / "b.nii.gz").stat().st_ino
     result = run_cli("run", folder, "--model", bundle, "--out", out)  # the same command again
@@ -204,6 +205,8 @@ def test_rerun_after_a_kill_continues_and_rebuilds_the_csv(tmp_path: Path, bundl
     assert json.loads((out / "b.json").read_text())["status"] == "finished"
     rows = (out / "subtype_results.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    statistics = (out / "statistics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in statistics[1:]] == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
     # everything finished: a third run skips all three and still writes the CSV
     (out / "subtype_results.csv").unlink()
     result = run_cli("run", folder, "--model", bundle, "--out", out)

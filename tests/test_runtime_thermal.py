@@ -96,9 +96,22 @@ def test_require_thermal_without_sensor_fails_clearly(tmp_path: Path, monkeypatc
     assert not (tmp_path / "out" / "s.nii.gz").exists()
 
 
-def test_case_without_sensor_notes_it(tmp_path: Path) -> None:
+def test_case_without_sensor_runs_and_leaves_the_missing_sensor_to_the_run(
+    tmp_path: Path, caplog
+) -> None:
+    import logging
+
+    from edgepanc.thermal import sources
+
     scan = write_image(phantom(shape_zyx=(16, 16, 16)), tmp_path / "in" / "cold_0000.nii.gz")
     config = RunConfig(out_dir=tmp_path, roi=RoiConfig(mode="off"))
     report = run_case(scan, threshold_model(), config, ThermalGuard([]))
     assert report.throttle_events == []
-    assert any("thermal protection is off" in note for note in report.notes)
+    # said once per run (at INFO, by the discovery), not as a note in every case JSON
+    assert not any("thermal protection is off" in note for note in report.notes)
+    sources._no_sensor_logged = False
+    with caplog.at_level(logging.INFO, logger="edgepanc.thermal.sources"):
+        sources.discover_sources(candidates=[], missing_level=logging.INFO)
+        sources.discover_sources(candidates=[], missing_level=logging.INFO)
+    said = [r for r in caplog.records if "thermal protection is off" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.INFO]

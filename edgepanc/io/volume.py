@@ -603,11 +603,14 @@ def write_dicom_series(img: sitk.Image, folder: str | Path) -> list[Path]:
         "0008|0060": "CT",
         "0020|000d": _dicom_uid(".1"),
         "0020|000e": _dicom_uid(".2"),
+        "0020|0052": _dicom_uid(".3"),  # frame of reference: a DICOM SEG needs it
         "0020|0037": orientation,
         "0018|0050": f"{img.GetSpacing()[2]:.10g}",
         "0028|1052": "0",  # rescale intercept: stored values are HU
         "0028|1053": "1",
     }
+    if img.HasMetaDataKey("ITK_FileNotes"):  # e.g. edgepanc.synth.marker's phantom note
+        shared_tags["0020|4000"] = img.GetMetaData("ITK_FileNotes")
     # Write into a temporary sibling folder and rename, so no partial series is ever visible.
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:

@@ -8,13 +8,20 @@ One case runs in three steps, each freeing the previous one's buffers (the phase
 2. :func:`segment_case`: coarse pass (optional: find the pancreas at half resolution), then the
    fine pass (streaming sliding window over the ROI box);
 3. finish: post-process and read the subtype
-   (:func:`~edgepanc.postprocessing.finish_prediction`), write the preview if asked for, then
-   :func:`write_case_outputs`: restore onto the input's exact grid, write mask and case JSON.
+   (:func:`~edgepanc.postprocessing.finish_prediction`), cut the preview's slices, then
+   :func:`write_case_outputs`: restore onto the input's exact grid, measure there
+   (:mod:`edgepanc.runtime.measures`), write the preview, the DICOM SEG, the mask and the case
+   JSON.
+
+No lesion kept, no subtype claimed: the JSON then says ``lesion_found: false`` and
+``subtype: null``, still with the head's probabilities, and ``subtype_results.csv`` keeps the
+head's argmax (``submission_subtype``) because the submission format needs a row per case.
 
 A case either leaves all its outputs (mask, JSON, preview) or none: anything written before a
 failure is removed again. :func:`run_cases` follows an :class:`~edgepanc.runtime.outputs.OutputPlan`
 checked before the first case: it skips the cases an earlier run finished and rewrites
-``subtype_results.csv`` after every case, so a killed run loses at most the case in progress.
+``subtype_results.csv`` and ``statistics.csv`` after every case, so a killed run loses at most the
+case in progress.
 """
 
 from __future__ import annotations
@@ -50,17 +57,20 @@ from edgepanc.postprocessing import (
 from edgepanc.preprocessing import GridRecord, normalize_ct, resample_for_network, restore_label
 from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
+from edgepanc.runtime.measures import CaseMeasures, measure_labels
 from edgepanc.runtime.model import LoadedModel
-from edgepanc.runtime.outputs import OutputPlan, file_sha256, scan_sha256
-from edgepanc.runtime.preview import save_preview
+from edgepanc.runtime.outputs import OutputKinds, OutputPlan, file_sha256, scan_sha256
+from edgepanc.runtime.preview import PreviewPanel, cut_panels, draw_preview, preview_title
 from edgepanc.runtime.report import (
     FINISHED,
     SUBTYPE_CSV,
     WRITING,
     CaseFailure,
     CaseReport,
+    case_record_from_dict,
+    statistics_row,
     write_case_json,
-    write_subtype_csv,
+    write_result_tables,
 )
 from edgepanc.runtime.roi import (
     Box,
@@ -77,7 +87,6 @@ from edgepanc.thermal import ThermalGuard
 
 log = logging.getLogger(__name__)
 
-NO_SENSOR_NOTE = "no temperature sensor found: thermal protection is off"
 IN_MEMORY = "<image in memory>"  # what messages name for a scan given as an image, not a path
 
 
@@ -97,6 +106,14 @@ class RunConfig:
     preview: bool = False
     overwrite: bool = False
     progress: bool = False
+    nifti: bool = True  # the NIfTI mask
+    dicom_seg: bool = False  # a DICOM SEG beside it (a DICOM series input only)
+    model_info: dict[str, Any] = field(default_factory=dict)  # see runtime.provenance
+
+    @property
+    def kinds(self) -> OutputKinds:
+        """The files each case writes, as :mod:`edgepanc.runtime.outputs` checks them."""
+        return OutputKinds(nifti=self.nifti, seg=self.dicom_seg, preview=self.preview)
 
 
 @dataclass
@@ -322,6 +339,9 @@ class CaseRun:
     memory_plan: dict[str, Any] | None = None
     classifier: bool = True  # False: no subtype is reported (the head was never trained)
     model_id: str | None = None
+    model_info: dict[str, Any] = field(default_factory=dict)
+    nifti: bool = True
+    dicom_seg: bool = False
 
 
 def restore_mask(finished: FinishedPrediction, grid: GridRecord) -> tuple[sitk.Image, float, float]:
@@ -345,29 +365,50 @@ def write_case_outputs(
     run: CaseRun,
     timer: StageTimer,
     written: list[Path],
+    panels: list[PreviewPanel] | None = None,
 ) -> CaseReport:
-    """Restore ``finished`` onto the scan's grid, write the mask and the case JSON beside it.
+    """Restore ``finished`` onto the scan's grid, measure it there, write the preview (from
+    ``panels``), the DICOM SEG (``run.dicom_seg``), the mask and the case JSON beside it.
 
     ``written`` gets each path once it is written (see :func:`~edgepanc.runtime.scans.all_or_none`).
-    The volumes are measured on the input grid, as the mask is written. The JSON goes in twice:
-    saying ``writing`` (with the digests of the input, the mask and the preview) before the mask
-    takes its name, ``finished`` after, so that a kill in between leaves a mask its JSON owns
-    but does not call finished, which the next run redoes.
+    The volumes, the lesion diameter and the mean HU are measured on the input grid, as the mask
+    is written (the scan is read again for its HU: its voxels were let go before segmentation).
+    The JSON goes in twice: saying ``writing`` (with the digests of the input and every output)
+    before the mask takes its name, ``finished`` after, so that a kill in between leaves a mask
+    its JSON owns but does not call finished, which the next run redoes.
 
     Example: ``write_case_outputs(scan, outputs, finished, grid, run, timer, written).subtype``
     -> ``1``.
     """
     with timer("restore"):
-        restored, pancreas_ml, lesion_ml = restore_mask(finished, grid)
-    input_sha256 = scan_sha256(scan)
-    preview_sha256 = file_sha256(outputs.preview) if outputs.preview in written else None
-    with timer("write"), atomic_path(outputs.mask) as staged:
-        write_label(restored, staged)
-        report = _case_report(scan, outputs, finished, run, timer, pancreas_ml, lesion_ml)
-        report.input_sha256, report.preview_sha256 = input_sha256, preview_sha256
-        report.mask_sha256 = file_sha256(staged)
-        written.append(write_case_json(outputs.mask.parent, report))
-        written.append(outputs.mask)
+        restored, _, _ = restore_mask(finished, grid)
+    with timer("measure"):
+        image = read_image(scan)
+        measures = measure_labels(restored, image)
+        del image
+    report = _case_report(scan, outputs, finished, run, timer, measures)
+    report.input_sha256 = scan_sha256(scan)
+    if panels is not None:
+        with timer("preview"):
+            title = preview_title(outputs.name, statistics_row(report.to_dict()))
+            written.append(draw_preview(panels, outputs.preview, title))
+        report.preview_sha256 = file_sha256(outputs.preview)
+    if run.dicom_seg:
+        from edgepanc.runtime.dicom_seg import write_dicom_seg
+
+        with timer("dicom_seg"):
+            written.append(write_dicom_seg(restored, scan, outputs.seg))
+        report.seg, report.seg_sha256 = str(outputs.seg), file_sha256(outputs.seg)
+    with timer("write"):
+        if run.nifti:
+            with atomic_path(outputs.mask) as staged:
+                write_label(restored, staged)
+                report.mask_sha256 = file_sha256(staged)
+                written.append(write_case_json(outputs.mask.parent, report))
+                written.append(outputs.mask)
+        else:
+            report.mask = None
+            written.append(write_case_json(outputs.mask.parent, report))
     timings = {k: round(v, 4) for k, v in timer.seconds.items()}  # now with the write
     report = dataclasses.replace(report, status=FINISHED, timings_s=timings)
     write_case_json(outputs.mask.parent, report)
@@ -380,19 +421,18 @@ def _case_report(
     finished: FinishedPrediction,
     run: CaseRun,
     timer: StageTimer,
-    pancreas_ml: float,
-    lesion_ml: float,
+    measures: CaseMeasures,
 ) -> CaseReport:
+    head = run.classifier
+    # no lesion kept, no subtype claimed; the CSV row keeps the head's argmax (the format's need)
     return CaseReport(
         name=outputs.name,
         input=str(scan),
         mask=str(outputs.mask),
-        subtype=finished.subtype if run.classifier else None,
-        probabilities=[round(float(p), 6) for p in finished.subtype_probabilities]
-        if run.classifier
-        else [],
-        pancreas_volume_ml=round(float(pancreas_ml), 3),
-        lesion_volume_ml=round(float(lesion_ml), 3),
+        subtype=finished.subtype if head and measures.lesion_found else None,
+        probabilities=[round(float(p), 6) for p in finished.subtype_probabilities] if head else [],
+        pancreas_volume_ml=measures.pancreas_ml,
+        lesion_volume_ml=measures.lesion_ml,
         timings_s={k: round(v, 4) for k, v in timer.seconds.items()},
         peak_memory_bytes=peak_rss(),
         backend=str(run.predictor.name),
@@ -407,6 +447,12 @@ def _case_report(
         notes=run.notes,
         status=WRITING,
         model_id=run.model_id,
+        lesion_found=measures.lesion_found,
+        lesion_diameter_mm=measures.lesion_diameter_mm,
+        pancreas_mean_hu=measures.pancreas_mean_hu,
+        lesion_mean_hu=measures.lesion_mean_hu,
+        submission_subtype=finished.subtype if head else None,
+        model=run.model_info,
     )
 
 
@@ -428,7 +474,7 @@ def run_case(
     if outputs is None:
         outputs = CaseOutputs.for_scan(scan, config.out_dir, config.overwrite)
     timer = StageTimer()
-    notes = [] if thermal_guard.enabled else [NO_SENSOR_NOTE]
+    notes: list[str] = []  # the missing temperature sensor is said once per run, not per case
     volume, grid, memory_plan = prepare_case(scan, model, config, timer, notes)
     backoff = ThermalBackoff(thermal_guard, BatchPolicy(memory_plan.tile_batch))
     result, roi = segment_case(volume, model, config, backoff, timer, notes)
@@ -436,14 +482,14 @@ def run_case(
         finished = finish_prediction(result, model.target_spacing, config.postprocess)
     tile_count = len(result.tiles)
     del result  # the raw labels and soft maps: the restore phase is planned without them
+    panels = None
+    if config.preview:  # the slices only: the restore phase is planned without the volume
+        plan = model.plan
+        hu = volume * np.float32(max(plan.std, 1e-8)) + np.float32(plan.mean)  # undo normalize_ct
+        panels = cut_panels(hu, finished.labels, model.target_spacing)
+        del hu
+    del volume
     with all_or_none() as written:
-        if config.preview:
-            with timer("preview"):
-                save_preview(
-                    volume, finished.labels, model.target_spacing, outputs.preview, outputs.name
-                )
-            written.append(outputs.preview)
-        del volume  # nor with the normalised volume
         run = CaseRun(
             model.predictor,
             model.artifact,
@@ -455,25 +501,32 @@ def run_case(
             memory_plan=memory_plan.to_dict(),
             classifier=model.classifier,
             model_id=model.model_id,
+            model_info=config.model_info,
+            nifti=config.nifti,
+            dicom_seg=config.kinds.seg_for(scan),
         )
-        return write_case_outputs(scan, outputs, finished, grid, run, timer, written)
+        return write_case_outputs(scan, outputs, finished, grid, run, timer, written, panels)
 
 
 def run_cases(
-    plan: OutputPlan, model: LoadedModel, config: RunConfig, thermal_guard: ThermalGuard
+    plan: OutputPlan,
+    model: LoadedModel,
+    config: RunConfig,
+    thermal_guard: ThermalGuard,
+    on_case: Callable[[CaseReport], None] | None = None,
 ) -> RunOutcome:
     """Run every case of ``plan`` not finished earlier; a case that fails is recorded and the
-    others go on. ``subtype_results.csv`` holds the plan's earlier rows and each case that
-    finishes, rewritten after each one.
+    others go on. ``subtype_results.csv`` and ``statistics.csv`` hold the plan's earlier cases
+    and each case that finishes, rewritten after each one; ``on_case`` gets each finished report.
 
     Example: ``run_cases(plan_outputs(scans, out, model.model_id), model, config, guard).skipped``
     -> ``0``.
     """
     outcome = RunOutcome([], [], skipped=plan.skipped)
-    rows = dict(plan.rows)
+    records = dict(plan.records)
     todo = [case for case in plan.cases if not case.skip]
-    if not todo and rows:
-        write_subtype_csv(plan.out_dir, rows)
+    if not todo and records:
+        write_result_tables(plan.out_dir, records)
     if not model.classifier:
         log.warning(
             "this model was trained without subtype labels: no subtype is reported "
@@ -485,8 +538,12 @@ def run_cases(
         try:
             report = run_case(scan, model, config, thermal_guard, case.outputs)
             outcome.reports.append(report)
-            rows[report.name] = report.subtype
-            write_subtype_csv(plan.out_dir, rows)
+            record = case_record_from_dict(report.to_dict())
+            if record is not None:
+                records[report.name] = record
+            write_result_tables(plan.out_dir, records)
+            if on_case is not None:
+                on_case(report)
         except EdgepancError as exc:
             log.debug("case failed: %s", exc)
             outcome.failures.append(CaseFailure(str(scan), str(exc)))

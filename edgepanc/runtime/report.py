@@ -35,9 +35,9 @@ class CaseReport:
 
     name: str  # mask file name, e.g. quiz_037.nii.gz (the CSV's ``Names``)
     input: str
-    mask: str
-    subtype: int | None  # None: the model has no trained subtype head
-    probabilities: list[float]
+    mask: str | None  # None: only a DICOM SEG was asked for
+    subtype: int | None  # None: no lesion kept, or a model without a trained subtype head
+    probabilities: list[float]  # the subtype head's, also when no lesion was kept
     pancreas_volume_ml: float  # labels 1 + 2: the lesion lies in the pancreas
     lesion_volume_ml: float
     timings_s: dict[str, float]
@@ -58,6 +58,16 @@ class CaseReport:
     input_sha256: str | None = None
     mask_sha256: str | None = None
     preview_sha256: str | None = None
+    lesion_found: bool = False
+    lesion_diameter_mm: float | None = None  # longest (Feret) diameter of the kept lesion
+    pancreas_mean_hu: float | None = None
+    lesion_mean_hu: float | None = None
+    # The row subtype_results.csv gets: the head's argmax even without a lesion, because the
+    # submission format needs one row per case; None without a trained head.
+    submission_subtype: int | None = None
+    model: dict[str, Any] = field(default_factory=dict)  # the bundle: path, id, versions, data
+    seg: str | None = None  # the DICOM SEG file, when one was written
+    seg_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,12 +81,14 @@ class CaseRecord:
     """
 
     name: str
-    subtype: int | None  # None: the model has no trained subtype head
+    subtype: int | None  # the CSV row (``submission_subtype``); None: no trained subtype head
     status: str
     model_id: str | None
     input_sha256: str | None
     mask_sha256: str | None
     preview_sha256: str | None
+    seg_sha256: str | None = None
+    statistics: dict[str, Any] = field(default_factory=dict)  # its row of statistics.csv
 
 
 def read_case_record(path: Path) -> CaseRecord | None:
@@ -91,16 +103,67 @@ def read_case_record(path: Path) -> CaseRecord | None:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
+    return case_record_from_dict(data)
+
+
+def case_record_from_dict(data: Any) -> CaseRecord | None:
+    """The record a case JSON's content gives; None when it is not edgepanc's.
+
+    Case JSONs written before ``submission_subtype`` existed give ``subtype`` as the CSV row.
+
+    Example: ``case_record_from_dict(report.to_dict()).statistics["lesion_found"]`` -> ``True``.
+    """
     if not isinstance(data, dict) or data.get("format") != CASE_FORMAT:
         return None
-    subtype = data.get("subtype")
-    fields = ("status", "model_id", "input_sha256", "mask_sha256", "preview_sha256")
+    subtype = data.get("submission_subtype", data.get("subtype"))
+    fields = ("status", "model_id", "input_sha256", "mask_sha256", "preview_sha256", "seg_sha256")
     text = {key: data.get(key) for key in fields}
     if not isinstance(data.get("name"), str) or not (subtype is None or type(subtype) is int):
         return None
     if not all(value is None or isinstance(value, str) for value in text.values()):
         return None
-    return CaseRecord(name=data["name"], subtype=subtype, **text)  # type: ignore[arg-type]
+    statistics = statistics_row(data)
+    return CaseRecord(name=data["name"], subtype=subtype, statistics=statistics, **text)  # type: ignore[arg-type]
+
+
+STATISTICS_CSV = "statistics.csv"
+STATISTICS_COLUMNS = (
+    "name",
+    "pancreas_ml",
+    "lesion_ml",
+    "lesion_diameter_mm",
+    "pancreas_mean_hu",
+    "lesion_mean_hu",
+    "lesion_found",
+    "subtype",
+    "model_id",
+)
+
+
+def statistics_row(data: dict[str, Any]) -> dict[str, Any]:
+    """A case JSON's row of ``statistics.csv``: the fixed columns, then ``p_subtype<k>`` for
+    each of the head's probabilities; a value the JSON lacks is empty.
+
+    Example: ``statistics_row(report.to_dict())["lesion_diameter_mm"]`` -> ``21.4``.
+    """
+    lesion_found = data.get("lesion_found")
+    row = {
+        "name": data.get("name"),
+        "pancreas_ml": data.get("pancreas_volume_ml"),
+        "lesion_ml": data.get("lesion_volume_ml"),
+        "lesion_diameter_mm": data.get("lesion_diameter_mm"),
+        "pancreas_mean_hu": data.get("pancreas_mean_hu"),
+        "lesion_mean_hu": data.get("lesion_mean_hu"),
+        "lesion_found": None if lesion_found is None else str(bool(lesion_found)).lower(),
+        "subtype": data.get("subtype"),
+        "model_id": data.get("model_id"),
+    }
+    probabilities = data.get("probabilities")
+    if isinstance(probabilities, list):
+        row.update({f"p_subtype{k}": p for k, p in enumerate(probabilities)})
+    return {
+        key: value if isinstance(value, str | int | float) else None for key, value in row.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -157,6 +220,60 @@ def write_subtype_csv(out_dir: Path, rows: Mapping[str, int | None]) -> Path:
     path = out_dir / SUBTYPE_CSV
     write_text_atomic(path, subtype_csv_text(sorted(rows.items())))
     return path
+
+
+def statistics_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``statistics.csv``: :data:`STATISTICS_COLUMNS`, then ``p_subtype0..`` as far as any row
+    has them; an absent value is an empty cell.
+
+    Example: ``statistics_csv_text([row]).splitlines()[0]`` ->
+    ``"name,pancreas_ml,lesion_ml,...,model_id,p_subtype0,p_subtype1,p_subtype2"``.
+    """
+    extra = max((sum(key.startswith("p_subtype") for key in row) for row in rows), default=0)
+    columns = [*STATISTICS_COLUMNS, *(f"p_subtype{k}" for k in range(extra))]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n", restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if value is None else value for key, value in row.items()})
+    return buffer.getvalue()
+
+
+def write_result_tables(out_dir: Path, records: Mapping[str, CaseRecord]) -> list[Path]:
+    """Write ``subtype_results.csv`` and ``statistics.csv`` from the finished cases' records,
+    sorted by name: the one way both tables are made, after every case and by ``summarize``.
+
+    Example: ``write_result_tables(Path("out"), records)`` ->
+    ``[Path("out/subtype_results.csv"), Path("out/statistics.csv")]``.
+    """
+    ordered = [records[name] for name in sorted(records)]
+    subtype = write_subtype_csv(out_dir, {r.name: r.subtype for r in ordered})
+    statistics = out_dir / STATISTICS_CSV
+    write_text_atomic(statistics, statistics_csv_text([r.statistics for r in ordered]))
+    return [subtype, statistics]
+
+
+def _format_ml(value: float) -> str:
+    return f"{value:.1f} ml"
+
+
+def case_line(report: CaseReport) -> str:
+    """The console's line for a finished case: pancreas volume; lesion (volume, longest
+    diameter) or none; subtype with its probability, or a dash.
+
+    Example: ``case_line(report)`` ->
+    ``"quiz_037.nii.gz  pancreas 74.2 ml  lesion 3.1 ml, 21.4 mm  subtype 1 (p 0.83)"``.
+    """
+    if report.lesion_found:
+        diameter = report.lesion_diameter_mm
+        size = f", {diameter:.1f} mm" if diameter is not None else ""
+        lesion = f"lesion {_format_ml(report.lesion_volume_ml)}{size}"
+    else:
+        lesion = "lesion none"
+    subtype = "subtype -"
+    if report.subtype is not None and report.subtype < len(report.probabilities):
+        subtype = f"subtype {report.subtype} (p {report.probabilities[report.subtype]:.2f})"
+    return f"{report.name}  pancreas {_format_ml(report.pancreas_volume_ml)}  {lesion}  {subtype}"
 
 
 def summary_table(

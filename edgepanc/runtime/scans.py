@@ -79,6 +79,18 @@ def discover_scans(path: Path) -> list[Path]:
     return scans
 
 
+def take_part(scans: list[Path], part: int, parts: int) -> list[Path]:
+    """The ``part``-th of every ``parts`` scans (1-based) in the order of their mask names, so
+    that ``parts`` processes given the same folder split it without talking to each other.
+
+    Example: ``take_part([a, b, c, d], 2, 3)`` -> ``[b]`` (a, b, c, d sorted by mask name).
+    """
+    if not 1 <= part <= parts:
+        raise ValueError(f"part {part} is not within 1..{parts}")
+    ordered = sorted(scans, key=mask_name_for)
+    return ordered[part - 1 :: parts]
+
+
 def _scans_below(folder: Path) -> list[Path]:
     # hidden: a half-written temporary left by a kill, or a file the user chose to hide
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
@@ -152,7 +164,8 @@ def all_or_none() -> Iterator[list[Path]]:
 
 @dataclass(frozen=True)
 class CaseOutputs:
-    """Where one case's outputs go: the mask (named after the scan), its preview and its JSON.
+    """Where one case's outputs go: the mask (named after the scan), its DICOM SEG, its preview
+    and its JSON.
 
     Example: ``CaseOutputs.for_scan(Path("ct_0000.nii.gz"), Path("out"), False).mask`` ->
     ``Path("out/ct.nii.gz")``.
@@ -162,6 +175,7 @@ class CaseOutputs:
     mask: Path
     preview: Path
     case_json: Path
+    seg: Path
 
     @classmethod
     def named(cls, scan: Path, out_dir: Path) -> CaseOutputs:
@@ -173,7 +187,11 @@ class CaseOutputs:
         name = mask_name_for(scan)
         stem = name[: -len(MASK_SUFFIX)]
         return cls(
-            name, out_dir / name, out_dir / f"{stem}_preview.png", case_json_path(out_dir, name)
+            name,
+            out_dir / name,
+            out_dir / f"{stem}_preview.png",
+            case_json_path(out_dir, name),
+            out_dir / f"{stem}.seg.dcm",
         )
 
     @classmethod
@@ -200,4 +218,5 @@ __all__ = [
     "image_stem",
     "mask_name_for",
     "remove_empty_folders",
+    "take_part",
 ]

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from edgepanc.errors import InputError
 from edgepanc.io.atomic import atomic_path, write_json_atomic, write_text_atomic
+from edgepanc.synth.marker import mark_phantom
 from edgepanc.synth.phantom import SIZES, Phantom, PhantomSpec, generate_phantom
 from edgepanc.version import __version__
 
@@ -138,7 +139,7 @@ def _write_image(image: sitk.Image, path: Path) -> None:
 
 def _write_case(root: Path, case: PlannedCase, phantom: Phantom, layout: str) -> dict:
     image_rel, label_rel = case_paths(case, layout)
-    _write_image(phantom.image_sitk(), root / image_rel)
+    _write_image(mark_phantom(phantom.image_sitk()), root / image_rel)
     if label_rel is not None:
         _write_image(phantom.label_sitk(), root / label_rel)
     return {
@@ -243,7 +244,13 @@ def synthesize(config: SynthConfig) -> list[dict]:
         records = _generate_all(staging, plan, config)
         if config.layout == "nnunet":
             _write_nnunet_metadata(staging, plan)
-        manifest = {"generator": f"edgepanc {__version__}", **asdict(config), "cases": records}
+        # "synthetic": what training copies into the bundle (edgepanc.synth.marker)
+        manifest = {
+            "generator": f"edgepanc {__version__}",
+            "synthetic": True,
+            **asdict(config),
+            "cases": records,
+        }
         manifest["out"] = str(out)
         write_json_atomic(staging / "synth.json", manifest)
         _replace_folder(staging, out)

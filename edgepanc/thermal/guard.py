@@ -147,9 +147,14 @@ class ThermalGuard:
         self.max_temps_c: dict[str, float] = {}
 
     @classmethod
-    def discover(cls, limits: ThermalLimits | None = None, require: bool = False) -> ThermalGuard:
+    def discover(
+        cls,
+        limits: ThermalLimits | None = None,
+        require: bool = False,
+        missing_level: int = logging.WARNING,
+    ) -> ThermalGuard:
         """A guard over the sensors this machine has (see :func:`discover_sources`)."""
-        return cls(discover_sources(require=require), limits)
+        return cls(discover_sources(require=require, missing_level=missing_level), limits)
 
     @property
     def enabled(self) -> bool:

@@ -272,12 +272,14 @@ def default_candidates() -> list[TemperatureSource]:
 
 
 def discover_sources(
-    require: bool = False, candidates: Sequence[TemperatureSource] | None = None
+    require: bool = False,
+    candidates: Sequence[TemperatureSource] | None = None,
+    missing_level: int = logging.WARNING,
 ) -> list[TemperatureSource]:
     """The sources among ``candidates`` (default: NVML, psutil, sysfs) that give a reading now.
 
-    With none: raise :class:`ThermalError` if ``require``, else log once per process that
-    thermal protection is off and return an empty list.
+    With none: raise :class:`ThermalError` if ``require``, else log once per process (at
+    ``missing_level``) that thermal protection is off and return an empty list.
     """
     global _no_sensor_logged
     found = [s for s in (default_candidates() if candidates is None else candidates) if _reads(s)]
@@ -290,7 +292,7 @@ def discover_sources(
             "but one was required"
         )
     if not _no_sensor_logged:
-        log.warning(NO_SENSOR_MESSAGE)
+        log.log(missing_level, NO_SENSOR_MESSAGE)
         _no_sensor_logged = True
     return []
 

@@ -33,6 +33,7 @@ def write_run_bundle(
         >>> write_run_bundle(Path("work/a"), model, plan, trainer.state, config)
     """
     from edgepanc.bundle import write_bundle
+    from edgepanc.synth.marker import dataset_provenance
 
     write_bundle(
         run_dir,
@@ -43,7 +44,8 @@ def write_run_bundle(
         subtypes=SUBTYPES,
         kind="trained",
         classifier=classifier,
-        extra_provenance={"training": config.to_dict()},
+        # what the model was trained on (synthetic or not), which run checks scans against
+        extra_provenance={"training": config.to_dict(), "data": dataset_provenance(config.data)},
     )
 
 

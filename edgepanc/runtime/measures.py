@@ -1,0 +1,88 @@
+"""What a case's mask measures on the input's grid: volumes, the lesion's longest diameter and the
+mean CT number under each label, as the case JSON, the console and ``statistics.csv`` give them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from edgepanc.postprocessing import voxel_volume_ml
+
+
+@dataclass(frozen=True)
+class CaseMeasures:
+    """Volumes (ml), the kept lesion's longest diameter (mm) and mean HU of pancreas and lesion.
+
+    Example: ``measure_labels(mask, image).lesion_found`` -> ``True``.
+    """
+
+    pancreas_ml: float  # labels 1 + 2: the lesion lies in the pancreas
+    lesion_ml: float
+    lesion_diameter_mm: float | None  # None: no lesion kept
+    pancreas_mean_hu: float | None  # None: no pancreas (or no image to measure)
+    lesion_mean_hu: float | None
+
+    @property
+    def lesion_found(self) -> bool:
+        """Whether any lesion voxel was kept."""
+        return self.lesion_ml > 0
+
+
+def lesion_diameter_mm(labels: sitk.Image) -> float | None:
+    """The longest distance between two lesion (label 2) voxels' centres, in mm (the Feret
+    diameter, over every kept lesion component together); None without a lesion.
+
+    Example: ``lesion_diameter_mm(mask)`` -> ``21.4``.
+    """
+    lesion = sitk.Cast(labels == 2, sitk.sitkUInt8)
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.ComputeFeretDiameterOn()  # on the lesion alone: the pancreas's border would be slow
+    shape.Execute(lesion)
+    if not shape.HasLabel(1):
+        return None
+    return float(shape.GetFeretDiameter(1))
+
+
+def mean_hu(image: sitk.Image, labels: sitk.Image) -> tuple[float | None, float | None]:
+    """Mean of ``image`` over the pancreas (labels 1 and 2) and over the lesion (label 2).
+
+    Example: ``mean_hu(ct, mask)`` -> ``(42.1, 18.7)``.
+    """
+    stats = sitk.LabelStatisticsImageFilter()
+    stats.Execute(sitk.Cast(image, sitk.sitkFloat32), labels)
+    found = {int(k): (stats.GetMean(k), stats.GetCount(k)) for k in stats.GetLabels()}
+    lesion = found.get(2)
+    parts = [found[k] for k in (1, 2) if k in found]
+    count = sum(n for _, n in parts)
+    pancreas = sum(m * n for m, n in parts) / count if count else None
+    return (
+        None if pancreas is None else round(float(pancreas), 1),
+        None if lesion is None else round(float(lesion[0]), 1),
+    )
+
+
+def measure_labels(labels: sitk.Image, image: sitk.Image | None) -> CaseMeasures:
+    """Measure ``labels`` (uint8, 0/1/2) on its own grid; mean HU from ``image`` on that grid.
+
+    Example: ``measure_labels(mask, read_image(scan)).pancreas_ml`` -> ``74.2``.
+    """
+    view = sitk.GetArrayViewFromImage(labels)
+    ml = voxel_volume_ml(tuple(reversed(labels.GetSpacing())))
+    pancreas_ml = float(np.count_nonzero(view)) * ml
+    lesion_ml = float(np.count_nonzero(view == 2)) * ml
+    del view
+    diameter = lesion_diameter_mm(labels) if lesion_ml > 0 else None
+    pancreas_hu, lesion_hu = mean_hu(image, labels) if image is not None else (None, None)
+    return CaseMeasures(
+        pancreas_ml=round(pancreas_ml, 3),
+        lesion_ml=round(lesion_ml, 3),
+        lesion_diameter_mm=None if diameter is None else round(diameter, 1),
+        pancreas_mean_hu=pancreas_hu,
+        lesion_mean_hu=lesion_hu,
+    )
+
+
+__all__ = ["CaseMeasures", "lesion_diameter_mm", "mean_hu", "measure_labels"]
