@@ -207,3 +207,4 @@ def test_a_missing_prediction_misses_every_lesion_and_has_no_hd95(tmp_path):
     assert summary["surface"]["whole_hd95_mm"] is None
     assert summary["surface"]["hd95_cases"] == {"whole_hd95_mm": 0, "lesion_hd95_mm": 0}
     assert summary["surface"]["whole_nsd"] == 0.0
+    assert "whole HD95     - (both masks in 0 of 1 cases)   NSD at 2 mm 0.0000" in result.stdout

@@ -282,7 +282,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         row("accuracy", "accuracy"),
         f"confusion      {summary['confusion']} (rows: truth)",
         f"(bootstrap over cases, {ci['resamples']} resamples)",
-        *_surface_lines(summary["surface"]),
+        *_surface_lines(summary["surface"], summary["n_cases"]),
         _detection_line(summary["detection"]),
     ]
     if missing["masks"] or missing["subtypes"]:
@@ -291,7 +291,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _surface_lines(surface: dict[str, Any]) -> list[str]:
+def _surface_lines(surface: dict[str, Any], n_cases: int) -> list[str]:
     tolerance = surface["nsd_tolerance_mm"]
     lines = []
     for name in ("whole", "lesion"):
@@ -299,7 +299,7 @@ def _surface_lines(surface: dict[str, Any]) -> list[str]:
         shown = "-" if hd95 is None else f"{hd95:.2f} mm"
         cases = surface["hd95_cases"][f"{name}_hd95_mm"]
         lines.append(
-            f"{name + ' HD95':<15}{shown} ({cases} cases with both masks)   "
+            f"{name + ' HD95':<15}{shown} (both masks in {cases} of {n_cases} cases)   "
             f"NSD at {tolerance:g} mm {nsd:.4f}"
         )
     return lines
