@@ -4,7 +4,8 @@
 through the runtime's own steps (:func:`~edgepanc.runtime.pipeline.prepare_case`,
 :func:`~edgepanc.runtime.pipeline.segment_case`,
 :func:`~edgepanc.postprocessing.finish_prediction`,
-:func:`~edgepanc.runtime.pipeline.restore_mask`) and returns the mask on the input's grid,
+:func:`~edgepanc.runtime.pipeline.restore_mask`,
+:func:`~edgepanc.runtime.measures.measure_labels`) and returns the mask on the input's grid,
 so a notebook gets what ``edgepanc run`` writes without a file. Nothing is written to disk.
 
 Example::
@@ -25,9 +26,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from edgepanc.inferers.sliding_window import BatchPolicy
+from edgepanc.io.volume import read_image
 from edgepanc.memory import parse_size
 from edgepanc.postprocessing import PostprocessConfig, finish_prediction
 from edgepanc.runtime.backoff import ThermalBackoff
+from edgepanc.runtime.measures import measure_labels
 from edgepanc.runtime.model import LoadedModel, load_model
 from edgepanc.runtime.pipeline import (
     RunConfig,
@@ -47,7 +50,8 @@ class Result:
     ``mask``: uint8 (0 background, 1 pancreas, 2 lesion) on exactly the input's grid;
     ``subtype``: the most probable subtype, None when no lesion was kept (or the bundle's head was
     never trained); ``probabilities``: the subtype head's, also when there is no lesion;
-    volumes in ml measured on ``mask``; ``timings_s``: seconds per stage.
+    volumes (ml), the lesion's longest diameter (mm) and mean HU measured on ``mask`` as
+    ``edgepanc run`` measures them; ``timings_s``: seconds per stage.
 
     Example: ``edgepanc.segment("ct.nii.gz").lesion_volume_ml`` -> ``1.84``.
     """
@@ -57,6 +61,9 @@ class Result:
     probabilities: tuple[float, ...]
     pancreas_volume_ml: float
     lesion_volume_ml: float
+    lesion_diameter_mm: float | None
+    pancreas_mean_hu: float | None
+    lesion_mean_hu: float | None
     timings_s: dict[str, float]
     backend: str
     device: str
@@ -152,14 +159,21 @@ def segment(
         finished = finish_prediction(result, loaded.target_spacing, config.postprocess)
     del result
     with timer("restore"):
-        mask, pancreas_ml, lesion_ml = restore_mask(finished, grid)
+        mask = restore_mask(finished, grid)
+    with timer("measure"):  # a path is read again for its HU, as `edgepanc run` does
+        image = source if isinstance(source, sitk.Image) else read_image(source)
+        measures = measure_labels(mask, image)
+        del image
     probabilities = tuple(float(p) for p in finished.subtype_probabilities)
     return Result(
         mask=mask,
-        subtype=finished.subtype if loaded.classifier and lesion_ml > 0 else None,
+        subtype=finished.subtype if loaded.classifier and measures.lesion_found else None,
         probabilities=probabilities if loaded.classifier else (),
-        pancreas_volume_ml=pancreas_ml,
-        lesion_volume_ml=lesion_ml,
+        pancreas_volume_ml=measures.pancreas_ml,
+        lesion_volume_ml=measures.lesion_ml,
+        lesion_diameter_mm=measures.lesion_diameter_mm,
+        pancreas_mean_hu=measures.pancreas_mean_hu,
+        lesion_mean_hu=measures.lesion_mean_hu,
         timings_s=dict(timer.seconds),
         backend=str(loaded.predictor.name),
         device=str(loaded.predictor.device),

@@ -41,11 +41,14 @@ def test_segment_gives_the_mask_and_numbers_edgepanc_run_writes(onnx_bundle, tmp
     assert np.allclose(result.mask.GetSpacing(), written.GetSpacing())
     assert np.allclose(result.mask.GetOrigin(), written.GetOrigin())
     assert np.allclose(result.mask.GetDirection(), written.GetDirection())
-    assert result.pancreas_volume_ml == pytest.approx(case["pancreas_volume_ml"], abs=1e-3)
-    assert result.lesion_volume_ml == pytest.approx(case["lesion_volume_ml"], abs=1e-3)
+    for key in ("lesion_diameter_mm", "pancreas_mean_hu", "lesion_mean_hu", "lesion_found"):
+        assert getattr(result, key) == case[key], key
+    assert result.pancreas_volume_ml == case["pancreas_volume_ml"]
+    assert result.lesion_volume_ml == case["lesion_volume_ml"]
+    assert result.subtype == case["subtype"]
     assert result.probabilities == pytest.approx(case["probabilities"], abs=1e-6)
     assert (result.backend, result.model_id) == (case["backend"], case["model_id"])
-    assert {"preprocess", "fine", "postprocess", "restore"} <= set(result.timings_s)
+    assert {"preprocess", "fine", "postprocess", "restore", "measure"} <= set(result.timings_s)
 
 
 def test_segment_in_memory_writes_no_file_and_matches_the_path(
@@ -77,6 +80,8 @@ def test_no_lesion_means_no_subtype_but_the_heads_probabilities():
         np.count_nonzero(with_lesion.mask_array() == 2) * np.prod(phantom().GetSpacing()) / 1000
     )
     assert not without.lesion_found and without.subtype is None
+    assert with_lesion.lesion_diameter_mm > 0 and without.lesion_diameter_mm is None
+    assert with_lesion.lesion_mean_hu > with_lesion.pancreas_mean_hu  # the lesion is brighter
     assert without.lesion_volume_ml == 0.0 and without.pancreas_volume_ml > 0
     assert len(without.probabilities) == 3 and sum(without.probabilities) == pytest.approx(1.0)
 

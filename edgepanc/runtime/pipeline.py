@@ -52,7 +52,6 @@ from edgepanc.postprocessing import (
     PostprocessConfig,
     finish_prediction,
     keep_main_components,
-    voxel_volume_ml,
 )
 from edgepanc.preprocessing import GridRecord, normalize_ct, resample_for_network, restore_label
 from edgepanc.runtime.backoff import ThermalBackoff
@@ -344,17 +343,13 @@ class CaseRun:
     dicom_seg: bool = False
 
 
-def restore_mask(finished: FinishedPrediction, grid: GridRecord) -> tuple[sitk.Image, float, float]:
-    """``finished``'s labels on the scan's own grid, with the pancreas (all organ labels) and
-    lesion volumes in ml measured there, as the mask is written and read.
+def restore_mask(finished: FinishedPrediction, grid: GridRecord) -> sitk.Image:
+    """``finished``'s labels as a uint8 mask on exactly the scan's own grid (what is written and
+    measured: :func:`~edgepanc.runtime.measures.measure_labels`).
 
-    Example: ``mask, pancreas_ml, lesion_ml = restore_mask(finished, grid)`` -> ``lesion_ml``
-    ``0.0`` when no lesion was kept.
+    Example: ``restore_mask(finished, grid).GetSize()`` -> the scan's size, e.g. ``(512, 512, 120)``.
     """
-    restored = restore_label(finished.labels, grid, finished.region_probabilities)
-    view = sitk.GetArrayViewFromImage(restored)
-    ml = voxel_volume_ml(tuple(reversed(restored.GetSpacing())))
-    return restored, float(np.count_nonzero(view) * ml), float(np.count_nonzero(view == 2) * ml)
+    return restore_label(finished.labels, grid, finished.region_probabilities)
 
 
 def write_case_outputs(
@@ -381,7 +376,7 @@ def write_case_outputs(
     -> ``1``.
     """
     with timer("restore"):
-        restored, _, _ = restore_mask(finished, grid)
+        restored = restore_mask(finished, grid)
     with timer("measure"):
         image = read_image(scan)
         measures = measure_labels(restored, image)
