@@ -30,20 +30,20 @@ python3 -m edgepanc synth --out /tmp/sweep/data --cases "$CASES" --size quiz --s
 python3 -m edgepanc synth --out /tmp/sweep/fresh --cases "$FRESH_CASES" --size quiz --seed 11 --quiet --workers "$CORES"
 wait
 echo "synth: $((SECONDS - t0)) s" >> "$OUT/machine.txt"
-COMMON=(--data /tmp/sweep/data --preset cpu --target-spacing 2.0,1.2,1.2 --patch-size 32,64,64
-  --batch-size 2 --epochs "$EPOCHS" --steps-per-epoch "$STEPS" --val-every "$VAL_EVERY" --lesion-dice sample --cls-weight 1.0
-  --threads 1 --device "$DEVICE" --no-amp --workers "$WORKERS")
+COMMON=(--data /tmp/sweep/data --set preset=cpu --set target_spacing=2.0,1.2,1.2 --set patch_size=32,64,64
+  --set batch_size=2 --set epochs="$EPOCHS" --set steps_per_epoch="$STEPS" --set val_every="$VAL_EVERY" --set lesion_dice=sample --set cls_weight=1.0
+  --threads 1 --device "$DEVICE" --set amp=false --workers "$WORKERS")
 if [ -z "$VARIANTS" ]; then
   VARIANTS=/tmp/sweep/variants.txt
   cat > "$VARIANTS" <<'LIST'
 base --seed 0
 base_s1 --seed 1
-clean_tf0 --seed 0 --head-statistics clean --teacher-forcing-end 0
-clean_tf0_s1 --seed 1 --head-statistics clean --teacher-forcing-end 0
-clean --seed 0 --head-statistics clean
-tf0 --seed 0 --teacher-forcing-end 0
-clean_tf0_les70 --seed 0 --head-statistics clean --teacher-forcing-end 0 --lesion-fraction 0.7 --pancreas-fraction 0.2
-clean_tf0_les70_s1 --seed 1 --head-statistics clean --teacher-forcing-end 0 --lesion-fraction 0.7 --pancreas-fraction 0.2
+clean_tf0 --seed 0 --set head_statistics=clean --set teacher_forcing_end=0
+clean_tf0_s1 --seed 1 --set head_statistics=clean --set teacher_forcing_end=0
+clean --seed 0 --set head_statistics=clean
+tf0 --seed 0 --set teacher_forcing_end=0
+clean_tf0_les70 --seed 0 --set head_statistics=clean --set teacher_forcing_end=0 --set lesion_fraction=0.7 --set pancreas_fraction=0.2
+clean_tf0_les70_s1 --seed 1 --set head_statistics=clean --set teacher_forcing_end=0 --set lesion_fraction=0.7 --set pancreas_fraction=0.2
 LIST
 fi
 variant() { local name=$1; shift

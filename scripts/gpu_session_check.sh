@@ -19,11 +19,11 @@ step latency_b4 120 python3 scripts/gpu_latency_check.py --patch 128,128,128 --r
 step train_step_amp 120 python3 scripts/train_cuda_check.py --steps 120 --batch-size 2 --patch-size 64,128,128
 step train_step_fp32 120 python3 scripts/train_cuda_check.py --steps 60 --batch-size 2 --patch-size 64,128,128 --no-amp
 step synth 120 python3 -m edgepanc synth --out /tmp/gd --cases 24 --size quiz --seed 0
-step train 240 python3 -m edgepanc train --data /tmp/gd --out /tmp/gr --device cuda --preset default \
-  --patch-size 64,96,96 --batch-size 4 --epochs 6 --steps-per-epoch 40 --val-every 3 --require-thermal
+step train 240 python3 -m edgepanc train --data /tmp/gd --out /tmp/gr --device cuda --set preset=default \
+  --set patch_size=64,96,96 --set batch_size=4 --set epochs=6 --set steps_per_epoch=40 --set val_every=3 --require-thermal
 cp /tmp/gr/metrics.jsonl /tmp/gr/curves.png "$OUT/" 2>/dev/null
 step ddp 180 torchrun --nproc-per-node 1 -m edgepanc train --data /tmp/gd --out /tmp/gr_ddp --device cuda \
-  --preset cpu --patch-size 32,64,64 --epochs 2 --steps-per-epoch 10 --val-every 2
+  --set preset=cpu --set patch_size=32,64,64 --set epochs=2 --set steps_per_epoch=10 --set val_every=2
 step run_cuda 120 python3 -m edgepanc run /tmp/gd/test --model /tmp/gr --out /tmp/go --backend torch \
   --device cuda --precision fp16 --roi off
 cp "$(ls /tmp/go/*.json | head -1)" "$OUT/case_cuda.json" 2>/dev/null

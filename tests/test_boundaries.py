@@ -62,6 +62,12 @@ def test_importing_the_runtime_loads_neither_training_compression_nor_torch():
     assert loaded_after(code) == []
 
 
+def test_importing_the_cli_loads_no_training_stage():
+    """``edgepanc run`` goes through the CLI module: it must not load the training stage (the
+    train command imports it inside the command)."""
+    assert [m for m in loaded_after("import edgepanc.cli") if m.startswith("edgepanc.")] == []
+
+
 def test_runtime_side_never_imports_training_or_compression_even_lazily():
     """A function-level import would load them on first use, where the subprocess test cannot
     see it: read every import statement of the runtime side instead."""

@@ -127,7 +127,7 @@ def _float_options(
 
 def test_every_float_option_is_finite() -> None:
     options = _float_options()
-    assert {"run --max-temp", "run --step", "train --lr", "quantize --prune"} <= {
+    assert {"run --max-temp", "run --step", "quantize --prune"} <= {
         name for name, _ in options
     }
     for name, param in options:

@@ -148,9 +148,9 @@ def test_training_with_head_refit_logs_a_validated_refit_row(tmp_path: Path) -> 
     run = tmp_path / "run"
     result = CliRunner().invoke(
         main,
-        ["train", "--data", str(data), "--out", str(run), "--recipe", RECIPE, "--preset", "tiny"]
-        + ["--patch-size", "16,16,16", "--target-spacing", "2,2,2", "--epochs", "2"]
-        + ["--steps-per-epoch", "3", "--warmup-epochs", "0", "--head-refit"],
+        ["train", "--data", str(data), "--out", str(run), "--recipe", RECIPE, "--set", "preset=tiny"]
+        + ["--set", "patch_size=16,16,16", "--set", "target_spacing=2,2,2", "--set", "epochs=2"]
+        + ["--set", "steps_per_epoch=3", "--set", "warmup_epochs=0", "--head-refit"],
     )
     assert result.exit_code == 0, result.output
     config = tiny_refit_config(data, run, head_refit=True)

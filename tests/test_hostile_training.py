@@ -22,8 +22,8 @@ from edgepanc.errors import DatasetError, InputError
 
 from train_support import write_tiny_dataset
 
-TINY_FLAGS = ["--preset", "tiny", "--patch-size", "16", "--target-spacing", "2"]
-TINY_FLAGS += ["--epochs", "1", "--steps-per-epoch", "1", "--warmup-epochs", "0"]
+TINY_FLAGS = ["--set", "preset=tiny", "--set", "patch_size=16", "--set", "target_spacing=2"]
+TINY_FLAGS += ["--set", "epochs=1", "--set", "steps_per_epoch=1", "--set", "warmup_epochs=0"]
 TINY_FLAGS += ["--device", "cpu", "--threads", "1"]
 
 
@@ -196,7 +196,7 @@ def test_failed_init_from_leaves_nothing_and_a_rerun_works(tmp_path: Path) -> No
     data = write_tiny_dataset(tmp_path / "data", train_per_subtype=1)
     bundle = _corrupt_bundle(tmp_path / "bundle")
     out = tmp_path / "run"
-    flags = [f for f in TINY_FLAGS if f not in ("--target-spacing", "2")]
+    flags = TINY_FLAGS[:4] + TINY_FLAGS[6:]  # without target_spacing: the bundle's
     line = one_error_line(cli("train", "--data", data, "--out", out, "--init-from", bundle, *flags))
     assert "weights.pt" in line
     assert not out.exists()
@@ -209,7 +209,7 @@ def test_failed_init_from_keeps_an_empty_out_folder_as_it_was(tmp_path: Path) ->
     bundle = _corrupt_bundle(tmp_path / "bundle")
     out = tmp_path / "run"
     out.mkdir()
-    flags = [f for f in TINY_FLAGS if f not in ("--target-spacing", "2")]
+    flags = TINY_FLAGS[:4] + TINY_FLAGS[6:]  # without target_spacing: the bundle's
     one_error_line(cli("train", "--data", data, "--out", out, "--init-from", bundle, *flags))
     assert out.is_dir() and not any(out.iterdir())
 

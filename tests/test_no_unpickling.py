@@ -22,8 +22,8 @@ from runtime_support import make_tiny_bundle, phantom, write_image
 from train_support import write_tiny_dataset
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgepanc"
-TRAIN_FLAGS = ["--preset", "tiny", "--patch-size", "16", "--target-spacing", "2"]
-TRAIN_FLAGS += ["--epochs", "1", "--steps-per-epoch", "1", "--warmup-epochs", "0"]
+TRAIN_FLAGS = ["--set", "preset=tiny", "--set", "patch_size=16", "--set", "target_spacing=2"]
+TRAIN_FLAGS += ["--set", "epochs=1", "--set", "steps_per_epoch=1", "--set", "warmup_epochs=0"]
 TRAIN_FLAGS += ["--device", "cpu", "--threads", "1", "--seed", "3"]
 
 
@@ -107,7 +107,7 @@ def test_init_from_a_pickled_weights_pt_is_refused_and_runs_nothing(tmp_path: Pa
     marker = tmp_path / "ran"
     save_evil(bundle / "weights.pt", marker)
     out = tmp_path / "run"
-    flags = [f for f in TRAIN_FLAGS if f not in ("--target-spacing", "2")]
+    flags = TRAIN_FLAGS[:4] + TRAIN_FLAGS[6:]  # without target_spacing: the bundle's
     line = one_error_line(cli("train", "--data", data, "--out", out, "--init-from", bundle, *flags))
     assert "weights.pt" in line and "not a plain state dict" in line
     assert not marker.exists()

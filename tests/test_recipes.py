@@ -75,7 +75,9 @@ def test_the_cpu_recipes_are_the_documented_commands() -> None:
     fp32 = resolve_train_config("d", "r", {}, recipe="cpu-fp32")
     assert (fp32.amp, fp32.epochs, fp32.val_every, fp32.head_refit) == (False, 88, 44, False)
     gpu = resolve_train_config("d", "r", {}, recipe="gpu")
-    assert gpu.preset == "default" and gpu.patch_size == (64, 128, 128)
+    # The GPU recipe's patch and batch are planned for the GPU's memory (tests/test_planning.py:
+    # an 8 GB GPU gets at least the measured 64x128x128 batch of two).
+    assert gpu.preset == "default" and {"patch_size", "batch_size"} <= set(gpu.planned)
     assert "NOT MEASURED" in recipe_path("train", "gpu").read_text()
 
 
@@ -139,10 +141,11 @@ def test_precedence_recipe_then_set_then_flags(tmp_path: Path) -> None:
 
     assert printed()["epochs"] == 88
     assert printed("--set", "epochs=7")["epochs"] == 7
-    assert printed("--set", "epochs=7", "--epochs", "5")["epochs"] == 5
-    values = printed("--set", "head_refit=yes", "--set", "patch_size=64", "--no-amp")
+    assert printed("--set", "seed=7", "--seed", "5")["seed"] == 5
+    values = printed("--set", "head_refit=yes", "--set", "patch_size=64", "--set", "amp=no")
     assert values["head_refit"] is True and values["patch_size"] == [64, 64, 64]
     assert values["amp"] is False
+    assert printed("--set", "head_refit=yes", "--no-head-refit")["head_refit"] is False
 
 
 @pytest.mark.parametrize(

@@ -22,14 +22,14 @@ TRAIN_ARGS = [
     # A subprocess would pick the recipe for this machine; the tests must not depend on it.
     "--recipe",
     "cpu-fp32",
-    "--preset",
-    "tiny",
-    "--patch-size",
-    "16",
-    "--target-spacing",
-    "2",
-    "--warmup-epochs",
-    "0",
+    "--set",
+    "preset=tiny",
+    "--set",
+    "patch_size=16",
+    "--set",
+    "target_spacing=2",
+    "--set",
+    "warmup_epochs=0",
     "--threads",
     "1",
     "--device",
@@ -61,7 +61,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_sigkill_mid_run_then_resume_reproduces_the_uninterrupted_losses(
     data: Path, tmp_path: Path
 ) -> None:
-    schedule = ["--epochs", "3", "--steps-per-epoch", "6", "--val-every", "10"]
+    schedule = ["--set", "epochs=3", "--set", "steps_per_epoch=6", "--set", "val_every=10"]
     reference = tmp_path / "reference"
     subprocess.run(
         edgepanc_train(data, reference, *schedule), check=True, capture_output=True, cwd=REPO
@@ -123,10 +123,10 @@ def test_two_process_gloo_ddp_trains_and_writes_one_bundle(data: Path, tmp_path:
         "--out",
         str(out),
         *TRAIN_ARGS,
-        "--epochs",
-        "2",
-        "--steps-per-epoch",
-        "2",
+        "--set",
+        "epochs=2",
+        "--set",
+        "steps_per_epoch=2",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(

@@ -17,6 +17,8 @@ LESION_DICE_MODES = ("batch", "sample")  # see edgepanc.training.losses
 HEAD_STATISTICS_MODES = ("augmented", "clean")  # see TrainConfig.head_statistics
 PRESET_NAMES = ("tiny", "cpu", "default")  # edgepanc.networks.presets.PRESETS, without torch
 DEVICE_NAMES = ("auto", "cuda", "cpu")
+# What the planner may choose when no recipe pins it (edgepanc.training.planning).
+PLANNABLE = ("target_spacing", "patch_size", "batch_size", "features")
 # Lower bounds of the numeric fields, so that a recipe or --set is checked as a flag is.
 _AT_LEAST = {
     "batch_size": 1,
@@ -33,6 +35,23 @@ _AT_LEAST = {
     "grad_clip": 0.0,
     "seg_weight": 0.0,
     "cls_weight": 0.0,
+    "lesion_fraction": 0.0,
+    "pancreas_fraction": 0.0,
+    "cpu_max_temp": 20.0,
+    "gpu_max_temp": 20.0,
+    "thermal_timeout": 1.0,
+}
+# Upper bounds, as the command-line flags these fields once were had them.
+_AT_MOST = {
+    "lr": 1.0,
+    "weight_decay": 1.0,
+    "seg_weight": 100.0,
+    "cls_weight": 100.0,
+    "lesion_fraction": 1.0,
+    "pancreas_fraction": 1.0,
+    "cpu_max_temp": 120.0,
+    "gpu_max_temp": 120.0,
+    "thermal_timeout": 86400.0,
 }
 
 # Fields that may differ between a run and its resumption without changing the experiment.
@@ -50,6 +69,12 @@ _NON_IDENTITY_FIELDS = frozenset(
         # Which recipe a configuration came from and why: its values are what count.
         "recipe",
         "recipe_reason",
+        # What the planner was left to choose, and its CPU step target: the planned values
+        # themselves (patch, batch, spacing, features) are part of the identity.
+        "planned",
+        "step_seconds",
+        # The epoch count a time budget plans is recorded in the checkpoint, like epochs.
+        "time_budget",
         "epochs",
         "patience",
         # Only adds a phase after the last epoch: a finished run resumed with --head-refit gets
@@ -122,12 +147,28 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
     workers: int = 0  # background processes drawing patches (batches.py); 0: the training process
     resume: bool = False
+    # Wall-time budget of the whole run in seconds (`--time-budget`); None: train `epochs`.
+    # With a budget the epoch count follows from the measured epoch and validation times
+    # (edgepanc.training.time_budget) and `epochs` only sets the schedule of the first epoch.
+    time_budget: float | None = None
+    # The fields the planner chooses from the data and the device (edgepanc.training.planning):
+    # the plannable fields no recipe, --set or flag pinned. Empty once planned.
+    planned: tuple[str, ...] = ()
+    step_seconds: float = 0.5  # CPU: the time one training step may take in a planned patch
     recipe: str | None = None  # the recipe (name or file) the values came from
     recipe_reason: str | None = None  # why that recipe: chosen for this machine, or asked for
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
+        object.__setattr__(self, "planned", tuple(self.planned))
+        unknown = set(self.planned) - set(PLANNABLE)
+        if unknown:
+            raise ValueError(f"planned names {sorted(unknown)}; plannable: {PLANNABLE}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be above 0 seconds, got {self.time_budget}")
+        if not self.step_seconds > 0:
+            raise ValueError(f"step_seconds must be above 0, got {self.step_seconds}")
         if self.features is not None:
             object.__setattr__(self, "features", tuple(int(v) for v in self.features))
         if self.target_spacing is not None:
@@ -135,10 +176,15 @@ class TrainConfig:
         for name, low in _AT_LEAST.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        for name, high in _AT_MOST.items():
+            if getattr(self, name) > high:
+                raise ValueError(f"{name} must be at most {high}, got {getattr(self, name)}")
         if self.preset not in PRESET_NAMES:
             raise ValueError(f"preset must be one of {PRESET_NAMES}, got {self.preset!r}")
         if self.device not in DEVICE_NAMES:
             raise ValueError(f"device must be one of {DEVICE_NAMES}, got {self.device!r}")
+        if self.features is not None and (len(self.features) < 2 or min(self.features) < 1):
+            raise ValueError(f"features must be two or more positive counts, got {self.features}")
         if min(self.patch_size) < 1 or len(self.patch_size) != 3:
             raise ValueError(f"patch_size must be three positive sizes, got {self.patch_size}")
         if self.lesion_dice not in LESION_DICE_MODES:
@@ -156,6 +202,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data["planned"] = list(data["planned"])
         for key in ("patch_size", "features", "target_spacing"):
             if data[key] is not None:
                 data[key] = list(data[key])

@@ -19,10 +19,10 @@ from typing import Any
 from edgepanc.errors import InputError
 from edgepanc.recipes import recipe_values
 from edgepanc.recipes.settings import parse_set
-from edgepanc.training.config import TrainConfig
+from edgepanc.training.config import PLANNABLE, TrainConfig
 
 # Set by each invocation, never by a recipe: a recipe describes an experiment, not a run folder.
-PER_RUN_KEYS = frozenset({"data", "out", "resume", "recipe", "recipe_reason"})
+PER_RUN_KEYS = frozenset({"data", "out", "resume", "recipe", "recipe_reason", "planned"})
 # With --init-from these come from the bundle, not from the recipe (unless given explicitly).
 INIT_FROM_KEYS = ("target_spacing", "features")
 
@@ -108,8 +108,17 @@ def resolve_train_config(
         for key in INIT_FROM_KEYS:
             values.pop(key, None)
     values.update(given)
+    # What nothing pinned is planned from the data and the device; a run's own config.json
+    # pins everything it holds, and an --init-from bundle brings its grid and network.
+    from_run = str(name).endswith(".json")
+    fixed = from_run or values.get("init_from")
+    planned = () if fixed else tuple(k for k in PLANNABLE if k not in values)
+    if "patch_size" not in planned:  # a pinned patch keeps the preset's network it was tuned with
+        planned = tuple(k for k in planned if k != "features")
     try:
-        return TrainConfig(data=data, out=out, recipe=name, recipe_reason=reason, **values)
+        return TrainConfig(
+            data=data, out=out, recipe=name, recipe_reason=reason, planned=planned, **values
+        )
     except ValueError as exc:  # a value out of range, from the recipe, --set or a flag
         raise InputError("configuration", f"{exc} (recipe {name} with --set and flags)") from None
 

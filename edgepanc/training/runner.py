@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.json"  # the validation split drawn for a data set that has none
+PLANNING_KEY = "planning"  # plan.json's record of how patch, batch and spacing were planned
 
 
 @dataclass(frozen=True)
@@ -207,13 +208,36 @@ def choose_plan(config: TrainConfig, cases: list[Any], run_dir: Path, init: Init
     plan_path = run_dir / "plan.json"
     if config.resume and plan_path.is_file():
         try:
-            return PreprocessingPlan.from_dict(json.loads(plan_path.read_text(encoding="utf-8")))
+            saved = json.loads(plan_path.read_text(encoding="utf-8"))
+            saved.pop(PLANNING_KEY, None)  # how the training was planned, not preprocessing
+            return PreprocessingPlan.from_dict(saved)
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise InputError(plan_path, f"not a preprocessing plan ({exc})") from None
     if init is not None:
         # The weights expect the bundle's spacing and intensity normalisation.
         return dataclasses.replace(init.bundle.plan, patch_size=tuple(config.patch_size))
     return plan_from_cases(cases, config.patch_size, config.target_spacing, seed=config.seed)
+
+
+def plan_run(
+    config: TrainConfig, cases: list[Any], device: Any = None
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """``config`` with what the recipe left open planned from ``cases`` and the device
+    (:mod:`edgepanc.training.planning`; ``device`` scripted or probed), and the record of how;
+    ``(config, None)`` when the recipe pinned it all.
+
+    Example::
+
+        >>> config, record = plan_run(config, cases)  # record["patch_size"], ...
+    """
+    if not config.planned:
+        return config, None
+    from edgepanc.training.planning import Device, Fingerprint, describe_plan, plan_training
+
+    device = Device.probe(config) if device is None else device
+    config, record = plan_training(config, Fingerprint.of_cases(cases), device)
+    log.info("%s", describe_plan(record).replace("# ", ""))
+    return config, record
 
 
 def train_one(
@@ -225,9 +249,11 @@ def train_one(
     augmentation: AugmentationConfig | None = None,
     run_log: RunLog | None = None,
     drawn_split: dict[str, Any] | None = None,
+    planning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train on ``cases`` (split "train"; validate on "validation") into ``run_dir``;
-    ``drawn_split``, a validation split drawn for the run, is written there as ``split.json``.
+    ``drawn_split``, a validation split drawn for the run, is written there as ``split.json``;
+    ``planning``, how the planner chose the step (:func:`plan_run`), goes into ``plan.json``.
 
     Example::
 
@@ -273,7 +299,10 @@ def train_one(
     else:
         with run_folder(run_dir):
             write_json_atomic(run_dir / "config.json", config.to_dict())
-            write_json_atomic(run_dir / "plan.json", plan.to_dict())
+            saved_plan = plan.to_dict()
+            if planning is not None:
+                saved_plan[PLANNING_KEY] = planning
+            write_json_atomic(run_dir / "plan.json", saved_plan)
             if drawn_split is not None:
                 write_json_atomic(run_dir / SPLIT_FILE, drawn_split)
             if run_log is not None:
@@ -310,6 +339,7 @@ def run_training(
                 "names no subtype)",
                 config.data,
             )
+        config, planning = plan_run(config, cases)
         if context.enabled:
             device = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
             init_distributed(context, torch.device(device))
@@ -317,9 +347,17 @@ def run_training(
             if config.folds == 0:
                 cases, drawn = with_validation_split(cases, config)
                 return train_one(
-                    config, cases, Path(config.out), context, guard, augmentation, run_log, drawn
+                    config,
+                    cases,
+                    Path(config.out),
+                    context,
+                    guard,
+                    augmentation,
+                    run_log,
+                    drawn,
+                    planning,
                 )
-            return _train_folds(config, cases, context, guard, augmentation, run_log)
+            return _train_folds(config, cases, context, guard, augmentation, run_log, planning)
         finally:
             shutdown_distributed()
     finally:
@@ -334,6 +372,7 @@ def _train_folds(
     guard: Any | None,
     augmentation: AugmentationConfig | None,
     run_log: RunLog | None,
+    planning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     out = Path(config.out)
     splits = fold_splits(cases, config)
@@ -363,6 +402,7 @@ def _train_folds(
                     guard,
                     augmentation,
                     run_log,
+                    planning=planning,
                 )
             )
         if config.fold is None and context.is_main:
