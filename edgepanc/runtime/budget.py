@@ -16,7 +16,8 @@ largest of three phases, because the pipeline frees each phase's buffers before 
   network (input, activations, logits);
 - **restore**: the uint8 labels on the preprocessed grid, the two probability maps and the image
   copy of one, and two uint8 label arrays on the input grid (canonical and reoriented, or
-  reoriented and its image).
+  reoriented and its image); then, those maps released, the mask on the input grid while the
+  scan is read again (twice its size, as in reading) to measure mean HU under it.
 
 Network activations are measured, not guessed: the bundle records
 :func:`~edgepanc.networks.activation.network_activation_bytes_per_voxel` (the largest total size
@@ -128,8 +129,10 @@ def preprocess_phase_bytes(sizes: VolumeSizes) -> int:
 
 def restore_phase_bytes(sizes: VolumeSizes) -> int:
     """Labels, the two probability maps and the image of one on the preprocessed grid + two
-    uint8 copies on the input grid."""
-    return 4 * sizes.preprocessed_voxels * UINT8 + 2 * sizes.input_voxels * UINT8
+    uint8 copies on the input grid; or the uint8 mask + the scan read again to measure it."""
+    restore = 4 * sizes.preprocessed_voxels * UINT8 + 2 * sizes.input_voxels * UINT8
+    measure = sizes.input_voxels * UINT8 + 2 * sizes.input_voxels * sizes.input_itemsize
+    return max(restore, measure)
 
 
 def tile_batch_bytes(

@@ -52,7 +52,7 @@ def mean_hu(image: sitk.Image, labels: sitk.Image) -> tuple[float | None, float 
     Example: ``mean_hu(ct, mask)`` -> ``(42.1, 18.7)``.
     """
     stats = sitk.LabelStatisticsImageFilter()
-    stats.Execute(sitk.Cast(image, sitk.sitkFloat32), labels)
+    stats.Execute(image, labels)  # any scalar pixel type: no float copy of the scan
     found = {int(k): (stats.GetMean(k), stats.GetCount(k)) for k in stats.GetLabels()}
     lesion = found.get(2)
     parts = [found[k] for k in (1, 2) if k in found]

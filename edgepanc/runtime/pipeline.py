@@ -362,26 +362,47 @@ def write_case_outputs(
     written: list[Path],
     panels: list[PreviewPanel] | None = None,
 ) -> CaseReport:
-    """Restore ``finished`` onto the scan's grid, measure it there, write the preview (from
-    ``panels``), the DICOM SEG (``run.dicom_seg``), the mask and the case JSON beside it.
-
-    ``written`` gets each path once it is written (see :func:`~edgepanc.runtime.scans.all_or_none`).
-    The volumes, the lesion diameter and the mean HU are measured on the input grid, as the mask
-    is written (the scan is read again for its HU: its voxels were let go before segmentation).
-    The JSON goes in twice: saying ``writing`` (with the digests of the input and every output)
-    before the mask takes its name, ``finished`` after, so that a kill in between leaves a mask
-    its JSON owns but does not call finished, which the next run redoes.
+    """Restore ``finished`` onto the scan's grid, then :func:`write_restored_case`.
 
     Example: ``write_case_outputs(scan, outputs, finished, grid, run, timer, written).subtype``
     -> ``1``.
     """
     with timer("restore"):
         restored = restore_mask(finished, grid)
+    probabilities = finished.subtype_probabilities
+    return write_restored_case(scan, outputs, restored, probabilities, run, timer, written, panels)
+
+
+def write_restored_case(
+    scan: Path,
+    outputs: CaseOutputs,
+    restored: sitk.Image,
+    probabilities: np.ndarray,
+    run: CaseRun,
+    timer: StageTimer,
+    written: list[Path],
+    panels: list[PreviewPanel] | None = None,
+) -> CaseReport:
+    """Measure the ``restored`` mask on the scan's grid, write the preview (from ``panels``), the
+    DICOM SEG (``run.dicom_seg``), the mask and the case JSON beside it; ``probabilities`` are the
+    subtype head's.
+
+    ``written`` gets each path once it is written (see :func:`~edgepanc.runtime.scans.all_or_none`).
+    The volumes, the lesion diameter and the mean HU are measured on the input grid, as the mask
+    is written (the scan is read again for its HU: its voxels were let go before segmentation;
+    the budget's restore phase counts that read). The JSON goes in twice: saying ``writing``
+    (with the digests of the input and every output) before the mask takes its name, ``finished``
+    after, so that a kill in between leaves a mask its JSON owns but does not call finished,
+    which the next run redoes.
+
+    Example: ``write_restored_case(scan, outputs, mask, probabilities, run, timer, []).subtype``
+    -> ``1``.
+    """
     with timer("measure"):
         image = read_image(scan)
         measures = measure_labels(restored, image)
         del image
-    report = _case_report(scan, outputs, finished, run, timer, measures)
+    report = _case_report(scan, outputs, probabilities, run, timer, measures)
     report.input_sha256 = scan_sha256(scan)
     if panels is not None:
         with timer("preview"):
@@ -413,19 +434,20 @@ def write_case_outputs(
 def _case_report(
     scan: Path,
     outputs: CaseOutputs,
-    finished: FinishedPrediction,
+    probabilities: np.ndarray,
     run: CaseRun,
     timer: StageTimer,
     measures: CaseMeasures,
 ) -> CaseReport:
     head = run.classifier
+    subtype = int(np.argmax(probabilities))
     # no lesion kept, no subtype claimed; the CSV row keeps the head's argmax (the format's need)
     return CaseReport(
         name=outputs.name,
         input=str(scan),
         mask=str(outputs.mask),
-        subtype=finished.subtype if head and measures.lesion_found else None,
-        probabilities=[round(float(p), 6) for p in finished.subtype_probabilities] if head else [],
+        subtype=subtype if head and measures.lesion_found else None,
+        probabilities=[round(float(p), 6) for p in probabilities] if head else [],
         pancreas_volume_ml=measures.pancreas_ml,
         lesion_volume_ml=measures.lesion_ml,
         timings_s={k: round(v, 4) for k, v in timer.seconds.items()},
@@ -446,7 +468,7 @@ def _case_report(
         lesion_diameter_mm=measures.lesion_diameter_mm,
         pancreas_mean_hu=measures.pancreas_mean_hu,
         lesion_mean_hu=measures.lesion_mean_hu,
-        submission_subtype=finished.subtype if head else None,
+        submission_subtype=subtype if head else None,
         model=run.model_info,
     )
 
@@ -500,7 +522,13 @@ def run_case(
             nifti=config.nifti,
             dicom_seg=config.kinds.seg_for(scan),
         )
-        return write_case_outputs(scan, outputs, finished, grid, run, timer, written, panels)
+        with timer("restore"):
+            restored = restore_mask(finished, grid)
+        probabilities = finished.subtype_probabilities
+        del finished  # the scan is read again to measure it: planned without these maps
+        return write_restored_case(
+            scan, outputs, restored, probabilities, run, timer, written, panels
+        )
 
 
 def run_cases(

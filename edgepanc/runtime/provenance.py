@@ -39,7 +39,7 @@ def bundle_summary(bundle: ModelBundle, model_id: str | None) -> dict[str, Any]:
 def describe_bundle(summary: dict[str, Any]) -> str:
     """The console's line naming the model.
 
-    Example: ``describe_bundle(summary)`` -> ``"model: /m (id 3f2a9c1d0b7e, edgepanc 0.4.0,
+    Example: ``describe_bundle(summary)`` -> ``"model: /m (id 3f2a9c1d0b7e, made by edgepanc 0.1.0,
     trained on synthetic phantoms from /data)"``.
     """
     data = summary.get("trained_on")

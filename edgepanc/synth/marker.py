@@ -63,7 +63,7 @@ def dataset_provenance(data: str | Path) -> dict[str, Any]:
     ``edgepanc synth`` made it (its ``synth.json`` says so) and, if so, the generator.
 
     Example: ``dataset_provenance("data")`` ->
-    ``{"path": "/abs/data", "synthetic": True, "generator": "edgepanc 0.4.0 synth", ...}``.
+    ``{"path": "/abs/data", "synthetic": True, "generator": "edgepanc 0.1.0", ...}``.
     """
     root = Path(data).absolute()
     record: dict[str, Any] = {"path": str(root), "synthetic": False}
