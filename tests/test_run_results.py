@@ -282,3 +282,15 @@ def test_a_mask_written_is_what_the_json_measures(tmp_path: Path) -> None:
     voxel_ml = float(mask.GetSpacing()[0] * mask.GetSpacing()[1] * mask.GetSpacing()[2]) / 1000
     record = json.loads((out / "lesion.json").read_text())
     assert record["lesion_volume_ml"] == pytest.approx((view == 2).sum() * voxel_ml, abs=1e-3)
+
+
+def test_a_phantom_dicom_series_keeps_the_phantom_note(tmp_path: Path) -> None:
+    from edgepanc.io.volume import write_dicom_series
+
+    image = phantom(shape_zyx=(6, 8, 8), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_dicom_series(mark_phantom(image), tmp_path / "marked")
+    write_dicom_series(
+        phantom(shape_zyx=(6, 8, 8), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)), tmp_path / "plain"
+    )
+    assert is_phantom_scan(tmp_path / "marked")  # Image Comments (0020,4000) carry it
+    assert not is_phantom_scan(tmp_path / "plain")

@@ -201,8 +201,8 @@ def run(
     from edgepanc.runtime.model import load_model
     from edgepanc.runtime.outputs import plan_outputs
     from edgepanc.runtime.pipeline import RunConfig, run_cases
-    from edgepanc.runtime.provenance import bundle_summary, describe_bundle
-    from edgepanc.runtime.report import case_line, summary_table
+    from edgepanc.runtime.provenance import bundle_summary, describe_bundle, model_warnings
+    from edgepanc.runtime.report import case_line, records_of, summary_table
     from edgepanc.runtime.roi import RoiConfig
     from edgepanc.runtime.scans import (
         check_output_folder,
@@ -263,13 +263,14 @@ def run(
         kinds=kinds,
     )
     click.echo(describe_bundle(model_info))
-    _warn_about_the_model(model_info, model_path is None, scans)
+    for warning in model_warnings(model_info, model_path is None, scans):
+        log.warning(warning)
     created = create_output_folder(out_dir)
     for path in remove_stale_temporaries(out_dir):
         log.info("removed %s, left by an interrupted run", path)
     outcome = run_cases(plan, loaded, config, guard, on_case=lambda r: click.echo(case_line(r)))
     if kinds.overview and (outcome.reports or plan.skipped):
-        write_overview(out_dir, {**plan.records, **_records(outcome.reports)})
+        write_overview(out_dir, {**plan.records, **records_of(outcome.reports)})
     remove_empty_folders(created)  # a run that wrote nothing leaves no folder behind
     if len(scans) == 1 and outcome.failures:  # a single scan: its one line is the error
         raise _SingleFailure(outcome.failures[0].message)
@@ -292,30 +293,6 @@ def _output_kinds(output_type: str, scans: list[Path]) -> tuple[bool, bool]:
                 "its source series); use --output-type nifti",
             )
     return output_type in ("nifti", "both"), output_type in ("dicom-seg", "both")
-
-
-def _warn_about_the_model(info: dict, defaulted: bool, scans: list[Path]) -> None:
-    """The demo and phantom warnings: a model trained on phantoms says so when it was taken by
-    default, and when it meets scans that are not phantoms."""
-    from edgepanc.runtime.provenance import phantom_warning
-
-    trained = info.get("trained_on") or {}
-    if defaulted and trained.get("synthetic"):
-        log.warning(
-            "no --model given, and the newest bundle (%s) is a demo trained on synthetic "
-            "phantoms; pass --model to choose a model",
-            info["path"],
-        )
-    warning = phantom_warning(info, scans)
-    if warning is not None:
-        log.warning(warning)
-
-
-def _records(reports: list) -> dict:
-    from edgepanc.runtime.report import case_record_from_dict
-
-    records = {r.name: case_record_from_dict(r.to_dict()) for r in reports}
-    return {name: record for name, record in records.items() if record is not None}
 
 
 class _SingleFailure(EdgepancError):

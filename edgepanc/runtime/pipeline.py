@@ -66,7 +66,7 @@ from edgepanc.runtime.report import (
     WRITING,
     CaseFailure,
     CaseReport,
-    case_record_from_dict,
+    records_of,
     statistics_row,
     write_case_json,
     write_result_tables,
@@ -561,9 +561,7 @@ def run_cases(
         try:
             report = run_case(scan, model, config, thermal_guard, case.outputs)
             outcome.reports.append(report)
-            record = case_record_from_dict(report.to_dict())
-            if record is not None:
-                records[report.name] = record
+            records.update(records_of([report]))
             write_result_tables(plan.out_dir, records)
             if on_case is not None:
                 on_case(report)

@@ -76,4 +76,22 @@ def phantom_warning(summary: dict[str, Any], scans: Sequence[Path]) -> str | Non
     )
 
 
-__all__ = ["bundle_summary", "describe_bundle", "phantom_warning"]
+def model_warnings(summary: dict[str, Any], defaulted: bool, scans: Sequence[Path]) -> list[str]:
+    """What a run warns about its model: a phantom-trained bundle taken because no ``--model``
+    was given (a demo), and one run on scans that are not phantoms (:func:`phantom_warning`).
+
+    Example: ``model_warnings(summary, True, scans)`` -> ``["no --model given, and the newest
+    bundle (/b) is a demo trained on synthetic phantoms; ...", "this model was trained ..."]``.
+    """
+    warnings = []
+    if defaulted and (summary.get("trained_on") or {}).get("synthetic"):
+        warnings.append(
+            f"no --model given, and the newest bundle ({summary['path']}) is a demo trained on "
+            "synthetic phantoms; pass --model to choose a model"
+        )
+    if (warning := phantom_warning(summary, scans)) is not None:
+        warnings.append(warning)
+    return warnings
+
+
+__all__ = ["bundle_summary", "describe_bundle", "model_warnings", "phantom_warning"]

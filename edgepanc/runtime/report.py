@@ -126,6 +126,15 @@ def case_record_from_dict(data: Any) -> CaseRecord | None:
     return CaseRecord(name=data["name"], subtype=subtype, statistics=statistics, **text)  # type: ignore[arg-type]
 
 
+def records_of(reports: Sequence[CaseReport]) -> dict[str, CaseRecord]:
+    """The records of finished ``reports`` by mask name, as their case JSONs give them.
+
+    Example: ``sorted(records_of([report]))`` -> ``["ct.nii.gz"]``.
+    """
+    records = {r.name: case_record_from_dict(r.to_dict()) for r in reports}
+    return {name: record for name, record in records.items() if record is not None}
+
+
 STATISTICS_CSV = "statistics.csv"
 STATISTICS_COLUMNS = (
     "name",
