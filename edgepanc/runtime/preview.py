@@ -169,7 +169,7 @@ def save_overview(path: Path, rows: Sequence[tuple[Mapping[str, Any], Path | Non
     """
     plt = _pyplot()
     height = 1.9
-    fig, axes = plt.subplots(len(rows), 1, figsize=(8, height * max(len(rows), 1)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(5, height * max(len(rows), 1)), squeeze=False)
     for ax, (statistics, preview) in zip(axes[:, 0], rows, strict=True):
         ax.axis("off")
         ax.set_title(preview_title(str(statistics.get("name")), statistics), fontsize=8, loc="left")
