@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from edgepanc.postprocessing import voxel_volume_ml
 
@@ -49,19 +50,27 @@ def lesion_diameter_mm(labels: sitk.Image) -> float | None:
 def mean_hu(image: sitk.Image, labels: sitk.Image) -> tuple[float | None, float | None]:
     """Mean of ``image`` over the pancreas (labels 1 and 2) and over the lesion (label 2).
 
+    Summed in numpy over the labels' bounding box only: ITK's label statistics take seconds on
+    a 512 x 512 x 300 scan, most of it outside the pancreas.
+
     Example: ``mean_hu(ct, mask)`` -> ``(42.1, 18.7)``.
     """
-    stats = sitk.LabelStatisticsImageFilter()
-    stats.Execute(image, labels)  # any scalar pixel type: no float copy of the scan
-    found = {int(k): (stats.GetMean(k), stats.GetCount(k)) for k in stats.GetLabels()}
-    lesion = found.get(2)
-    parts = [found[k] for k in (1, 2) if k in found]
-    count = sum(n for _, n in parts)
-    pancreas = sum(m * n for m, n in parts) / count if count else None
-    return (
-        None if pancreas is None else round(float(pancreas), 1),
-        None if lesion is None else round(float(lesion[0]), 1),
+    label_view = sitk.GetArrayViewFromImage(labels)
+    # one box per label value, straight on the uint8 view: no full-size temporary
+    boxes = [b for b in ndimage.find_objects(label_view) if b is not None]
+    if not boxes:
+        return None, None
+    box = tuple(
+        slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes))
+        for axis in range(3)
     )
+    inside = np.asarray(label_view[box], dtype=np.intp).ravel()
+    values = np.asarray(sitk.GetArrayViewFromImage(image)[box], dtype=np.float64).ravel()
+    counts = np.bincount(inside, minlength=3)
+    sums = np.bincount(inside, weights=values, minlength=3)
+    pancreas = (sums[1] + sums[2]) / (counts[1] + counts[2])
+    lesion = sums[2] / counts[2] if counts[2] else None
+    return round(float(pancreas), 1), None if lesion is None else round(float(lesion), 1)
 
 
 def measure_labels(labels: sitk.Image, image: sitk.Image | None) -> CaseMeasures:
