@@ -128,7 +128,7 @@ RECIPE = "cpu-fp32"
 
 
 TINY = {"preset": "tiny", "patch_size": PATCH, "target_spacing": (2.0, 2.0, 2.0), "epochs": 2}
-TINY |= {"steps_per_epoch": 3, "warmup_epochs": 0}
+TINY |= {"steps_per_epoch": 3, "warmup_epochs": 0, "time_budget": None}  # exactly 2 epochs
 
 
 def tiny_refit_config(data: Path, out: Path, **changes: object) -> TrainConfig:

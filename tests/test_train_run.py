@@ -190,6 +190,9 @@ def test_invalid_data_set_stops_before_training(tmp_path: Path) -> None:
         ("--set", "teacher_forcing_end=1.5", "teacher_forcing_end"),
         ("--set", "head_statistics=raw", "head_statistics"),
         ("--set", "teacher_mask_jitter=9", "teacher_mask_jitter"),
+        ("--time-budget", "0m", "--time-budget"),
+        ("--time-budget", "soon", "--time-budget"),
+        ("--set", "time_budget=-5", "time_budget"),
     ],
 )
 def test_out_of_range_values_are_refused(

@@ -11,6 +11,7 @@ other runtime commands never load it.
 from __future__ import annotations
 
 import re
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,14 @@ schedule_option = partial(click.option, cls=GroupedOption, group="schedule")
     "gpu_max_temp=72 degrees C).",
 )
 @schedule_option(
+    "--time-budget",
+    type=Duration(),
+    default=None,
+    metavar="DURATION",
+    help="Wall time for the whole run, e.g. 90s, 45m, 2h: the epoch count follows from the "
+    "measured step and validation times (validation and head refit included).",
+)
+@schedule_option(
     "--seed", type=click.IntRange(0, 2**31 - 1), default=None, help="Random seed of the run."
 )
 @schedule_option(
@@ -159,6 +168,7 @@ def train(**options: Any) -> None:
     is written to OUT until every check has passed; a run that fails before its first
     checkpoint leaves OUT as it was.
     """
+    started = time.monotonic()  # a time budget counts from here: the run's whole wall time
     require("train")  # before anything is read or written: one line if PyTorch is missing
     from edgepanc.training.recipes import resolve_train_config
 
@@ -181,8 +191,10 @@ def train(**options: Any) -> None:
     if not data.is_dir():
         raise InputError(data, "data folder does not exist")
     from edgepanc.training.runner import run_training
+    from edgepanc.training.time_budget import TimeBudget
 
-    summary = run_training(config)
+    budget = None if config.time_budget is None else TimeBudget(config.time_budget, started=started)
+    summary = run_training(config, budget=budget)
     if "best_score" in summary:
         click.echo(
             f"best combined score {summary['best_score']:.4f} at epoch {summary['best_epoch']}: {config.out}"

@@ -32,11 +32,13 @@ from edgepanc.training.distributed import (
     DistContext,
     barrier,
     gather_lists,
+    mean_across_ranks,
     shard,
 )
 from edgepanc.training.logs import epoch_line, plot_curves, refit_line, write_metrics
 from edgepanc.training.outputs import write_run_bundle, write_run_summary
 from edgepanc.training.steps import StepRunner
+from edgepanc.training.time_budget import EpochPlanner, TimeBudget, format_duration
 from edgepanc.training.validation import summarize_results, validate_cases
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class TrainState:
     stale_validations: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     head_refitted: bool = False  # --head-refit has run (after the last epoch)
+    planned_epochs: int | None = None  # the epoch count a time budget planned (else epochs)
 
 
 def resolve_device(requested: str, context: DistContext) -> torch.device:
@@ -110,8 +113,13 @@ class Trainer:
         guard: ThermalGuard,
         context: DistContext | None = None,
         augmentation: AugmentationConfig | None = None,
+        budget: TimeBudget | None = None,
     ) -> None:
         self.config = config
+        self.budget = budget
+        # One clock for every duration the run measures, so that tests can script it.
+        self.clock = budget.clock if budget is not None else time.monotonic
+        self.started = budget.started if budget is not None else self.clock()
         self.run_dir = Path(run_dir)
         self.context = context or DistContext()
         self.device = resolve_device(config.device, self.context)
@@ -138,6 +146,16 @@ class Trainer:
         )
         self.model = self.steps.model
         self.state = TrainState()
+        self.planner = None
+        if budget is not None:
+            self.planner = EpochPlanner(
+                budget,
+                config.val_every,
+                config.head_refit and self.classifier,
+                len(self.train_cases),
+                len(self.val_cases),
+                agree=lambda value: mean_across_ranks([value], self.context)[0],
+            )
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -188,6 +206,7 @@ class Trainer:
             self.steps.scaler.load_state_dict(checkpoint["scaler"])
             self.state = TrainState(**checkpoint["state"])
             restore_rng_states(checkpoint["rng"])
+            self.steps.set_total_epochs(self.total_epochs)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
             first_line = (str(exc).splitlines() or [""])[0]
             raise InputError(
@@ -229,9 +248,13 @@ class Trainer:
             self.save_last()
         try:
             trained = False
-            while self.state.epoch < self.config.epochs and not self.should_stop():
+            while self.state.epoch < self.total_epochs and not self.should_stop():
+                if not self.budget_allows_an_epoch():
+                    break
                 self.one_epoch()
                 trained = True
+            if trained and self.planner is not None:
+                self.validate_if_unscored()
             # Refit once per final model: again when a resumed run trained further epochs.
             refit = self.config.head_refit and (trained or not self.state.head_refitted)
             if refit and not self.classifier:
@@ -248,6 +271,50 @@ class Trainer:
             self.write_summary()
         return self.state
 
+    @property
+    def total_epochs(self) -> int:
+        """The epochs this run trains: the time budget's plan, or ``config.epochs``."""
+        planned = self.state.planned_epochs
+        return self.config.epochs if planned is None else planned
+
+    def budget_allows_an_epoch(self) -> bool:
+        """Under a time budget, (re)plan the epoch count from the measured times before an epoch
+        (the first epoch of this process is the measurement); False when none fits any more."""
+        if self.planner is None or self.planner.measuring:
+            return True
+        before = self.state.planned_epochs
+        planned = self.planner.plan(self.state.epoch, before)
+        if planned != before:
+            self.state.planned_epochs = planned
+            self.steps.set_total_epochs(planned)
+            measured = self.planner.measured()
+            log.info(
+                "time budget %s: %s epochs, ending after about %s (an epoch %.1f s, a "
+                "validation %.1f s%s, %s used)",
+                format_duration(self.planner.budget.seconds),
+                f"{planned} planned" if before is None else f"now {planned} (was {before})",
+                format_duration(self.planner.planned_s or 0.0),
+                measured.epoch_s,
+                measured.validation_s,
+                f", head refit about {measured.refit_s():.0f} s" if self.planner.head_refit else "",
+                format_duration(self.planner.budget.elapsed()),
+            )
+        return self.state.epoch < self.total_epochs
+
+    def validate_if_unscored(self) -> None:
+        """Validate the last epoch's weights when the budget ended training before the epoch
+        that was planned to validate (its time was kept back for this)."""
+        last = self.state.history[-1] if self.state.history else {}
+        if "val_s" in last or "phase" in last or not self.val_cases:
+            return
+        start = self.clock()
+        record: dict[str, Any] = {"epoch": self.state.epoch, "phase": "final_validation"}
+        self.score(record, validate=True)
+        record["seconds"] = self.clock() - start
+        self.close_phase(
+            record, f"validation after epoch {self.state.epoch}, the time budget's last"
+        )
+
     def should_stop(self) -> bool:
         patience = self.config.patience
         if patience and self.state.stale_validations >= patience:
@@ -262,15 +329,20 @@ class Trainer:
 
     def one_epoch(self) -> None:
         epoch = self.state.epoch
-        start = time.monotonic()
+        start = self.clock()
         record: dict[str, Any] = {"epoch": epoch + 1, **self.run_epoch(epoch)}
         record["lr"] = self.steps.optimizer.param_groups[0]["lr"]
-        record["train_s"] = time.monotonic() - start
-        due = (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.config.epochs
-        self.score(record, validate=due)
-        record["seconds"] = time.monotonic() - start
+        record["train_s"] = self.clock() - start
+        due = (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.total_epochs
+        measuring = self.planner is not None and self.planner.measuring
+        self.score(record, validate=due or measuring)
+        record["seconds"] = self.clock() - start
         self.state.epoch = epoch + 1
-        self.close_phase(record, epoch_line(record, self.config.epochs))
+        self.close_phase(record, epoch_line(record, self.total_epochs))
+        if self.planner is not None:
+            # The whole epoch as the budget sees it: steps, checkpoint, metrics and curves.
+            validation_s = record.get("val_s")
+            self.planner.record_epoch(self.clock() - start - (validation_s or 0.0), validation_s)
 
     def run_head_refit(self) -> None:
         """``--head-refit``: refit the subtype head on the training cases' runtime tiles
@@ -279,7 +351,7 @@ class Trainer:
         and bundle follow the combined score as after any validation."""
         from edgepanc.training.head_refit import refit_phase
 
-        start = time.monotonic()
+        start = self.clock()
         record: dict[str, Any] = {"epoch": self.state.epoch, "phase": "head_refit"}
         record.update(
             refit_phase(
@@ -291,9 +363,9 @@ class Trainer:
                 self.thermal_pause,
             )
         )
-        record["train_s"] = time.monotonic() - start
+        record["train_s"] = self.clock() - start
         self.score(record, validate=True)
-        record["seconds"] = time.monotonic() - start
+        record["seconds"] = self.clock() - start
         self.state.head_refitted = True
         self.close_phase(record, refit_line(record))
 
@@ -302,9 +374,9 @@ class Trainer:
         cases (the runner draws a split when the data set has none) nothing is scored: a score
         is never made up."""
         if validate and self.val_cases:
-            val_start = time.monotonic()
+            val_start = self.clock()
             record.update(self.validate())
-            record["val_s"] = time.monotonic() - val_start
+            record["val_s"] = self.clock() - val_start
             self.update_best(record)
 
     def close_phase(self, record: dict[str, Any], line: str) -> None:
@@ -339,4 +411,21 @@ class Trainer:
         )
 
     def write_summary(self) -> None:
-        write_run_summary(self.run_dir, self.state, self.guard, self.device, self.amp_dtype)
+        timing = {
+            "budget_s": None if self.budget is None else self.budget.seconds,
+            "planned_epochs": self.state.planned_epochs,
+            "elapsed_s": round(self.clock() - self.started, 3),
+        }
+        if self.budget is not None and self.planner is not None:
+            timing["planned_s"] = self.planner.planned_s
+            timing["within_budget"] = timing["elapsed_s"] <= self.budget.seconds
+            log.info(
+                "time budget %s: %d epochs planned to end after %s, %d trained; %s used (%s)",
+                format_duration(self.budget.seconds),
+                self.total_epochs,
+                format_duration(self.planner.planned_s or 0.0),
+                self.state.epoch,
+                format_duration(timing["elapsed_s"]),
+                "within the budget" if timing["within_budget"] else "OVER the budget",
+            )
+        write_run_summary(self.run_dir, self.state, self.guard, self.device, self.amp_dtype, timing)

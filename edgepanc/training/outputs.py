@@ -50,9 +50,15 @@ def write_run_bundle(
 
 
 def write_run_summary(
-    run_dir: Path, state: Any, guard: Any, device: torch.device, amp_dtype: torch.dtype | None
+    run_dir: Path,
+    state: Any,
+    guard: Any,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    timing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``summary.json`` (epochs, steps, best score, thermal pauses) and log its line.
+    """Write ``summary.json`` (epochs, steps, best score, thermal pauses, and ``timing``: the
+    time budget, the epochs it planned and the seconds the run took) and log its line.
 
     Example::
 
@@ -67,6 +73,7 @@ def write_run_summary(
         "thermal": guard.summary(),
         "device": str(device),
         "autocast": None if amp_dtype is None else str(amp_dtype),
+        "time": timing or {},
     }
     write_json_atomic(run_dir / "summary.json", summary)
     thermal = summary["thermal"]

@@ -36,6 +36,7 @@ from edgepanc.training.kfold import (
 )
 from edgepanc.training.logs import RunLog
 from edgepanc.training.run_folder import check_run_dir, run_folder
+from edgepanc.training.time_budget import TimeBudget
 
 if TYPE_CHECKING:
     import torch
@@ -250,10 +251,12 @@ def train_one(
     run_log: RunLog | None = None,
     drawn_split: dict[str, Any] | None = None,
     planning: dict[str, Any] | None = None,
+    budget: TimeBudget | None = None,
 ) -> dict[str, Any]:
     """Train on ``cases`` (split "train"; validate on "validation") into ``run_dir``;
     ``drawn_split``, a validation split drawn for the run, is written there as ``split.json``;
-    ``planning``, how the planner chose the step (:func:`plan_run`), goes into ``plan.json``.
+    ``planning``, how the planner chose the step (:func:`plan_run`), goes into ``plan.json``;
+    ``budget``, the wall time left to the run, plans its epoch count.
 
     Example::
 
@@ -290,7 +293,7 @@ def train_one(
         )
         guard = ThermalGuard.discover(limits, require=config.require_thermal)
     trainer = Trainer(
-        config, run_dir, train_cases, val_cases, plan, network, guard, context, augmentation
+        config, run_dir, train_cases, val_cases, plan, network, guard, context, augmentation, budget
     )
     if init is not None:
         trainer.start_from(init.weights, init.bundle.path)  # a resumed run then loads last.pt
@@ -316,9 +319,16 @@ def train_one(
 
 
 def run_training(
-    config: TrainConfig, guard: Any | None = None, augmentation: AugmentationConfig | None = None
+    config: TrainConfig,
+    guard: Any | None = None,
+    augmentation: AugmentationConfig | None = None,
+    budget: TimeBudget | None = None,
 ) -> dict[str, Any]:
     """The whole ``edgepanc train``: one run, one fold, or every fold with a CV summary.
+
+    With ``config.time_budget`` the run ends within that many seconds from ``budget``'s start
+    (the command passes one started when it was; by default, from this call), its epoch count
+    planned from the measured times (:mod:`edgepanc.training.time_budget`).
 
     Example::
 
@@ -327,6 +337,8 @@ def run_training(
     import torch
 
     context = context_from_env()
+    if budget is None and config.time_budget is not None:
+        budget = TimeBudget(config.time_budget)
     run_log = RunLog() if context.is_main else None
     try:
         if config.recipe is not None:
@@ -356,8 +368,11 @@ def run_training(
                     run_log,
                     drawn,
                     planning,
+                    budget,
                 )
-            return _train_folds(config, cases, context, guard, augmentation, run_log, planning)
+            return _train_folds(
+                config, cases, context, guard, augmentation, run_log, planning, budget
+            )
         finally:
             shutdown_distributed()
     finally:
@@ -373,6 +388,7 @@ def _train_folds(
     augmentation: AugmentationConfig | None,
     run_log: RunLog | None,
     planning: dict[str, Any] | None = None,
+    budget: TimeBudget | None = None,
 ) -> dict[str, Any]:
     out = Path(config.out)
     splits = fold_splits(cases, config)
@@ -403,6 +419,8 @@ def _train_folds(
                     augmentation,
                     run_log,
                     planning=planning,
+                    # each fold gets an equal share of what is left of the budget
+                    budget=None if budget is None else budget.share(len(folds) - len(results)),
                 )
             )
         if config.fold is None and context.is_main:

@@ -24,7 +24,11 @@ from edgepanc.training.dataset import PreparedCase
 from edgepanc.training.distributed import DistContext, mean_across_ranks
 from edgepanc.training.losses import LossWeights, multitask_loss
 from edgepanc.training.sampling import PatchSampler, SamplingConfig
-from edgepanc.training.schedule import build_scheduler, teacher_forcing_share
+from edgepanc.training.schedule import (
+    build_scheduler,
+    teacher_forcing_share,
+    warmup_cosine_factor,
+)
 from edgepanc.training.teacher import draw_lesion_jitter, jitter_lesion
 
 if TYPE_CHECKING:
@@ -86,9 +90,11 @@ class StepRunner:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        total_steps = config.epochs * config.steps_per_epoch
+        self.total_epochs = config.epochs
         self.scheduler = build_scheduler(
-            self.optimizer, config.warmup_epochs * config.steps_per_epoch, total_steps
+            self.optimizer,
+            config.warmup_epochs * config.steps_per_epoch,
+            config.epochs * config.steps_per_epoch,
         )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
@@ -102,6 +108,19 @@ class StepRunner:
             keep_clean_image=config.head_statistics == "clean",
         )
         self.loss_weights = LossWeights(seg=config.seg_weight, cls=config.cls_weight)
+
+    def set_total_epochs(self, epochs: int) -> None:
+        """Schedule the learning rate and teacher forcing to end after ``epochs`` epochs (a time
+        budget plans the count after the first epoch); the steps taken keep their values."""
+        if epochs == self.total_epochs:
+            return
+        self.total_epochs = epochs
+        warmup = self.config.warmup_epochs * self.config.steps_per_epoch
+        total = epochs * self.config.steps_per_epoch
+        self.scheduler.lr_lambdas = [
+            lambda step: warmup_cosine_factor(step, warmup, total)
+            for _ in self.optimizer.param_groups
+        ]
 
     def train_step(
         self, batch: dict[str, np.ndarray], state: TrainState
@@ -140,7 +159,7 @@ class StepRunner:
         sampler's generator so that a resumed run draws the same."""
         share = teacher_forcing_share(
             step,
-            self.config.epochs * self.config.steps_per_epoch,
+            self.total_epochs * self.config.steps_per_epoch,
             self.config.teacher_forcing,
             self.config.teacher_forcing_end,
         )
@@ -175,7 +194,7 @@ class StepRunner:
         bar = tqdm(
             batches,
             total=self.config.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            desc=f"epoch {epoch + 1}/{self.total_epochs}",
             unit="step",
             leave=False,
             disable=not self.context.is_main,

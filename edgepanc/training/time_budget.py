@@ -1,0 +1,191 @@
+"""``--time-budget``: how many epochs fit the wall time a user gives the whole run.
+
+The first epoch is measured (its training steps, checkpoint and logs, and a validation run for
+the purpose); from then on, before every epoch, the epochs that still fit are reckoned from the
+measured times, keeping back the time of the final validation and of the head refit
+(estimated from the validation's seconds per case: the refit reads every training case through
+the runtime's tiling, as validation reads every validation case) and a safety margin. After the
+first few epochs the count only shrinks, so the learning-rate schedule ends where it was planned
+or a little early when the machine slows down.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Kept back from the budget for what is not measured: writing the bundle and summary, the
+# interpreter's start-up, and the noise of a shared machine.
+SAFETY_MARGIN = 0.03
+REFIT_OVER_VALIDATION = 1.2  # the refit's feature pass and fit, over a validation per case
+# Epochs over which the plan may still grow as the pace settles (the learning rate is still
+# warming up then); after them it only shrinks.
+SETTLING_EPOCHS = 3
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Seconds measured so far: one epoch of training (steps, checkpoint, logs), one validation
+    of all validation cases, and the case counts that scale a validation to the head refit.
+
+    Example: ``Measured(epoch_s=30.0, validation_s=12.0, val_cases=12, train_cases=88)``.
+    """
+
+    epoch_s: float
+    validation_s: float
+    val_cases: int
+    train_cases: int
+
+    def refit_s(self) -> float:
+        """The head refit's estimate: the training cases at validation's pace, then the
+        validation that follows it."""
+        if self.val_cases == 0:
+            return 0.0
+        per_case = self.validation_s / self.val_cases
+        return REFIT_OVER_VALIDATION * per_case * self.train_cases + self.validation_s
+
+
+class TimeBudget:
+    """The wall time left to a run, on a clock tests can script.
+
+    Example::
+
+        >>> budget = TimeBudget(2700.0)  # --time-budget 45m, counted from now
+        >>> budget.epochs_that_fit(done=1, measured=Measured(30.0, 12.0, 12, 88), val_every=5,
+        ...                        head_refit=True)
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        started: float | None = None,
+        margin: float = SAFETY_MARGIN,
+    ) -> None:
+        if not seconds > 0:
+            raise ValueError(f"a time budget must be above 0 seconds, got {seconds}")
+        self.seconds = float(seconds)
+        self.clock = clock
+        self.started = clock() if started is None else float(started)
+        self.margin = margin
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def usable_left(self) -> float:
+        """Seconds left before the budget less its safety margin."""
+        return self.seconds * (1.0 - self.margin) - self.elapsed()
+
+    def epochs_that_fit(
+        self, done: int, measured: Measured, val_every: int, head_refit: bool
+    ) -> int:
+        """The run's total epoch count: ``done`` plus the epochs that fit in what is left after
+        the final validation and (with ``head_refit``) the refit are kept back; at least one.
+
+        Example: with 600 s left, 30 s epochs, 12 s validations every 5 epochs and no refit:
+        ``(600 - 12) // (30 + 12 / 5)`` -> 18 more epochs.
+        """
+        keep = measured.validation_s + (measured.refit_s() if head_refit else 0.0)
+        per_epoch = measured.epoch_s + (measured.validation_s / max(val_every, 1))
+        more = math.floor((self.usable_left() - keep) / per_epoch) if per_epoch > 0 else 0
+        return max(1, done + max(0, more))
+
+    def share(self, parts: int) -> TimeBudget:
+        """One of ``parts`` equal shares of the time left, starting now (a fold of several).
+
+        Example: ``TimeBudget(3600.0).share(3).seconds`` -> about 1200.
+        """
+        left = max(self.seconds - self.elapsed(), 1e-3)
+        return TimeBudget(left / max(parts, 1), self.clock, margin=self.margin)
+
+
+class EpochPlanner:
+    """The run's epoch count under a :class:`TimeBudget`: measured on the first epoch of this
+    process (which validates, to measure validation too), planned, revised while the pace settles,
+    then lowered whenever the run falls behind.
+
+    ``agree`` makes every process of a distributed run plan the same count (the mean over ranks).
+
+    Example::
+
+        >>> planner = EpochPlanner(TimeBudget(180.0), val_every=3, head_refit=False,
+        ...                        train_cases=9, val_cases=3)
+        >>> planner.record_epoch(10.0, 2.0)
+        >>> planner.plan(done=1, planned=None)  # (174.6 - 2) // (10 + 2/3) -> 1 + 16
+        17
+    """
+
+    def __init__(
+        self,
+        budget: TimeBudget,
+        val_every: int,
+        head_refit: bool,
+        train_cases: int,
+        val_cases: int,
+        agree: Callable[[float], float] = float,
+    ) -> None:
+        self.budget = budget
+        self.val_every = val_every
+        self.head_refit = head_refit
+        self.train_cases = train_cases
+        self.val_cases = val_cases
+        self.agree = agree
+        self.epoch_seconds: list[float] = []
+        self.validation_s = 0.0
+        self.planned_s: float | None = None  # when the latest plan expects the run to end
+
+    @property
+    def measuring(self) -> bool:
+        """True until an epoch of this process has been measured."""
+        return not self.epoch_seconds
+
+    def record_epoch(self, epoch_s: float, validation_s: float | None) -> None:
+        """An epoch's seconds without its validation, and the validation's when one ran."""
+        self.epoch_seconds.append(max(0.0, epoch_s))
+        if validation_s is not None:
+            self.validation_s = max(0.0, validation_s)
+
+    def measured(self) -> Measured:
+        # The recent pace (a shared machine changes speed), past the first epoch's set-up.
+        recent = self.epoch_seconds[1:][-3:] or self.epoch_seconds
+        return Measured(
+            sum(recent) / len(recent), self.validation_s, self.val_cases, self.train_cases
+        )
+
+    def plan(self, done: int, planned: int | None) -> int:
+        """The total epoch count: the plan from the epochs measured so far while they are
+        :data:`SETTLING_EPOCHS` or fewer (the first epoch pays the set-up), then ``planned`` or
+        fewer when what is left no longer holds its epochs (the schedule stays where it was)."""
+        fit = self.budget.epochs_that_fit(done, self.measured(), self.val_every, self.head_refit)
+        fit = int(self.agree(float(fit)))
+        if planned is None or len(self.epoch_seconds) <= SETTLING_EPOCHS:
+            planned = max(done, fit)
+        else:
+            planned = max(done, min(planned, fit))
+        self.planned_s = self.budget.elapsed() + self.seconds_for(done, planned)
+        return planned
+
+    def seconds_for(self, done: int, total: int) -> float:
+        """The measured time of epochs ``done + 1 .. total``, their validations (every
+        ``val_every`` epochs and the last) and the refit."""
+        measured = self.measured()
+        epochs = range(done + 1, total + 1)
+        validations = sum(1 for e in epochs if e % max(self.val_every, 1) == 0 or e == total)
+        refit = measured.refit_s() if self.head_refit else 0.0
+        return len(epochs) * measured.epoch_s + validations * measured.validation_s + refit
+
+
+def format_duration(seconds: float) -> str:
+    """``2712.4`` -> ``"45 min 12 s"``; under a minute: ``"42 s"``.
+
+    Example: ``format_duration(90)`` -> ``"1 min 30 s"``.
+    """
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    return f"{seconds // 60} min {seconds % 60} s"
+
+
+__all__ = ["EpochPlanner", "Measured", "TimeBudget", "format_duration"]

@@ -1,0 +1,166 @@
+"""``--time-budget``: the epoch count follows from the measured step and validation times, and
+the run ends within the budget (a scripted clock: nothing waits for real)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgepanc.commands.train import Duration
+from edgepanc.thermal import ThermalGuard
+from edgepanc.training.config import TrainConfig
+from edgepanc.training.loop import Trainer
+from edgepanc.training.runner import run_training
+from edgepanc.training.steps import StepRunner
+from edgepanc.training.time_budget import EpochPlanner, Measured, TimeBudget
+
+from train_support import write_tiny_dataset
+
+
+class ScriptedClock:
+    """A clock that moves only when a scripted training step or validation says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("budget") / "data", train_per_subtype=1)
+
+
+def tiny_config(data: Path, out: Path, **changes: object) -> TrainConfig:
+    config = TrainConfig(
+        data=str(data),
+        out=str(out),
+        preset="tiny",
+        patch_size=(16, 16, 16),
+        target_spacing=(2.0, 2.0, 2.0),
+        epochs=50,
+        steps_per_epoch=2,
+        warmup_epochs=0,
+        threads=1,
+        device="cpu",
+    )
+    return config.replace(**changes)
+
+
+def script_times(
+    monkeypatch: pytest.MonkeyPatch, clock: ScriptedClock, step_s, validation_s: float
+) -> None:
+    """Each training step takes ``step_s(step)`` scripted seconds, each validation
+    ``validation_s``."""
+    train_step, validate = StepRunner.train_step, Trainer.validate
+
+    def timed_step(self, batch, state):
+        clock.now += step_s(state.step)
+        return train_step(self, batch, state)
+
+    def timed_validation(self):
+        clock.now += validation_s
+        return validate(self)
+
+    monkeypatch.setattr(StepRunner, "train_step", timed_step)
+    monkeypatch.setattr(Trainer, "validate", timed_validation)
+
+
+def test_durations_parse_as_seconds() -> None:
+    duration = Duration()
+    assert [duration.convert(t, None, None) for t in ("90s", "45m", "2h", "1.5h", "30")] == [
+        90.0,
+        2700.0,
+        7200.0,
+        5400.0,
+        30.0,
+    ]
+
+
+def test_the_epoch_count_follows_from_the_measured_times() -> None:
+    clock = ScriptedClock()
+    budget = TimeBudget(1000.0, clock=clock)
+    clock.now += 100.0  # the first epoch and its validation are behind us
+    measured = Measured(epoch_s=30.0, validation_s=12.0, val_cases=12, train_cases=88)
+    # usable 970 - 100 = 870; kept back: a validation (12) and the refit (1.2 * 1 s * 88 + 12);
+    # an epoch: 30 s + 12 s / 5 = 32.4 s -> 22 more epochs
+    assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=True) == 23
+    assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=False) == 27  # 858 // 32.4
+    slower = Measured(60.0, 12.0, 12, 88)
+    assert budget.epochs_that_fit(1, slower, val_every=5, head_refit=True) == 12
+    clock.now += 10_000.0  # over the budget: no more epochs, and never fewer than one
+    assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=True) == 1
+
+
+def test_a_plan_only_shrinks_once_the_pace_has_settled() -> None:
+    clock = ScriptedClock()
+    planner = EpochPlanner(
+        TimeBudget(1000.0, clock=clock), val_every=1, head_refit=False, train_cases=4, val_cases=2
+    )
+    for _ in range(4):
+        clock.now += 12.0
+        planner.record_epoch(10.0, 2.0)
+    first = planner.plan(done=4, planned=None)
+    assert first == 4 + (970 - 48 - 2) // 12
+    assert planner.plan(done=4, planned=first - 10) == first - 10  # settled: never more
+    for _ in range(3):  # the machine slows down three-fold
+        clock.now += 36.0
+        planner.record_epoch(30.0, 6.0)
+    assert planner.plan(done=7, planned=first) < first
+
+
+def test_a_budgeted_run_plans_its_epochs_and_ends_within_the_budget(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ScriptedClock()
+    script_times(monkeypatch, clock, step_s=lambda step: 1.0, validation_s=3.0)
+    run = tmp_path / "run"
+    config = tiny_config(data, run, time_budget=40.0)
+    budget = TimeBudget(40.0, clock=clock)
+    run_training(config, guard=ThermalGuard([]), budget=budget)
+    summary = json.loads((run / "summary.json").read_text())
+    # an epoch: 2 steps of 1 s and a validation of 3 s; usable 38.8 s: after the first (5 s),
+    # (38.8 - 5 - 3) // 5 = 6 more
+    assert summary["time"]["planned_epochs"] == 7 and summary["epochs"] == 7
+    assert summary["time"]["budget_s"] == 40.0
+    assert summary["time"]["elapsed_s"] == pytest.approx(35.0)
+    assert summary["time"]["planned_s"] == pytest.approx(35.0)  # 7 epochs of 5 s, as planned
+    assert summary["time"]["within_budget"] is True
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 7 and "whole_dsc" in records[-1]
+    assert clock.now - budget.started <= 40.0
+
+
+def test_a_run_that_slows_down_still_stops_within_the_budget(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ScriptedClock()
+    # steps take 1 s for the first four epochs, then 4 s: the plan must shrink
+    script_times(monkeypatch, clock, step_s=lambda step: 1.0 if step < 8 else 4.0, validation_s=3.0)
+    run = tmp_path / "run"
+    config = tiny_config(data, run, time_budget=60.0, val_every=5, head_refit=True)
+    budget = TimeBudget(60.0, clock=clock)
+    run_training(config, guard=ThermalGuard([]), budget=budget)
+    summary = json.loads((run / "summary.json").read_text())
+    assert clock.now - budget.started <= 60.0
+    assert summary["time"]["within_budget"] is True
+    assert summary["epochs"] == summary["time"]["planned_epochs"] >= 5
+    # at the first pace (2 s epochs) the plan was 16 epochs; four-fold slower steps cut it
+    assert summary["epochs"] < 16
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # the refit ran last and validated; the last epoch's weights were scored before it
+    assert records[-1]["phase"] == "head_refit" and "whole_dsc" in records[-1]
+    assert any("whole_dsc" in r for r in records[:-1] if r["epoch"] == summary["epochs"])
+
+
+def test_a_budget_counts_from_the_runs_start_and_is_recorded_without_one(
+    data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "plain"
+    run_training(tiny_config(data, run, epochs=1), guard=ThermalGuard([]))
+    timing = json.loads((run / "summary.json").read_text())["time"]
+    assert timing["budget_s"] is None and timing["planned_epochs"] is None
+    assert timing["elapsed_s"] > 0
