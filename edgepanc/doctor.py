@@ -296,6 +296,9 @@ def format_report(report: Report) -> str:
     lines: list[str] = []
     for section, fields in report.items():
         lines.append(section)
+        if section == "recommended" and "train" in fields:
+            lines.extend(_recommended_lines(fields))
+            continue
         width = max((len(_label(k)) for k in fields), default=0)
         for key, value in fields.items():
             if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
@@ -305,3 +308,15 @@ def format_report(report: Report) -> str:
                 lines.append(f"  {_label(key):<{width}}  {_format_value(key, value)}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _recommended_lines(fields: Mapping[str, Any]) -> list[str]:
+    """The recommended commands (the section ``edgepanc doctor`` adds last, from
+    :func:`edgepanc.recipes.machine.recommended_commands`), each under its reason."""
+    return [
+        f"  # recipe {fields['recipe']}: {fields['recipe_reason']}",
+        f"  {fields['train']}",
+        f"  # backend {fields['backend']}: {fields['backend_reason']}",
+        f"  {fields['run']}",
+        "",
+    ]

@@ -39,7 +39,7 @@ def test_doctor_json_reports_every_section():
     result = CliRunner().invoke(main, ["doctor", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert list(report) == list(PROBES)
+    assert list(report) == [*PROBES, "recommended"]  # the commands recommended here, last
     assert report["edgepanc"]["version"] == __version__
     assert report["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
     assert report["torch"]["installed"] is True
