@@ -14,7 +14,7 @@ from edgepanc.training.config import TrainConfig
 from edgepanc.training.loop import Trainer
 from edgepanc.training.runner import run_training
 from edgepanc.training.steps import StepRunner
-from edgepanc.training.time_budget import EpochPlanner, Measured, TimeBudget
+from edgepanc.training.time_budget import EpochPlanner, Measured, TimeBudget, seconds_for
 
 from train_support import write_tiny_dataset
 
@@ -85,10 +85,12 @@ def test_the_epoch_count_follows_from_the_measured_times() -> None:
     budget = TimeBudget(1000.0, clock=clock)
     clock.now += 100.0  # the first epoch and its validation are behind us
     measured = Measured(epoch_s=30.0, validation_s=12.0, val_cases=12, train_cases=88)
-    # usable 970 - 100 = 870; kept back: a validation (12) and the refit (1.2 * 1 s * 88 + 12);
-    # an epoch: 30 s + 12 s / 5 = 32.4 s -> 22 more epochs
-    assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=True) == 23
-    assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=False) == 27  # 858 // 32.4
+    # usable 970 - 100 = 870 s; epochs 2..24: 23 * 30 s, validations after 5, 10, 15, 20 and 24:
+    # 5 * 12 s, the refit 1.2 * 1 s * 88 + 12 s: 867.6 s (epoch 25 would need 897.6 s)
+    assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=True) == 24
+    # without the refit: 26 * 30 + 6 * 12 = 852 s (epoch 28: 882 s)
+    assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=False) == 27
+    assert seconds_for(1, 24, measured, 5, True) == pytest.approx(867.6)
     slower = Measured(60.0, 12.0, 12, 88)
     assert budget.epochs_that_fit(1, slower, val_every=5, head_refit=True) == 12
     clock.now += 10_000.0  # over the budget: no more epochs, and never fewer than one
@@ -148,8 +150,8 @@ def test_a_run_that_slows_down_still_stops_within_the_budget(
     assert clock.now - budget.started <= 60.0
     assert summary["time"]["within_budget"] is True
     assert summary["epochs"] == summary["time"]["planned_epochs"] >= 5
-    # at the first pace (2 s epochs) the plan was 16 epochs; four-fold slower steps cut it
-    assert summary["epochs"] < 16
+    # at the first pace (2 s epochs) the plan was 18 epochs; four-fold slower steps cut it
+    assert summary["epochs"] < 18
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # the refit ran last and validated; the last epoch's weights were scored before it
     assert records[-1]["phase"] == "head_refit" and "whole_dsc" in records[-1]

@@ -47,6 +47,23 @@ class Measured:
         return REFIT_OVER_VALIDATION * per_case * self.train_cases + self.validation_s
 
 
+def seconds_for(
+    done: int, total: int, measured: Measured, val_every: int, head_refit: bool
+) -> float:
+    """The measured time of epochs ``done + 1 .. total`` with their validations (every
+    ``val_every`` epochs, and the last) and, with ``head_refit``, the refit.
+
+    Example: ``seconds_for(1, 7, Measured(2.0, 3.0, 3, 6), val_every=5, head_refit=False)`` ->
+    ``6 * 2 + 2 * 3`` = 18.0 (validations after epochs 5 and 7).
+    """
+    if total <= done:
+        return 0.0
+    every = max(val_every, 1)
+    validations = total // every - done // every + (1 if total % every else 0)
+    refit = measured.refit_s() if head_refit else 0.0
+    return (total - done) * measured.epoch_s + validations * measured.validation_s + refit
+
+
 class TimeBudget:
     """The wall time left to a run, on a clock tests can script.
 
@@ -87,10 +104,17 @@ class TimeBudget:
         Example: with 600 s left, 30 s epochs, 12 s validations every 5 epochs and no refit:
         ``(600 - 12) // (30 + 12 / 5)`` -> 18 more epochs.
         """
-        keep = measured.validation_s + (measured.refit_s() if head_refit else 0.0)
-        per_epoch = measured.epoch_s + (measured.validation_s / max(val_every, 1))
-        more = math.floor((self.usable_left() - keep) / per_epoch) if per_epoch > 0 else 0
-        return max(1, done + max(0, more))
+        left = self.usable_left()
+        if measured.epoch_s <= 0:
+            return max(1, done)
+        # The first guess counts a validation every epoch, then whole epochs are added while
+        # they and their validations (every val_every, and the last) still fit.
+        total = done + max(0, math.floor(left / (measured.epoch_s + measured.validation_s)) - 1)
+        while seconds_for(done, total + 1, measured, val_every, head_refit) <= left:
+            total += 1
+        while total > done and seconds_for(done, total, measured, val_every, head_refit) > left:
+            total -= 1
+        return max(1, total)
 
     def share(self, parts: int) -> TimeBudget:
         """One of ``parts`` equal shares of the time left, starting now (a fold of several).
@@ -164,17 +188,10 @@ class EpochPlanner:
             planned = max(done, fit)
         else:
             planned = max(done, min(planned, fit))
-        self.planned_s = self.budget.elapsed() + self.seconds_for(done, planned)
-        return planned
-
-    def seconds_for(self, done: int, total: int) -> float:
-        """The measured time of epochs ``done + 1 .. total``, their validations (every
-        ``val_every`` epochs and the last) and the refit."""
         measured = self.measured()
-        epochs = range(done + 1, total + 1)
-        validations = sum(1 for e in epochs if e % max(self.val_every, 1) == 0 or e == total)
-        refit = measured.refit_s() if self.head_refit else 0.0
-        return len(epochs) * measured.epoch_s + validations * measured.validation_s + refit
+        rest = seconds_for(done, planned, measured, self.val_every, self.head_refit)
+        self.planned_s = self.budget.elapsed() + rest
+        return planned
 
 
 def format_duration(seconds: float) -> str:
@@ -188,4 +205,4 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60} s"
 
 
-__all__ = ["EpochPlanner", "Measured", "TimeBudget", "format_duration"]
+__all__ = ["EpochPlanner", "Measured", "TimeBudget", "format_duration", "seconds_for"]
