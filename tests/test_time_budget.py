@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_train_run import tiny_config as train_run_config
 
 from edgepanc.commands.train import Duration
 from edgepanc.thermal import ThermalGuard
@@ -35,19 +36,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_config(data: Path, out: Path, **changes: object) -> TrainConfig:
-    config = TrainConfig(
-        data=str(data),
-        out=str(out),
-        preset="tiny",
-        patch_size=(16, 16, 16),
-        target_spacing=(2.0, 2.0, 2.0),
-        epochs=50,
-        steps_per_epoch=2,
-        warmup_epochs=0,
-        threads=1,
-        device="cpu",
-    )
-    return config.replace(**changes)
+    """The training tests' tiny run, with room for as many epochs as a budget plans."""
+    return train_run_config(data, out, epochs=50, threads=1, device="cpu").replace(**changes)
 
 
 def script_times(
