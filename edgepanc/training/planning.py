@@ -124,8 +124,9 @@ def _time_cpu_step(config: TrainConfig) -> float:
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             outputs = model(patch)
-        first = outputs[0] if isinstance(outputs, tuple | list) else outputs
-        first = first if isinstance(first, torch.Tensor) else next(iter(first.values()))
+        first = outputs
+        while not isinstance(first, torch.Tensor):  # (segmentation, subtype), deep supervision
+            first = first[0] if isinstance(first, tuple | list) else next(iter(first.values()))
         first.float().mean().backward()
         times.append(time.perf_counter() - start)
     return min(times[1:]) / patch.numel()
