@@ -38,7 +38,7 @@ from edgepanc.training.distributed import (
 from edgepanc.training.logs import epoch_line, plot_curves, refit_line, write_metrics
 from edgepanc.training.outputs import write_run_bundle, write_run_summary
 from edgepanc.training.steps import StepRunner
-from edgepanc.training.time_budget import EpochPlanner, TimeBudget, format_duration
+from edgepanc.training.time_budget import EpochPlanner, TimeBudget
 from edgepanc.training.validation import summarize_results, validate_cases
 
 log = logging.getLogger(__name__)
@@ -278,28 +278,11 @@ class Trainer:
         return self.config.epochs if planned is None else planned
 
     def budget_allows_an_epoch(self) -> bool:
-        """Under a time budget, (re)plan the epoch count from the measured times before an epoch
-        (the first epoch of this process is the measurement); False when none fits any more."""
-        if self.planner is None or self.planner.measuring:
+        """Under a time budget, (re)plan the epoch count before an epoch
+        (:meth:`EpochPlanner.before_epoch`); False when none fits any more."""
+        if self.planner is None:
             return True
-        before = self.state.planned_epochs
-        planned = self.planner.plan(self.state.epoch, before)
-        if planned != before:
-            self.state.planned_epochs = planned
-            self.steps.set_total_epochs(planned)
-            measured = self.planner.measured()
-            log.info(
-                "time budget %s: %s epochs, ending after about %s (an epoch %.1f s, a "
-                "validation %.1f s%s, %s used)",
-                format_duration(self.planner.budget.seconds),
-                f"{planned} planned" if before is None else f"now {planned} (was {before})",
-                format_duration(self.planner.planned_s or 0.0),
-                measured.epoch_s,
-                measured.validation_s,
-                f", head refit about {measured.refit_s():.0f} s" if self.planner.head_refit else "",
-                format_duration(self.planner.budget.elapsed()),
-            )
-        return self.state.epoch < self.total_epochs
+        return self.planner.before_epoch(self.state, self.steps.set_total_epochs)
 
     def validate_if_unscored(self) -> None:
         """Validate the last epoch's weights when the budget ended training before the epoch
@@ -411,21 +394,8 @@ class Trainer:
         )
 
     def write_summary(self) -> None:
-        timing = {
-            "budget_s": None if self.budget is None else self.budget.seconds,
-            "planned_epochs": self.state.planned_epochs,
-            "elapsed_s": round(self.clock() - self.started, 3),
-        }
-        if self.budget is not None and self.planner is not None:
-            timing["planned_s"] = self.planner.planned_s
-            timing["within_budget"] = timing["elapsed_s"] <= self.budget.seconds
-            log.info(
-                "time budget %s: %d epochs planned to end after %s, %d trained; %s used (%s)",
-                format_duration(self.budget.seconds),
-                self.total_epochs,
-                format_duration(self.planner.planned_s or 0.0),
-                self.state.epoch,
-                format_duration(timing["elapsed_s"]),
-                "within the budget" if timing["within_budget"] else "OVER the budget",
-            )
+        elapsed = self.clock() - self.started
+        timing = {"budget_s": None, "planned_epochs": None, "elapsed_s": round(elapsed, 3)}
+        if self.planner is not None:
+            timing = self.planner.report(self.state, elapsed)
         write_run_summary(self.run_dir, self.state, self.guard, self.device, self.amp_dtype, timing)

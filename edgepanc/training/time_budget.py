@@ -11,10 +11,14 @@ or a little early when the machine slows down.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 # Kept back from the budget for what is not measured: writing the bundle and summary, the
 # interpreter's start-up, and the noise of a shared machine.
@@ -192,6 +196,58 @@ class EpochPlanner:
         rest = seconds_for(done, planned, measured, self.val_every, self.head_refit)
         self.planned_s = self.budget.elapsed() + rest
         return planned
+
+    def before_epoch(self, state: Any, set_total_epochs: Callable[[int], None]) -> bool:
+        """Plan (or revise) ``state.planned_epochs`` before an epoch, once this process has
+        measured one, telling ``set_total_epochs`` and the log of a change; whether another
+        epoch fits.
+
+        Example: ``planner.before_epoch(trainer.state, trainer.steps.set_total_epochs)``.
+        """
+        if self.measuring:
+            return True  # the first epoch of this process is the measurement
+        before = state.planned_epochs
+        planned = self.plan(state.epoch, before)
+        if planned != before:
+            state.planned_epochs = planned
+            set_total_epochs(planned)
+            measured = self.measured()
+            log.info(
+                "time budget %s: %s epochs, ending after about %s (an epoch %.1f s, a "
+                "validation %.1f s%s, %s used)",
+                format_duration(self.budget.seconds),
+                f"{planned} planned" if before is None else f"now {planned} (was {before})",
+                format_duration(self.planned_s or 0.0),
+                measured.epoch_s,
+                measured.validation_s,
+                f", head refit about {measured.refit_s():.0f} s" if self.head_refit else "",
+                format_duration(self.budget.elapsed()),
+            )
+        return state.epoch < planned
+
+    def report(self, state: Any, elapsed_s: float) -> dict[str, Any]:
+        """The run's time for ``summary.json`` (budget, planned epochs and end, elapsed), also
+        logged.
+
+        Example: ``planner.report(trainer.state, 171.2)["within_budget"]`` -> ``True``.
+        """
+        timing = {
+            "budget_s": self.budget.seconds,
+            "planned_epochs": state.planned_epochs,
+            "elapsed_s": round(elapsed_s, 3),
+            "planned_s": self.planned_s,
+            "within_budget": elapsed_s <= self.budget.seconds,
+        }
+        log.info(
+            "time budget %s: %s epochs planned to end after %s, %d trained; %s used (%s)",
+            format_duration(self.budget.seconds),
+            state.planned_epochs,
+            format_duration(self.planned_s or 0.0),
+            state.epoch,
+            format_duration(elapsed_s),
+            "within the budget" if timing["within_budget"] else "OVER the budget",
+        )
+        return timing
 
 
 def format_duration(seconds: float) -> str:
