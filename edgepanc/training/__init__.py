@@ -10,6 +10,9 @@ One concept per module; the public entry point is :func:`edgepanc.training.runne
 - ``schedule``: linear warm-up, cosine decay; the teacher-forcing share per step.
 - ``teacher``: reference lesion masks shifted, grown or shrunk for teacher forcing.
 - ``loop``: :class:`Trainer` (AMP, clipping, thermal pauses, validation, checkpoints, bundle).
+- ``epoch_plan``: which epochs run (epoch count, time budget, early stopping) and validate.
+- ``train_state``: what the loop carries between epochs: counters, best score, history.
+- ``run_checkpoints``: ``last.pt``, ``best.pt`` and the bundle of a run; resuming from them.
 - ``validation``: the runtime's sliding window, scored on the original grid.
 - ``head_refit``: after the last epoch, the subtype head refitted on the runtime's tiles.
 - ``checkpoint``, ``logs``, ``distributed``, ``kfold``, ``runner``.

@@ -7,15 +7,18 @@ docs/measurements/cpu_recipe.md). Optimiser: AdamW with linear warm-up then cosi
 gradient norm clipped at ``config.grad_clip`` (the steps: :mod:`edgepanc.training.steps`). The
 best checkpoint is chosen by :func:`edgepanc.metrics.combined_score` of the validation metrics;
 ``patience`` validations without improvement stop the run early.
+
+The pieces: the steps in :mod:`~edgepanc.training.steps`, the schedule (epoch count, time budget,
+which epochs validate, early stopping) in :mod:`~edgepanc.training.epoch_plan`, the checkpoints
+and bundle in :mod:`~edgepanc.training.run_checkpoints`, what is carried between epochs in
+:mod:`~edgepanc.training.train_state`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,38 +28,19 @@ from edgepanc.backends import devices
 from edgepanc.errors import InputError
 from edgepanc.thermal import ThermalGuard, ThermalTimeout
 from edgepanc.training.augmentation import AugmentationConfig
-from edgepanc.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
 from edgepanc.training.config import TrainConfig
 from edgepanc.training.dataset import PreparedCase
-from edgepanc.training.distributed import (
-    DistContext,
-    barrier,
-    gather_lists,
-    mean_across_ranks,
-    shard,
-)
+from edgepanc.training.distributed import DistContext, barrier, gather_lists, shard
+from edgepanc.training.epoch_plan import EpochPlan
 from edgepanc.training.logs import epoch_line, plot_curves, refit_line, write_metrics
-from edgepanc.training.outputs import write_run_bundle, write_run_summary
+from edgepanc.training.outputs import write_run_summary
+from edgepanc.training.run_checkpoints import RunCheckpoints
 from edgepanc.training.steps import StepRunner
-from edgepanc.training.time_budget import EpochPlanner, TimeBudget
+from edgepanc.training.time_budget import TimeBudget
+from edgepanc.training.train_state import TrainState
 from edgepanc.training.validation import summarize_results, validate_cases
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainState:
-    """What the loop carries between epochs (saved in every checkpoint)."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimiser steps taken
-    best_score: float = -math.inf
-    best_epoch: int = -1
-    best_metrics: dict[str, Any] = field(default_factory=dict)
-    stale_validations: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    head_refitted: bool = False  # --head-refit has run (after the last epoch)
-    planned_epochs: int | None = None  # the epoch count a time budget planned (else epochs)
 
 
 def resolve_device(requested: str, context: DistContext) -> torch.device:
@@ -79,6 +63,24 @@ def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
+def training_device(
+    config: TrainConfig, context: DistContext
+) -> tuple[torch.device, torch.dtype | None]:
+    """The device and autocast dtype a run trains with (torch's thread count set as
+    ``config.threads`` asks).
+
+    Example: ``training_device(config, DistContext())`` -> ``(device(type='cpu'), None)`` for
+    ``device="cpu"`` without ``--amp``.
+    """
+    device = resolve_device(config.device, context)
+    if config.threads is not None:
+        # One thread per process avoids OpenMP oversubscription on a small or shared CPU.
+        torch.set_num_threads(config.threads)
+    amp_dtype = autocast_dtype(device, config.amp)
+    warn_if_bf16_is_emulated(device, amp_dtype)
+    return device, amp_dtype
+
+
 def warn_if_bf16_is_emulated(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
     """Warn (and return True) when bf16 autocast runs on a CPU without native bf16, where it is
     about 10x slower than fp32 (docs/measurements/cpu_recipe.md).
@@ -99,7 +101,17 @@ def warn_if_bf16_is_emulated(device: torch.device, amp_dtype: torch.dtype | None
 class Trainer:
     """Trains one model on prepared cases and writes the run folder (rank 0 only).
 
-    ``guard`` is injectable so tests can script temperatures; ``augmentation`` too.
+    The steps are :class:`StepRunner`'s, the schedule :class:`EpochPlan`'s, the checkpoints
+    :class:`RunCheckpoints`'; this runs the phases (epochs, the validation a time budget left
+    out, the head refit) and records each as a row of the history. ``guard`` is injectable so
+    tests can script temperatures; ``augmentation`` too.
+
+    Example::
+
+        >>> trainer = Trainer(config, Path("work/a"), train_cases, val_cases, plan,
+        ...                   network_config, ThermalGuard())
+        >>> trainer.fit().best_epoch
+        5
     """
 
     def __init__(
@@ -116,20 +128,12 @@ class Trainer:
         budget: TimeBudget | None = None,
     ) -> None:
         self.config = config
-        self.budget = budget
         # One clock for every duration the run measures, so that tests can script it.
         self.clock = budget.clock if budget is not None else time.monotonic
         self.started = budget.started if budget is not None else self.clock()
         self.run_dir = Path(run_dir)
         self.context = context or DistContext()
-        self.device = resolve_device(config.device, self.context)
-        if config.threads is not None:
-            # One thread per process avoids OpenMP oversubscription on a small or shared CPU.
-            torch.set_num_threads(config.threads)
-        self.amp_dtype = autocast_dtype(self.device, config.amp)
-        warn_if_bf16_is_emulated(self.device, self.amp_dtype)
-        self.plan = plan
-        self.network_config = network_config
+        self.device, self.amp_dtype = training_device(config, self.context)
         self.guard = guard
         self.train_cases = list(train_cases)
         self.val_cases = list(val_cases)
@@ -146,74 +150,23 @@ class Trainer:
         )
         self.model = self.steps.model
         self.state = TrainState()
-        self.planner = None
-        if budget is not None:
-            self.planner = EpochPlanner(
-                budget,
-                config.val_every,
-                config.head_refit and self.classifier,
-                len(self.train_cases),
-                len(self.val_cases),
-                agree=lambda value: mean_across_ranks([value], self.context)[0],
-            )
-
-    # -- checkpoints -------------------------------------------------------------------------
-
-    @property
-    def last_path(self) -> Path:
-        return self.run_dir / "last.pt"
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "config_identity": self.config.identity(),
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.steps.optimizer.state_dict(),
-            "scheduler": self.steps.scheduler.state_dict(),
-            "scaler": self.steps.scaler.state_dict(),
-            "state": self.state.__dict__,
-            "rng": rng_states(),
-        }
-
-    def save_last(self) -> None:
-        if self.context.is_main:
-            save_checkpoint(self.last_path, self.checkpoint_state())
-
-    def start_from(self, state: dict[str, torch.Tensor], source: Path) -> None:
-        """Initialise the weights from a trained bundle's (``--init-from``, read from ``source``).
-
-        Heads that only one side has (deep supervision switched on or off) are left as they are.
-        """
-        result = self.model.load_state_dict(state, strict=False)
-        log.info(
-            "initialised from %s (%d tensors; new: %s; unused: %s)",
-            source,
-            len(state) - len(result.unexpected_keys),
-            ", ".join(result.missing_keys) or "none",
-            ", ".join(result.unexpected_keys) or "none",
+        self.checkpoints = RunCheckpoints(
+            config, self.run_dir, self.steps, self.context, plan, self.classifier
+        )
+        refit = config.head_refit and self.classifier
+        self.epoch_plan = EpochPlan(
+            config, budget, refit, len(self.train_cases), len(self.val_cases), self.context
         )
 
-    def load(self, checkpoint: dict[str, Any]) -> None:
-        """Continue from a checkpoint of the same experiment (read by ``load_checkpoint``).
+    # -- checkpoints (:class:`RunCheckpoints`) -----------------------------------------------
 
-        A checkpoint whose parts do not fit this run (edited, or of another network) is refused
-        with one line naming ``last.pt``.
-        """
-        try:
-            self.model.load_state_dict(checkpoint["model"])
-            self.steps.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.steps.scheduler.load_state_dict(checkpoint["scheduler"])
-            self.steps.scaler.load_state_dict(checkpoint["scaler"])
-            self.state = TrainState(**checkpoint["state"])
-            restore_rng_states(checkpoint["rng"])
-            self.steps.set_total_epochs(self.total_epochs)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-            first_line = (str(exc).splitlines() or [""])[0]
-            raise InputError(
-                self.last_path,
-                f"checkpoint does not fit this run ({type(exc).__name__}: {first_line})",
-            ) from None
-        log.info("resumed from %s after epoch %d", self.last_path, self.state.epoch)
+    def save_last(self) -> None:
+        self.checkpoints.save_last(self.state)
+
+    def start_from(self, state: dict[str, torch.Tensor], source: Path) -> None:
+        """Initialise the weights from a trained bundle's (``--init-from``, read from
+        ``source``)."""
+        self.checkpoints.start_from(state, source)
 
     # -- epochs --------------------------------------------------------------------------------
 
@@ -242,19 +195,17 @@ class Trainer:
     def fit(self, checkpoint: dict[str, Any] | None = None) -> TrainState:
         """Train to ``config.epochs`` (or early stop), after ``checkpoint`` if resuming."""
         if checkpoint is not None:
-            self.load(checkpoint)
+            self.state = self.checkpoints.restore(checkpoint)
         elif self.state.epoch == 0:
             # A checkpoint before the first step, so even a thermal timeout in epoch 1 leaves one.
             self.save_last()
         try:
             trained = False
-            while self.state.epoch < self.total_epochs and not self.should_stop():
-                if not self.budget_allows_an_epoch():
-                    break
+            while self.epoch_plan.another_epoch(self.state, self.steps.set_total_epochs):
                 self.one_epoch()
                 trained = True
-            if trained and self.planner is not None:
-                self.validate_if_unscored()
+            if self.epoch_plan.validates_at_the_end(self.state, trained) and self.val_cases:
+                self.final_validation()
             # Refit once per final model: again when a resumed run trained further epochs.
             refit = self.config.head_refit and (trained or not self.state.head_refitted)
             if refit and not self.classifier:
@@ -263,52 +214,17 @@ class Trainer:
                 self.run_head_refit()
         except ThermalTimeout as exc:
             raise ThermalTimeout(
-                f"{exc}; training stopped, {self.last_path} holds epoch {self.state.epoch}: "
-                "continue with --resume",
+                f"{exc}; training stopped, {self.checkpoints.last_path} holds epoch "
+                f"{self.state.epoch}: continue with --resume",
                 exc.event,
             ) from exc
         if self.context.is_main:
-            self.write_summary()
-        return self.state
-
-    @property
-    def total_epochs(self) -> int:
-        """The epochs this run trains: the time budget's plan, or ``config.epochs``."""
-        planned = self.state.planned_epochs
-        return self.config.epochs if planned is None else planned
-
-    def budget_allows_an_epoch(self) -> bool:
-        """Under a time budget, (re)plan the epoch count before an epoch
-        (:meth:`EpochPlanner.before_epoch`); False when none fits any more."""
-        if self.planner is None:
-            return True
-        return self.planner.before_epoch(self.state, self.steps.set_total_epochs)
-
-    def validate_if_unscored(self) -> None:
-        """Validate the last epoch's weights when the budget ended training before the epoch
-        that was planned to validate (its time was kept back for this)."""
-        last = self.state.history[-1] if self.state.history else {}
-        if "val_s" in last or "phase" in last or not self.val_cases:
-            return
-        start = self.clock()
-        record: dict[str, Any] = {"epoch": self.state.epoch, "phase": "final_validation"}
-        self.score(record, validate=True)
-        record["seconds"] = self.clock() - start
-        self.close_phase(
-            record, f"validation after epoch {self.state.epoch}, the time budget's last"
-        )
-
-    def should_stop(self) -> bool:
-        patience = self.config.patience
-        if patience and self.state.stale_validations >= patience:
-            log.info(
-                "early stop: no better validation score for %d validations (best %.4f at epoch %d)",
-                self.state.stale_validations,
-                self.state.best_score,
-                self.state.best_epoch,
+            elapsed = self.clock() - self.started
+            timing = self.epoch_plan.timing(self.state, elapsed)
+            write_run_summary(
+                self.run_dir, self.state, self.guard, self.device, self.amp_dtype, timing
             )
-            return True
-        return False
+        return self.state
 
     def one_epoch(self) -> None:
         epoch = self.state.epoch
@@ -316,16 +232,22 @@ class Trainer:
         record: dict[str, Any] = {"epoch": epoch + 1, **self.run_epoch(epoch)}
         record["lr"] = self.steps.optimizer.param_groups[0]["lr"]
         record["train_s"] = self.clock() - start
-        due = (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.total_epochs
-        measuring = self.planner is not None and self.planner.measuring
-        self.score(record, validate=due or measuring)
+        self.score(record, validate=self.epoch_plan.validates(epoch, self.state))
         record["seconds"] = self.clock() - start
         self.state.epoch = epoch + 1
-        self.close_phase(record, epoch_line(record, self.total_epochs))
-        if self.planner is not None:
-            # The whole epoch as the budget sees it: steps, checkpoint, metrics and curves.
-            validation_s = record.get("val_s")
-            self.planner.record_epoch(self.clock() - start - (validation_s or 0.0), validation_s)
+        self.close_phase(record, epoch_line(record, self.epoch_plan.total(self.state)))
+        # The whole epoch as the budget sees it: steps, checkpoint, metrics and curves.
+        self.epoch_plan.record_epoch(self.clock() - start, record.get("val_s"))
+
+    def final_validation(self) -> None:
+        """Validate the last epoch's weights, a row of its own (``"phase": "final_validation"``)."""
+        start = self.clock()
+        record: dict[str, Any] = {"epoch": self.state.epoch, "phase": "final_validation"}
+        self.score(record, validate=True)
+        record["seconds"] = self.clock() - start
+        self.close_phase(
+            record, f"validation after epoch {self.state.epoch}, the time budget's last"
+        )
 
     def run_head_refit(self) -> None:
         """``--head-refit``: refit the subtype head on the training cases' runtime tiles
@@ -360,7 +282,8 @@ class Trainer:
             val_start = self.clock()
             record.update(self.validate())
             record["val_s"] = self.clock() - val_start
-            self.update_best(record)
+            if self.state.keep_score(record):
+                self.checkpoints.save_best(self.state)
 
     def close_phase(self, record: dict[str, Any], line: str) -> None:
         """Add the phase's row to the history; log it, checkpoint and write the metrics (rank 0)."""
@@ -372,30 +295,12 @@ class Trainer:
             plot_curves(self.state.history, self.run_dir / "curves.png")
         barrier(self.context)
 
-    def update_best(self, record: dict[str, Any]) -> None:
-        score = float(record["combined_score"])
-        if score > self.state.best_score:
-            self.state.best_score = score
-            self.state.best_epoch = record["epoch"]
-            self.state.best_metrics = {k: v for k, v in record.items() if k != "pause_s"}
-            self.state.stale_validations = 0
-            if self.context.is_main:
-                save_checkpoint(self.run_dir / "best.pt", self.checkpoint_state())
-                self.write_bundle()
-        else:
-            self.state.stale_validations += 1
 
-    # -- the bundle and the summary ---------------------------------------------------------
-
-    def write_bundle(self) -> None:
-        """Make the run folder a model bundle: best weights + model.json (kind "trained")."""
-        write_run_bundle(
-            self.run_dir, self.model, self.plan, self.state, self.config, self.classifier
-        )
-
-    def write_summary(self) -> None:
-        elapsed = self.clock() - self.started
-        timing = {"budget_s": None, "planned_epochs": None, "elapsed_s": round(elapsed, 3)}
-        if self.planner is not None:
-            timing = self.planner.report(self.state, elapsed)
-        write_run_summary(self.run_dir, self.state, self.guard, self.device, self.amp_dtype, timing)
+__all__ = [
+    "Trainer",
+    "TrainState",
+    "autocast_dtype",
+    "resolve_device",
+    "training_device",
+    "warn_if_bf16_is_emulated",
+]

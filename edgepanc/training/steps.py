@@ -32,7 +32,7 @@ from edgepanc.training.schedule import (
 from edgepanc.training.teacher import draw_lesion_jitter, jitter_lesion
 
 if TYPE_CHECKING:
-    from edgepanc.training.loop import TrainState
+    from edgepanc.training.train_state import TrainState
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:

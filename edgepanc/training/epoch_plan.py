@@ -1,0 +1,90 @@
+"""Which epochs a run trains and which of them validate (:class:`EpochPlan`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from edgepanc.training.config import TrainConfig
+from edgepanc.training.distributed import DistContext, mean_across_ranks
+from edgepanc.training.time_budget import EpochPlanner, TimeBudget
+from edgepanc.training.train_state import TrainState
+
+
+class EpochPlan:
+    """The run's schedule: ``config.epochs`` or, under a :class:`TimeBudget`, the count its
+    :class:`EpochPlanner` reckons before each epoch; every ``val_every``-th epoch and the last
+    validate (and, under a budget, the measured first); ``patience`` validations without a better
+    score stop the run early.
+
+    Example::
+
+        >>> plan = EpochPlan(config, budget=None)  # config.epochs=10, val_every=5
+        >>> plan.validates(4, TrainState(epoch=4)), plan.validates(5, TrainState(epoch=5))
+        (True, False)
+        >>> plan.another_epoch(TrainState(epoch=10), set_total_epochs=print)
+        False
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        budget: TimeBudget | None,
+        head_refit: bool = False,
+        train_cases: int = 0,
+        val_cases: int = 0,
+        context: DistContext | None = None,
+    ) -> None:
+        self.config = config
+        self.planner: EpochPlanner | None = None
+        if budget is not None:
+            context = context or DistContext()
+            self.planner = EpochPlanner(
+                budget,
+                config.val_every,
+                head_refit,
+                train_cases,
+                val_cases,
+                agree=lambda value: mean_across_ranks([value], context)[0],
+            )
+
+    def total(self, state: TrainState) -> int:
+        """The epochs this run trains: the time budget's plan, or ``config.epochs``."""
+        return state.total_epochs(self.config.epochs)
+
+    def another_epoch(self, state: TrainState, set_total_epochs: Callable[[int], None]) -> bool:
+        """Whether the run trains another epoch: not past the total, patience not run out and,
+        under a time budget, another epoch still fits (the plan revised before it, see
+        :meth:`EpochPlanner.before_epoch`, which tells ``set_total_epochs`` of a change)."""
+        if state.epoch >= self.total(state) or state.patience_exhausted(self.config.patience):
+            return False
+        return self.planner is None or self.planner.before_epoch(state, set_total_epochs)
+
+    def validates(self, epoch: int, state: TrainState) -> bool:
+        """Whether (0-based) ``epoch`` ends with a validation: each ``val_every``-th, the last,
+        and the one a time budget measures."""
+        done = epoch + 1
+        due = done % self.config.val_every == 0 or done == self.total(state)
+        return due or (self.planner is not None and self.planner.measuring)
+
+    def record_epoch(self, seconds: float, validation_s: float | None) -> None:
+        """A whole epoch's seconds as a time budget sees them (steps, validation when one ran,
+        checkpoint, metrics and curves)."""
+        if self.planner is not None:
+            self.planner.record_epoch(seconds - (validation_s or 0.0), validation_s)
+
+    def validates_at_the_end(self, state: TrainState, trained: bool) -> bool:
+        """Whether the last epoch's weights still need a validation: the budget ended training
+        before the epoch that was planned to validate (its time was kept back for this)."""
+        last = state.history[-1] if state.history else {}
+        unscored = "val_s" not in last and "phase" not in last
+        return trained and self.planner is not None and unscored
+
+    def timing(self, state: TrainState, elapsed_s: float) -> dict[str, Any]:
+        """The run's time for ``summary.json``; under a budget, :meth:`EpochPlanner.report`."""
+        if self.planner is None:
+            return {"budget_s": None, "planned_epochs": None, "elapsed_s": round(elapsed_s, 3)}
+        return self.planner.report(state, elapsed_s)
+
+
+__all__ = ["EpochPlan"]
