@@ -12,10 +12,17 @@ from test_train_run import tiny_config as train_run_config
 from edgepanc.commands.train import Duration
 from edgepanc.thermal import ThermalGuard
 from edgepanc.training.config import TrainConfig
+from edgepanc.training.head_refit import HeadRefitConfig
 from edgepanc.training.loop import Trainer
 from edgepanc.training.runner import run_training
 from edgepanc.training.steps import StepRunner
-from edgepanc.training.time_budget import EpochPlanner, Measured, TimeBudget, seconds_for
+from edgepanc.training.time_budget import (
+    REFIT_TILES_PER_CASE,
+    EpochPlanner,
+    Measured,
+    TimeBudget,
+    seconds_for,
+)
 
 from train_support import write_tiny_dataset
 
@@ -74,23 +81,44 @@ def test_the_epoch_count_follows_from_the_measured_times() -> None:
     clock = ScriptedClock()
     budget = TimeBudget(1000.0, clock=clock)
     clock.now += 100.0  # the first epoch and its validation are behind us
-    measured = Measured(epoch_s=30.0, validation_s=12.0, val_cases=12, train_cases=88)
-    # usable 970 - 100 = 870 s; epochs 2..24: 23 * 30 s, validations after 5, 10, 15, 20 and 24:
-    # 5 * 12 s, the refit 1.2 * 1 s * 88 + 12 s: 867.6 s (epoch 25 would need 897.6 s)
-    assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=True) == 24
+    measured = Measured(
+        epoch_s=30.0, validation_s=12.0, val_cases=12, train_cases=88, samples_per_epoch=100
+    )
+    # usable 970 - 100 = 870 s; epochs 2..23: 22 * 30 s, validations after 5, 10, 15, 20 and 23:
+    # 5 * 12 s, the refit (8 tiles x 88 cases at 0.3 s a sample x 0.5 for a forward pass, 30 s
+    # to fit the head, a validation) 147.6 s: 867.6 s (epoch 24 would need 897.6 s)
+    assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=True) == 23
     # without the refit: 26 * 30 + 6 * 12 = 852 s (epoch 28: 882 s)
     assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=False) == 27
-    assert seconds_for(1, 24, measured, 5, True) == pytest.approx(867.6)
-    slower = Measured(60.0, 12.0, 12, 88)
-    assert budget.epochs_that_fit(1, slower, val_every=5, head_refit=True) == 12
+    assert seconds_for(1, 23, measured, 5, True) == pytest.approx(867.6)
+    slower = Measured(60.0, 12.0, 12, 88, 100)
+    assert budget.epochs_that_fit(1, slower, val_every=5, head_refit=True) == 10
     clock.now += 10_000.0  # over the budget: no more epochs, and never fewer than one
     assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=True) == 1
+
+
+def test_the_head_refit_is_reckoned_from_its_tiles_not_from_whole_validation_cases() -> None:
+    # A real 30-minute run on a shared 2-core CPU measured a 60 s epoch of 100 samples and a
+    # 186 s validation of 12 cases; reckoning the refit as 88 such validation cases (1823 s)
+    # left room for one epoch, while the refit took 71 s.
+    clock = ScriptedClock()
+    budget = TimeBudget(1800.0, clock=clock)
+    clock.now += 272.0
+    measured = Measured(60.0, 186.1, 12, 88, 100)
+    assert measured.refit_s() == pytest.approx(8 * 88 * 0.6 * 0.5 + 30.0 + 186.1)
+    assert budget.epochs_that_fit(1, measured, val_every=64, head_refit=True) == 15
+    assert HeadRefitConfig().max_tiles_per_case == REFIT_TILES_PER_CASE
 
 
 def test_a_plan_only_shrinks_once_the_pace_has_settled() -> None:
     clock = ScriptedClock()
     planner = EpochPlanner(
-        TimeBudget(1000.0, clock=clock), val_every=1, head_refit=False, train_cases=4, val_cases=2
+        TimeBudget(1000.0, clock=clock),
+        val_every=1,
+        head_refit=False,
+        train_cases=4,
+        val_cases=2,
+        samples_per_epoch=4,
     )
     for _ in range(4):
         clock.now += 12.0

@@ -45,6 +45,7 @@ class EpochPlan:
                 head_refit,
                 train_cases,
                 val_cases,
+                config.steps_per_epoch * config.batch_size,
                 agree=lambda value: mean_across_ranks([value], context)[0],
             )
 

@@ -3,8 +3,8 @@
 The first epoch is measured (its training steps, checkpoint and logs, and a validation run for
 the purpose); from then on, before every epoch, the epochs that still fit are reckoned from the
 measured times, keeping back the time of the final validation and of the head refit
-(estimated from the validation's seconds per case: the refit reads every training case through
-the runtime's tiling, as validation reads every validation case) and a safety margin. After the
+(estimated from the training step's seconds per sample: the refit passes at most a few tiles of
+each training case forward once, then fits the small head on what it kept) and a safety margin. After the
 first few epochs the count only shrinks, so the learning-rate schedule ends where it was planned
 or a little early when the machine slows down.
 """
@@ -23,7 +23,13 @@ log = logging.getLogger(__name__)
 # Kept back from the budget for what is not measured: writing the bundle and summary, the
 # interpreter's start-up, and the noise of a shared machine.
 SAFETY_MARGIN = 0.03
-REFIT_OVER_VALIDATION = 1.2  # the refit's feature pass and fit, over a validation per case
+# The head refit reads at most this many tiles of each training case (HeadRefitConfig's
+# max_tiles_per_case; a test keeps the two equal), each one forward pass.
+REFIT_TILES_PER_CASE = 8
+# A forward pass of one tile, over a training step's time per sample (forward and backward are
+# about 1:2; rounded up, since a shared machine's pace varies).
+FORWARD_SHARE = 0.5
+REFIT_FIT_S = 30.0  # the head's own fit on the kept features: 1,000 small steps, and set-up
 # Epochs over which the plan may still grow as the pace settles (the learning rate is still
 # warming up then); after them it only shrinks.
 SETTLING_EPOCHS = 3
@@ -32,23 +38,29 @@ SETTLING_EPOCHS = 3
 @dataclass(frozen=True)
 class Measured:
     """Seconds measured so far: one epoch of training (steps, checkpoint, logs), one validation
-    of all validation cases, and the case counts that scale a validation to the head refit.
+    of all validation cases, and the counts that scale an epoch to the head refit (training
+    cases, and the samples an epoch trains on: steps x batch).
 
-    Example: ``Measured(epoch_s=30.0, validation_s=12.0, val_cases=12, train_cases=88)``.
+    Example: ``Measured(epoch_s=30.0, validation_s=12.0, val_cases=12, train_cases=88,
+    samples_per_epoch=100)``.
     """
 
     epoch_s: float
     validation_s: float
     val_cases: int
     train_cases: int
+    samples_per_epoch: int
 
     def refit_s(self) -> float:
-        """The head refit's estimate: the training cases at validation's pace, then the
-        validation that follows it."""
-        if self.val_cases == 0:
-            return 0.0
-        per_case = self.validation_s / self.val_cases
-        return REFIT_OVER_VALIDATION * per_case * self.train_cases + self.validation_s
+        """The head refit's estimate: one forward pass of its tiles at the training step's pace
+        per sample, the head's own fit, then the validation that follows it.
+
+        Example: ``Measured(30.0, 12.0, 12, 88, 100).refit_s()`` ->
+        ``8 * 88 * 0.3 * 0.5 + 30 + 12`` = 147.6.
+        """
+        per_sample = self.epoch_s / max(self.samples_per_epoch, 1)
+        tiles = REFIT_TILES_PER_CASE * self.train_cases
+        return tiles * per_sample * FORWARD_SHARE + REFIT_FIT_S + self.validation_s
 
 
 def seconds_for(
@@ -57,7 +69,7 @@ def seconds_for(
     """The measured time of epochs ``done + 1 .. total`` with their validations (every
     ``val_every`` epochs, and the last) and, with ``head_refit``, the refit.
 
-    Example: ``seconds_for(1, 7, Measured(2.0, 3.0, 3, 6), val_every=5, head_refit=False)`` ->
+    Example: ``seconds_for(1, 7, Measured(2.0, 3.0, 3, 6, 4), val_every=5, head_refit=False)`` ->
     ``6 * 2 + 2 * 3`` = 18.0 (validations after epochs 5 and 7).
     """
     if total <= done:
@@ -74,8 +86,9 @@ class TimeBudget:
     Example::
 
         >>> budget = TimeBudget(2700.0)  # --time-budget 45m, counted from now
-        >>> budget.epochs_that_fit(done=1, measured=Measured(30.0, 12.0, 12, 88), val_every=5,
+        >>> budget.epochs_that_fit(done=1, measured=Measured(30.0, 12.0, 12, 88, 100), val_every=5,
         ...                        head_refit=True)
+        76
     """
 
     def __init__(
@@ -139,7 +152,7 @@ class EpochPlanner:
     Example::
 
         >>> planner = EpochPlanner(TimeBudget(180.0), val_every=3, head_refit=False,
-        ...                        train_cases=9, val_cases=3)
+        ...                        train_cases=9, val_cases=3, samples_per_epoch=4)
         >>> planner.record_epoch(10.0, 2.0)
         >>> planner.plan(done=1, planned=None)  # (174.6 - 2) // (10 + 2/3) -> 1 + 16
         17
@@ -152,6 +165,7 @@ class EpochPlanner:
         head_refit: bool,
         train_cases: int,
         val_cases: int,
+        samples_per_epoch: int,
         agree: Callable[[float], float] = float,
     ) -> None:
         self.budget = budget
@@ -159,6 +173,7 @@ class EpochPlanner:
         self.head_refit = head_refit
         self.train_cases = train_cases
         self.val_cases = val_cases
+        self.samples_per_epoch = samples_per_epoch
         self.agree = agree
         self.epoch_seconds: list[float] = []
         self.validation_s = 0.0
@@ -179,7 +194,11 @@ class EpochPlanner:
         # The recent pace (a shared machine changes speed), past the first epoch's set-up.
         recent = self.epoch_seconds[1:][-3:] or self.epoch_seconds
         return Measured(
-            sum(recent) / len(recent), self.validation_s, self.val_cases, self.train_cases
+            sum(recent) / len(recent),
+            self.validation_s,
+            self.val_cases,
+            self.train_cases,
+            self.samples_per_epoch,
         )
 
     def plan(self, done: int, planned: int | None) -> int:
