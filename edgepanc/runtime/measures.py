@@ -12,6 +12,9 @@ from scipy import ndimage
 
 from edgepanc.postprocessing import voxel_volume_ml
 
+# Voxels summed at a time for the mean HU: two float64/intp temporaries of this size (64 MB).
+MEAN_HU_SLAB_VOXELS = 4_000_000
+
 
 @dataclass(frozen=True)
 class CaseMeasures:
@@ -50,8 +53,10 @@ def lesion_diameter_mm(labels: sitk.Image) -> float | None:
 def mean_hu(image: sitk.Image, labels: sitk.Image) -> tuple[float | None, float | None]:
     """Mean of ``image`` over the pancreas (labels 1 and 2) and over the lesion (label 2).
 
-    Summed in numpy over the labels' bounding box only: ITK's label statistics take seconds on
-    a 512 x 512 x 300 scan, most of it outside the pancreas.
+    Summed in numpy over the labels' bounding box only (ITK's label statistics take seconds on
+    a 512 x 512 x 300 scan, most of it outside the pancreas), a slab of slices at a time, so
+    that a mask covering the whole scan (a model that does not fit it) stays within the memory
+    budget the run planned.
 
     Example: ``mean_hu(ct, mask)`` -> ``(42.1, 18.7)``.
     """
@@ -64,10 +69,16 @@ def mean_hu(image: sitk.Image, labels: sitk.Image) -> tuple[float | None, float 
         slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes))
         for axis in range(3)
     )
-    inside = np.asarray(label_view[box], dtype=np.intp).ravel()
-    values = np.asarray(sitk.GetArrayViewFromImage(image)[box], dtype=np.float64).ravel()
-    counts = np.bincount(inside, minlength=3)
-    sums = np.bincount(inside, weights=values, minlength=3)
+    image_view = sitk.GetArrayViewFromImage(image)
+    plane = (box[1].stop - box[1].start) * (box[2].stop - box[2].start)
+    step = max(1, MEAN_HU_SLAB_VOXELS // plane)
+    counts = np.zeros(3, dtype=np.int64)
+    sums = np.zeros(3, dtype=np.float64)
+    for start in range(box[0].start, box[0].stop, step):
+        slab = (slice(start, min(start + step, box[0].stop)), box[1], box[2])
+        inside = label_view[slab].ravel()
+        counts += np.bincount(inside, minlength=3)[:3]
+        sums += np.bincount(inside, weights=image_view[slab].ravel(), minlength=3)[:3]
     pancreas = (sums[1] + sums[2]) / (counts[1] + counts[2])
     lesion = sums[2] / counts[2] if counts[2] else None
     return round(float(pancreas), 1), None if lesion is None else round(float(lesion), 1)
