@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from edgepanc.runtime.measures import MEAN_HU_SLAB_VOXELS, mean_hu
+from edgepanc.runtime.measures import MEAN_HU_SLAB_VOXELS, lesion_diameter_mm, mean_hu
 
 
 def test_mean_hu_is_exact_when_summed_a_slab_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,3 +37,12 @@ def test_mean_hu_of_a_mask_covering_the_whole_scan_stays_within_a_few_slabs() ->
     assert (pancreas, lesion) == (40.0, None)
     assert peak < 3 * 8 * MEAN_HU_SLAB_VOXELS
     assert peak < 2 * 8 * np.prod(shape) / 2
+
+
+def test_the_lesion_diameter_is_that_of_the_largest_lesion_not_the_span_of_all() -> None:
+    labels = np.zeros((10, 40, 40), dtype=np.uint8)
+    labels[4:6, 5:15, 10] = 2  # the lesion: 10 voxels along y (9 mm between centres)
+    labels[5, 35, 35] = 2  # a speck far away: together they would span about 30 mm
+    image = sitk.GetImageFromArray(labels)
+    assert lesion_diameter_mm(image) == pytest.approx(np.hypot(9.0, 1.0))
+    assert lesion_diameter_mm(sitk.GetImageFromArray(np.zeros_like(labels))) is None

@@ -36,17 +36,23 @@ class CaseMeasures:
 
 
 def lesion_diameter_mm(labels: sitk.Image) -> float | None:
-    """The longest distance between two lesion (label 2) voxels' centres, in mm (the Feret
-    diameter, over every kept lesion component together); None without a lesion.
+    """The longest diameter of the largest lesion (label 2) component, in mm: the longest
+    distance between two of its voxels' centres (the Feret diameter); None without a lesion.
+
+    The largest component alone, as a reader measures a lesion: over all components together,
+    two specks far apart would read as one lesion of their distance.
 
     Example: ``lesion_diameter_mm(mask)`` -> ``21.4``.
     """
-    lesion = sitk.Cast(labels == 2, sitk.sitkUInt8)
-    shape = sitk.LabelShapeStatisticsImageFilter()
-    shape.ComputeFeretDiameterOn()  # on the lesion alone: the pancreas's border would be slow
-    shape.Execute(lesion)
-    if not shape.HasLabel(1):
+    components = sitk.ConnectedComponent(sitk.Cast(labels == 2, sitk.sitkUInt8), True)
+    sizes = sitk.LabelShapeStatisticsImageFilter()
+    sizes.Execute(components)
+    if not sizes.GetLabels():
         return None
+    largest = max(sizes.GetLabels(), key=sizes.GetNumberOfPixels)
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.ComputeFeretDiameterOn()  # on that component alone: larger borders would be slow
+    shape.Execute(sitk.Cast(components == largest, sitk.sitkUInt8))
     return float(shape.GetFeretDiameter(1))
 
 
