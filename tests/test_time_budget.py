@@ -110,7 +110,7 @@ def test_the_head_refit_is_reckoned_from_its_tiles_not_from_whole_validation_cas
     assert HeadRefitConfig().max_tiles_per_case == REFIT_TILES_PER_CASE
 
 
-def test_a_plan_only_shrinks_once_the_pace_has_settled() -> None:
+def test_a_settled_plan_shrinks_while_slow_and_grows_back_but_never_past_itself() -> None:
     clock = ScriptedClock()
     planner = EpochPlanner(
         TimeBudget(1000.0, clock=clock),
@@ -120,16 +120,22 @@ def test_a_plan_only_shrinks_once_the_pace_has_settled() -> None:
         val_cases=2,
         samples_per_epoch=4,
     )
-    for _ in range(4):
+    for _ in range(3):
         clock.now += 12.0
         planner.record_epoch(10.0, 2.0)
-    first = planner.plan(done=4, planned=None)
-    assert first == 4 + (970 - 48 - 2) // 12
-    assert planner.plan(done=4, planned=first - 10) == first - 10  # settled: never more
+    first = planner.plan(done=3, planned=None)  # still settling: the plan follows the pace
+    assert first == 3 + (970 - 36 - 2) // 12
     for _ in range(3):  # the machine slows down three-fold
         clock.now += 36.0
         planner.record_epoch(30.0, 6.0)
-    assert planner.plan(done=7, planned=first) < first
+    slow = planner.plan(done=6, planned=first)
+    assert slow < first
+    for _ in range(3):  # and speeds up again, faster than at first
+        clock.now += 6.0
+        planner.record_epoch(5.0, 1.0)
+    fast = planner.plan(done=9, planned=slow)
+    assert fast == first  # back up to the settled plan, not past it
+    assert planner.budget.epochs_that_fit(9, planner.measured(), 1, False) > first
 
 
 def test_a_budgeted_run_plans_its_epochs_and_ends_within_the_budget(

@@ -5,8 +5,9 @@ the purpose); from then on, before every epoch, the epochs that still fit are re
 measured times, keeping back the time of the final validation and of the head refit
 (estimated from the training step's seconds per sample: the refit passes at most a few tiles of
 each training case forward once, then fits the small head on what it kept) and a safety margin. After the
-first few epochs the count only shrinks, so the learning-rate schedule ends where it was planned
-or a little early when the machine slows down.
+first few epochs the count never grows past the settled plan: it shrinks while the machine runs
+slow and grows back (up to that plan) when the pace returns, so the learning-rate schedule ends
+where it was planned and a passing slowdown does not cut the run short.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ REFIT_TILES_PER_CASE = 8
 FORWARD_SHARE = 0.5
 REFIT_FIT_S = 30.0  # the head's own fit on the kept features: 1,000 small steps, and set-up
 # Epochs over which the plan may still grow as the pace settles (the learning rate is still
-# warming up then); after them it only shrinks.
+# warming up then); after them it never exceeds the highest plan made by then.
 SETTLING_EPOCHS = 3
 
 
@@ -178,6 +179,7 @@ class EpochPlanner:
         self.epoch_seconds: list[float] = []
         self.validation_s = 0.0
         self.planned_s: float | None = None  # when the latest plan expects the run to end
+        self.settled_epochs: int | None = None  # the highest plan while the pace settled
 
     @property
     def measuring(self) -> bool:
@@ -203,14 +205,19 @@ class EpochPlanner:
 
     def plan(self, done: int, planned: int | None) -> int:
         """The total epoch count: the plan from the epochs measured so far while they are
-        :data:`SETTLING_EPOCHS` or fewer (the first epoch pays the set-up), then ``planned`` or
-        fewer when what is left no longer holds its epochs (the schedule stays where it was)."""
+        :data:`SETTLING_EPOCHS` or fewer (the first epoch pays the set-up), then what still fits
+        but never more than the highest of those plans: fewer while the machine runs slow, back up
+        to it when the pace returns (a contended spell must not end the run early). ``planned``
+        (the current plan) stands in for that ceiling in a planner that did not make it, as after
+        ``--resume``."""
         fit = self.budget.epochs_that_fit(done, self.measured(), self.val_every, self.head_refit)
         fit = int(self.agree(float(fit)))
         if planned is None or len(self.epoch_seconds) <= SETTLING_EPOCHS:
             planned = max(done, fit)
+            self.settled_epochs = max(planned, self.settled_epochs or 0)
         else:
-            planned = max(done, min(planned, fit))
+            ceiling = self.settled_epochs if self.settled_epochs is not None else planned
+            planned = max(done, min(ceiling, fit))
         measured = self.measured()
         rest = seconds_for(done, planned, measured, self.val_every, self.head_refit)
         self.planned_s = self.budget.elapsed() + rest
