@@ -37,6 +37,7 @@ _AT_LEAST = {
     "cls_weight": 0.0,
     "lesion_fraction": 0.0,
     "pancreas_fraction": 0.0,
+    "selection_share": 0.0,
     "cpu_max_temp": 20.0,
     "gpu_max_temp": 20.0,
     "thermal_timeout": 1.0,
@@ -49,6 +50,7 @@ _AT_MOST = {
     "cls_weight": 100.0,
     "lesion_fraction": 1.0,
     "pancreas_fraction": 1.0,
+    "selection_share": 0.5,
     "cpu_max_temp": 120.0,
     "gpu_max_temp": 120.0,
     "thermal_timeout": 86400.0,
@@ -124,6 +126,10 @@ class TrainConfig:
     # After the last epoch, refit the subtype head alone on the features of the runtime's tiles
     # of the training cases (edgepanc.training.head_refit), then validate once more.
     head_refit: bool = False
+    # Share of the training cases held out (stratified by subtype, seeded) to choose the best
+    # checkpoint and whether the refitted head is kept (edgepanc.training.selection); 0: the
+    # validation cases choose, so the figures they report are optimistic (the report says so).
+    selection_share: float = 0.0
     lesion_fraction: float = 0.6  # share of patches centred on a lesion voxel
     pancreas_fraction: float = 0.25  # share centred on a pancreas voxel; the rest random
     lesion_dice: str = "batch"  # "sample": per-patch lesion Dice (edgepanc.training.losses)
@@ -231,4 +237,6 @@ class TrainConfig:
             del data["head_statistics"]
         if data.get("teacher_mask_jitter") == 0:
             del data["teacher_mask_jitter"]
+        if data.get("selection_share") == 0.0:
+            del data["selection_share"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -75,4 +75,5 @@ def prepare_cases(
     cases: Sequence[Any], plan: Any, desc: str = "preprocessing"
 ) -> list[PreparedCase]:
     """Preprocess ``cases`` in order, with a progress bar."""
-    return [prepare_case(case, plan) for case in tqdm(cases, desc=desc, unit="case", leave=False)]
+    bar = tqdm(cases, desc=desc, unit="case", leave=False, disable=not cases)
+    return [prepare_case(case, plan) for case in bar]

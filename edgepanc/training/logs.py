@@ -55,11 +55,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _validation_text(record: dict[str, Any]) -> str:
-    return (
+    text = (
         f"; validation whole DSC {record['whole_dsc']:.4f}, lesion DSC "
         f"{record['lesion_dsc']:.4f}, macro F1 {record['macro_f1']:.4f}, "
         f"accuracy {record['accuracy']:.4f}, score {record['combined_score']:.4f}"
     )
+    if "selection_combined_score" in record:
+        text += f"; selection score {record['selection_combined_score']:.4f} (it chooses)"
+    return text
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:

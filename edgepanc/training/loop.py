@@ -35,6 +35,7 @@ from edgepanc.training.epoch_plan import EpochPlan
 from edgepanc.training.logs import epoch_line, plot_curves, refit_line, write_metrics
 from edgepanc.training.outputs import write_run_summary
 from edgepanc.training.run_checkpoints import RunCheckpoints
+from edgepanc.training.selection import selection_metrics, who_chose
 from edgepanc.training.steps import StepRunner
 from edgepanc.training.time_budget import TimeBudget
 from edgepanc.training.train_state import TrainState
@@ -126,6 +127,7 @@ class Trainer:
         context: DistContext | None = None,
         augmentation: AugmentationConfig | None = None,
         budget: TimeBudget | None = None,
+        select_cases: Sequence[PreparedCase] = (),
     ) -> None:
         self.config = config
         # One clock for every duration the run measures, so that tests can script it.
@@ -137,6 +139,7 @@ class Trainer:
         self.guard = guard
         self.train_cases = list(train_cases)
         self.val_cases = list(val_cases)
+        self.select_cases = list(select_cases)  # choose the model; val_cases only report
         # Without a subtype label the head only ever sees a zero loss: the bundle says so.
         self.classifier = any(case.subtype is not None for case in self.train_cases)
         self.steps = StepRunner(
@@ -155,7 +158,12 @@ class Trainer:
         )
         refit = config.head_refit and self.classifier
         self.epoch_plan = EpochPlan(
-            config, budget, refit, len(self.train_cases), len(self.val_cases), self.context
+            config,
+            budget,
+            refit,
+            len(self.train_cases),
+            len(self.val_cases) + len(self.select_cases),
+            self.context,
         )
 
     # -- checkpoints (:class:`RunCheckpoints`) -----------------------------------------------
@@ -180,10 +188,17 @@ class Trainer:
         return 0.0 if event is None else float(event.duration_s)
 
     def validate(self) -> dict[str, Any]:
-        """Every rank validates its share; all ranks get the same summary."""
+        """The validation cases' summary, and the selection cases' as ``selection_*`` keys."""
+        summary = self.summarize(self.val_cases)
+        if self.select_cases:
+            summary.update(selection_metrics(self.summarize(self.select_cases)))
+        return summary
+
+    def summarize(self, cases: Sequence[PreparedCase]) -> dict[str, Any]:
+        """Every rank validates its share of ``cases``; all ranks get the same summary."""
         local = validate_cases(
             self.model,
-            shard(self.val_cases, self.context),
+            shard(cases, self.context),
             self.config.patch_size,
             self.device.type,
             self.config.val_step_fraction,
@@ -221,8 +236,9 @@ class Trainer:
         if self.context.is_main:
             elapsed = self.clock() - self.started
             timing = self.epoch_plan.timing(self.state, elapsed)
+            chose = who_chose(len(self.select_cases), len(self.val_cases))
             write_run_summary(
-                self.run_dir, self.state, self.guard, self.device, self.amp_dtype, timing
+                self.run_dir, self.state, self.guard, self.device, self.amp_dtype, timing, chose
             )
         return self.state
 

@@ -56,9 +56,12 @@ def write_run_summary(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     timing: dict[str, Any] | None = None,
+    chose: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``summary.json`` (epochs, steps, best score, thermal pauses, and ``timing``: the
-    time budget, the epochs it planned and the seconds the run took) and log its line.
+    """Write ``summary.json`` (epochs, steps, best score, thermal pauses, ``timing``: the
+    time budget, the epochs it planned and the seconds the run took, and ``chose``: which cases
+    chose the model and which scored it, :func:`~edgepanc.training.selection.who_chose`) and log
+    its line.
 
     Example::
 
@@ -74,9 +77,12 @@ def write_run_summary(
         "device": str(device),
         "autocast": None if amp_dtype is None else str(amp_dtype),
         "time": timing or {},
+        "selection": chose or {},
     }
     write_json_atomic(run_dir / "summary.json", summary)
     thermal = summary["thermal"]
+    if chose:
+        log.info("the model was chosen on %s; scored on %s", chose["chosen_on"], chose["scored_on"])
     log.info(
         "done: %d epochs, best score %.4f at epoch %d; %d thermal pauses, %.0f s paused",
         state.epoch,

@@ -36,6 +36,7 @@ from edgepanc.training.kfold import (
 )
 from edgepanc.training.logs import RunLog
 from edgepanc.training.run_folder import check_run_dir, run_folder
+from edgepanc.training.selection import SELECTION_FILE, hold_out_selection
 from edgepanc.training.time_budget import TimeBudget
 
 if TYPE_CHECKING:
@@ -273,6 +274,7 @@ def train_one(
     network = network_config_for(config, init.bundle if init is not None else None)
     checkpoint = load_checkpoint(run_dir / "last.pt") if config.resume else None
     plan = choose_plan(config, cases, run_dir, init)
+    cases, held_out, selection = hold_out_selection(cases, config.selection_share)
     log.info(
         "plan: target spacing %s mm, patch %s, intensity clip [%.0f, %.0f] HU",
         plan.target_spacing,
@@ -286,14 +288,30 @@ def train_one(
     val_cases = prepare_cases(
         [c for c in cases if c.split == "validation"], plan, "preprocessing validation"
     )
-    log.info("%d training and %d validation cases", len(train_cases), len(val_cases))
+    select_cases = prepare_cases(held_out, plan, "preprocessing selection")
+    log.info(
+        "%d training, %d validation%s cases",
+        len(train_cases),
+        len(val_cases),
+        f" and {len(select_cases)} selection (they choose the model)" if select_cases else "",
+    )
     if guard is None:
         limits = ThermalLimits(
             cpu_c=config.cpu_max_temp, gpu_c=config.gpu_max_temp, timeout_s=config.thermal_timeout
         )
         guard = ThermalGuard.discover(limits, require=config.require_thermal)
     trainer = Trainer(
-        config, run_dir, train_cases, val_cases, plan, network, guard, context, augmentation, budget
+        config,
+        run_dir,
+        train_cases,
+        val_cases,
+        plan,
+        network,
+        guard,
+        context,
+        augmentation,
+        budget,
+        select_cases,
     )
     if init is not None:
         trainer.start_from(init.weights, init.bundle.path)  # a resumed run then loads last.pt
@@ -308,6 +326,8 @@ def train_one(
             write_json_atomic(run_dir / "plan.json", saved_plan)
             if drawn_split is not None:
                 write_json_atomic(run_dir / SPLIT_FILE, drawn_split)
+            if selection is not None:
+                write_json_atomic(run_dir / SELECTION_FILE, selection)
             if run_log is not None:
                 run_log.open(run_dir)
             try:

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgepanc.training.selection import choosing_score
+
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +49,7 @@ class TrainState:
 
         Example: ``TrainState().keep_score({"epoch": 1, "combined_score": 0.5})`` -> ``True``.
         """
-        score = float(record["combined_score"])
+        score = choosing_score(record)  # the selection cases' when the run holds them out
         if score > self.best_score:  # a NaN score is never a best
             self.best_score = score
             self.best_epoch = record["epoch"]
