@@ -143,7 +143,9 @@ def segment(
         out_dir=Path("."),  # never written to: the steps below read and compute only
         step=step,
         tile_batch=tile_batch,
-        memory_budget=parse_size(memory_budget) if isinstance(memory_budget, str) else memory_budget,
+        memory_budget=parse_size(memory_budget)
+        if isinstance(memory_budget, str)
+        else memory_budget,
         roi=RoiConfig(mode=roi),
         postprocess=PostprocessConfig(
             largest_component=largest_component, lesion_in_pancreas=lesion_in_pancreas

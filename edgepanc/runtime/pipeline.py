@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from edgepanc.backends.base import Predictor
 from edgepanc.errors import EdgepancError
+from edgepanc.inferers.mirroring import MirroredPredictor
 from edgepanc.inferers.sliding_window import BatchPolicy, SlidingWindowResult, plan_sliding_window
 from edgepanc.inferers.streaming import slab_memory_bytes, streaming_sliding_window_inference
 from edgepanc.inferers.tiling import bounding_box
@@ -108,6 +109,8 @@ class RunConfig:
     nifti: bool = True  # the NIfTI mask
     dicom_seg: bool = False  # a DICOM SEG beside it (a DICOM series input only)
     model_info: dict[str, Any] = field(default_factory=dict)  # see runtime.provenance
+    # Mirror axes of test-time augmentation (--tta) in the fine pass; empty: none.
+    mirror_axes: tuple[str, ...] = ()
 
     @property
     def kinds(self) -> OutputKinds:
@@ -306,10 +309,12 @@ def segment_case(
             notes.append(roi["fallback"])
         else:
             roi["fraction"] = round(box_fraction(box, volume.shape), 4)
+    # The coarse pass only finds the box, so only the fine pass pays for the mirrors.
+    fine = MirroredPredictor(model.predictor, config.mirror_axes) if config.mirror_axes else None
     with timer("fine"):
         result = streaming_sliding_window_inference(
             volume,
-            model.predictor,
+            fine or model.predictor,
             model.patch_size,
             step_fraction=config.step,
             tile_batch=backoff.policy,
@@ -341,6 +346,7 @@ class CaseRun:
     model_info: dict[str, Any] = field(default_factory=dict)
     nifti: bool = True
     dicom_seg: bool = False
+    mirror_axes: tuple[str, ...] = ()
 
 
 def restore_mask(finished: FinishedPrediction, grid: GridRecord) -> sitk.Image:
@@ -459,6 +465,7 @@ def _case_report(
         tile_batch=run.tile_batch,
         tile_count=run.tile_count,
         roi=run.roi,
+        mirror_axes=list(run.mirror_axes),
         throttle_events=run.throttle_events,
         memory_plan=run.memory_plan,
         notes=run.notes,
@@ -521,6 +528,7 @@ def run_case(
             model_info=config.model_info,
             nifti=config.nifti,
             dicom_seg=config.kinds.seg_for(scan),
+            mirror_axes=config.mirror_axes,
         )
         with timer("restore"):
             restored = restore_mask(finished, grid)

@@ -49,6 +49,7 @@ class CaseReport:
     tile_batch: int
     tile_count: int
     roi: dict[str, Any]
+    mirror_axes: list[str] = field(default_factory=list)  # test-time mirroring (--tta); []: none
     throttle_events: list[dict[str, Any]] = field(default_factory=list)
     memory_plan: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
