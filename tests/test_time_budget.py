@@ -138,6 +138,19 @@ def test_a_settled_plan_shrinks_while_slow_and_grows_back_but_never_past_itself(
     assert planner.budget.epochs_that_fit(9, planner.measured(), 1, False) > first
 
 
+def test_a_settled_plan_does_not_grow_back_by_a_single_epoch() -> None:
+    clock = ScriptedClock()
+    planner = EpochPlanner(TimeBudget(1000.0, clock=clock), 1, False, 4, 2, 4)
+    for _ in range(4):
+        clock.now += 12.0
+        planner.record_epoch(10.0, 2.0)
+    fits = planner.budget.epochs_that_fit(4, planner.measured(), 1, False)
+    assert planner.plan(done=4, planned=None) == fits
+    # a wobble cut the plan by one; the same pace again does not flicker it back
+    assert planner.plan(done=4, planned=fits - 1) == fits - 1
+    assert planner.plan(done=4, planned=fits - 2) == fits  # two epochs is a real recovery
+
+
 def test_a_budgeted_run_plans_its_epochs_and_ends_within_the_budget(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

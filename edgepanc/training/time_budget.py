@@ -34,6 +34,7 @@ REFIT_FIT_S = 30.0  # the head's own fit on the kept features: 1,000 small steps
 # Epochs over which the plan may still grow as the pace settles (the learning rate is still
 # warming up then); after them it never exceeds the highest plan made by then.
 SETTLING_EPOCHS = 3
+GROW_BACK_EPOCHS = 2  # the least a settled plan grows back by (or 2% of it, if more)
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,10 @@ class EpochPlanner:
             self.settled_epochs = max(planned, self.settled_epochs or 0)
         else:
             ceiling = self.settled_epochs if self.settled_epochs is not None else planned
-            planned = max(done, min(ceiling, fit))
+            # Grow back only by a margin, so that the plan does not flicker by an epoch (and
+            # the schedule with it) as the pace wobbles.
+            grows = fit >= planned + max(GROW_BACK_EPOCHS, planned // 50)
+            planned = max(done, min(ceiling, fit if fit < planned or grows else planned))
         measured = self.measured()
         rest = seconds_for(done, planned, measured, self.val_every, self.head_refit)
         self.planned_s = self.budget.elapsed() + rest
