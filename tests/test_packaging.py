@@ -107,7 +107,7 @@ def test_the_library_declares_torch_as_a_range_in_an_extra():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not any(d.split(">")[0].split("=")[0].strip() == "torch" for d in project["dependencies"])
     extras = project["optional-dependencies"]
-    assert extras["train"] == ["torch>=2.5"]
+    assert extras["train"] == ["torch>=2.5", "scikit-learn>=1.4"]
     assert "edgepanc[train]" in extras["quant"] and "edgepanc[quant]" in extras["dev"]
     setup = (ROOT / "scripts" / "setup_venv.sh").read_text()
     # the exact CPU build first, then the package: pip then keeps it instead of fetching another
