@@ -109,3 +109,79 @@ def test_the_study_refits_from_its_own_rows_and_writes_a_forest_the_runtime_read
         report["validation"]["forest_predicted"]
         == model.predict(sets["validation"].matrix()).tolist()
     )
+
+
+def test_the_study_predicts_a_tiny_data_set_with_a_bundle_end_to_end(tmp_path):
+    """The prediction side on a tiny network at random weights: every case gets a row measured
+    on its predicted mask, and the neural head's subtypes are the validation path's own."""
+    import torch
+
+    from edgepanc.bundle import load_bundle
+    from edgepanc.data.cases import discover_cases
+    from edgepanc.training.dataset import prepare_cases
+    from edgepanc.training.validation import validate_cases
+
+    from runtime_support import make_tiny_bundle
+    from train_support import write_tiny_dataset
+
+    torch.set_num_threads(1)
+    data = write_tiny_dataset(tmp_path / "data", train_per_subtype=2)
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    out = tmp_path / "study.json"
+    args = [str(bundle), str(data), "--out", str(out), "--fresh", str(data), "--trees", "10"]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    sets = [r["set"] for r in report["per_case"]]
+    assert sets.count("train") == 6 and sets.count("validation") == 3 and sets.count("fresh") == 9
+    assert report["forest_cv_train"]["folds"] == 2 and report["fresh"]["cases"] == 9
+    assert all(
+        len(r["features"]) == F and np.all(np.isfinite(r["features"])) for r in report["per_case"]
+    )
+    loaded = load_bundle(bundle)
+    cases = [c for c in discover_cases(data) if c.split == "validation"]
+    expected = validate_cases(
+        loaded.load_network(), prepare_cases(cases, loaded.plan), loaded.plan.patch_size, "cpu"
+    )
+    by_id = {r["case_id"]: r for r in report["per_case"] if r["set"] == "validation"}
+    for result in expected:
+        assert by_id[result.case_id]["neural"] == result.predicted_subtype
+        assert by_id[result.case_id]["lesion_dsc"] == result.lesion_dsc
+
+
+def test_the_study_measures_features_on_the_scan_under_the_restored_mask(tmp_path, monkeypatch):
+    """With the reference as the 'prediction', each row reads the scan's own CT numbers under
+    the mask mapped back onto the scan's grid: lesion HU follows the subtype's brightness."""
+    import SimpleITK as sitk
+
+    import edgepanc.training.validation as validation
+    from edgepanc.postprocessing import FinishedPrediction
+
+    from runtime_support import make_tiny_bundle
+    from train_support import LESION_HU, write_tiny_dataset
+
+    def perfect(network, case, patch_size, device, *args, **kwargs):
+        return FinishedPrediction(
+            case.label.copy(), None, np.eye(3, dtype=np.float32)[case.subtype]
+        )
+
+    monkeypatch.setattr(validation, "predict_case", perfect)
+    data = write_tiny_dataset(tmp_path / "data", train_per_subtype=2)
+    out = tmp_path / "study.json"
+    assert main([str(make_tiny_bundle(tmp_path / "b")), str(data), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["validation"]["neural"]["accuracy"] == 1.0
+    lesion_hu: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    for row in report["per_case"]:
+        f = dict(zip(FEATURE_NAMES, row["features"], strict=True))
+        assert row["neural"] == row["subtype"]
+        assert 50 < f["pancreas_hu_mean"] < 110  # the gland's HU: image and mask line up
+        reference = next(data.rglob(f"{row['case_id']}.nii.gz"))
+        gland_ml = np.count_nonzero(sitk.GetArrayFromImage(sitk.ReadImage(reference))) * 0.002
+        assert abs(f["gland_ml"] - gland_ml) < 0.35 * gland_ml
+        if f["has_lesion"]:
+            lesion_hu[row["subtype"]].append(f["hu_mean"])
+    assert sum(map(len, lesion_hu.values())) >= 6  # small lesions may vanish at 4 mm
+    # Partial volume pulls the means towards the gland, but not past one another.
+    means = {subtype: np.mean(values) for subtype, values in lesion_hu.items()}
+    assert sorted(means, key=means.get) == sorted(LESION_HU, key=LESION_HU.get)
+    assert means[2] > 100
