@@ -34,6 +34,7 @@ class EpochPlan:
         train_cases: int = 0,
         val_cases: int = 0,
         context: DistContext | None = None,
+        refit_tiles: int | None = None,
     ) -> None:
         self.config = config
         self.planner: EpochPlanner | None = None
@@ -47,6 +48,7 @@ class EpochPlan:
                 val_cases,
                 config.steps_per_epoch * config.batch_size,
                 agree=lambda value: mean_across_ranks([value], context)[0],
+                refit_tiles=refit_tiles,
             )
 
     def total(self, state: TrainState) -> int:

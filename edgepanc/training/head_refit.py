@@ -104,6 +104,22 @@ def lesion_tiles(
     return [plan.tiles[i] for i in keep]
 
 
+def count_refit_tiles(cases: Sequence[PreparedCase], config: TrainConfig) -> int:
+    """How many tiles the refit will read: :func:`lesion_tiles` of each case with a subtype, from
+    its reference labels alone (cheap, so a time budget can keep their time back).
+
+    Example: ``count_refit_tiles(train_cases, config)`` -> ``310`` for 88 quiz phantoms.
+    """
+    refit_config = HeadRefitConfig(seed=config.seed)
+    patch = tuple(int(p) for p in config.patch_size)
+    importance = importance_map(patch, "gaussian")
+    return sum(
+        len(lesion_tiles(c.label, patch, config.val_step_fraction, importance, refit_config))
+        for c in cases
+        if c.subtype is not None and c.subtype >= 0
+    )
+
+
 def collect_tile_features(
     model: torch.nn.Module,
     cases: Sequence[PreparedCase],

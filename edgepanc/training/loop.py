@@ -32,6 +32,7 @@ from edgepanc.training.config import TrainConfig
 from edgepanc.training.dataset import PreparedCase
 from edgepanc.training.distributed import DistContext, barrier, gather_lists, shard
 from edgepanc.training.epoch_plan import EpochPlan
+from edgepanc.training.head_refit import count_refit_tiles
 from edgepanc.training.logs import epoch_line, plot_curves, refit_line, write_metrics
 from edgepanc.training.outputs import write_run_summary
 from edgepanc.training.run_checkpoints import RunCheckpoints
@@ -164,6 +165,8 @@ class Trainer:
             len(self.train_cases),
             len(self.val_cases) + len(self.select_cases),
             self.context,
+            # a budget keeps the refit's time back: counted from the labels, no network needed
+            count_refit_tiles(self.train_cases, config) if refit and budget else None,
         )
 
     # -- checkpoints (:class:`RunCheckpoints`) -----------------------------------------------

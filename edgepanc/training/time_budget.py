@@ -30,7 +30,7 @@ REFIT_TILES_PER_CASE = 8
 # A forward pass of one tile, over a training step's time per sample (forward and backward are
 # about 1:2; rounded up, since a shared machine's pace varies).
 FORWARD_SHARE = 0.5
-REFIT_FIT_S = 30.0  # the head's own fit on the kept features: 1,000 small steps, and set-up
+REFIT_FIT_S = 15.0  # the head's own fit on the kept features: 1,000 small steps, and set-up
 # Epochs over which the plan may still grow as the pace settles (the learning rate is still
 # warming up then); after them it never exceeds the highest plan made by then.
 SETTLING_EPOCHS = 3
@@ -41,10 +41,11 @@ GROW_BACK_EPOCHS = 2  # the least a settled plan grows back by (or 2% of it, if 
 class Measured:
     """Seconds measured so far: one epoch of training (steps, checkpoint, logs), one validation
     of all validation cases, and the counts that scale an epoch to the head refit (training
-    cases, and the samples an epoch trains on: steps x batch).
+    cases, the samples an epoch trains on: steps x batch, and the tiles the refit will read when
+    they were counted, :func:`~edgepanc.training.head_refit.count_refit_tiles`).
 
     Example: ``Measured(epoch_s=30.0, validation_s=12.0, val_cases=12, train_cases=88,
-    samples_per_epoch=100)``.
+    samples_per_epoch=100, refit_tiles=310)``.
     """
 
     epoch_s: float
@@ -52,16 +53,19 @@ class Measured:
     val_cases: int
     train_cases: int
     samples_per_epoch: int
+    refit_tiles: int | None = None  # None: at most REFIT_TILES_PER_CASE per training case
 
     def refit_s(self) -> float:
         """The head refit's estimate: one forward pass of its tiles at the training step's pace
         per sample, the head's own fit, then the validation that follows it.
 
-        Example: ``Measured(30.0, 12.0, 12, 88, 100).refit_s()`` ->
-        ``8 * 88 * 0.3 * 0.5 + 30 + 12`` = 147.6.
+        Example: ``Measured(30.0, 12.0, 12, 88, 100, refit_tiles=310).refit_s()`` ->
+        ``310 * 0.3 * 0.5 + 15 + 12`` = 73.5.
         """
         per_sample = self.epoch_s / max(self.samples_per_epoch, 1)
-        tiles = REFIT_TILES_PER_CASE * self.train_cases
+        tiles = self.refit_tiles
+        if tiles is None:
+            tiles = REFIT_TILES_PER_CASE * self.train_cases
         return tiles * per_sample * FORWARD_SHARE + REFIT_FIT_S + self.validation_s
 
 
@@ -169,6 +173,7 @@ class EpochPlanner:
         val_cases: int,
         samples_per_epoch: int,
         agree: Callable[[float], float] = float,
+        refit_tiles: int | None = None,
     ) -> None:
         self.budget = budget
         self.val_every = val_every
@@ -177,6 +182,7 @@ class EpochPlanner:
         self.val_cases = val_cases
         self.samples_per_epoch = samples_per_epoch
         self.agree = agree
+        self.refit_tiles = refit_tiles
         self.epoch_seconds: list[float] = []
         self.validation_s = 0.0
         self.planned_s: float | None = None  # when the latest plan expects the run to end
@@ -202,6 +208,7 @@ class EpochPlanner:
             self.val_cases,
             self.train_cases,
             self.samples_per_epoch,
+            self.refit_tiles,
         )
 
     def plan(self, done: int, planned: int | None) -> int:
