@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from edgepanc.postprocessing.lesion_features import FEATURE_NAMES, lesion_features
 
@@ -149,3 +150,24 @@ def test_inputs_of_different_shapes_or_bad_spacing_are_refused():
         lesion_features(np.zeros((4, 4, 4)), np.zeros((4, 4, 5), np.uint8), (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="spacing"):
         lesion_features(np.zeros((4, 4, 4)), np.zeros((4, 4, 4), np.uint8), (1.0, 0.0, 1.0))
+
+
+def test_the_vector_does_not_depend_on_how_much_empty_scan_surrounds_the_labels():
+    """Work is limited to the labels' reach: padding the scan changes nothing, the rim and the
+    gradient at the edge of that reach included."""
+    shape, spacing = (10, 16, 16), (2.0, 1.0, 0.5)
+    lesion = np.zeros(shape, dtype=bool)
+    lesion[3:7, 4:12, 4:12] = True
+    image, labels = scene(shape, lesion, (slice(0, 0),) * 3)  # no gland: the rim is the shell
+    image += np.random.default_rng(0).normal(0.0, 20.0, size=shape)
+    padding = ((9, 4), (0, 7), (12, 3))
+    padded_image = np.pad(image, padding, constant_values=BACKGROUND_HU)
+    padded_labels = np.pad(labels, padding)
+    f = lesion_features(image, labels, spacing)
+    np.testing.assert_array_equal(lesion_features(padded_image, padded_labels, spacing), f)
+    # The same figures from whole-volume operations: the reach cut off nothing they need.
+    face = ndimage.generate_binary_structure(3, 1)
+    shell = ndimage.binary_dilation(lesion, face, iterations=2) & ~lesion
+    gradient = np.sqrt(sum(g**2 for g in np.gradient(image, *spacing)))
+    assert named(f)["rim_hu_mean"] == pytest.approx(image[shell].mean(), rel=1e-12)
+    assert named(f)["gradient_hu_per_mm"] == pytest.approx(gradient[lesion].mean(), rel=1e-12)

@@ -87,6 +87,12 @@ def lesion_features(
     spacing = _check_inputs(image_hu, labels, spacing_zyx)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     out = np.zeros(len(FEATURE_NAMES), dtype=np.float64)
+    # Everything below happens within reach of the labels: a whole CT's worth of temporaries
+    # (an int32 component map of a 512 x 512 x 300 scan is 300 MB) would break the run's budget.
+    reach = _labelled_box(labels, RIM_VOXELS + 1)
+    if reach is None:
+        return out
+    image_hu, labels = image_hu[reach], labels[reach]
     gland_voxels = int(np.count_nonzero(labels))
     pancreas = labels == PANCREAS
     pancreas_hu = float(image_hu[pancreas].mean(dtype=np.float64)) if pancreas.any() else None
@@ -147,6 +153,18 @@ def _check_inputs(image: np.ndarray, labels: np.ndarray, spacing: Sequence[float
     if values.shape != (3,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise ValueError(f"spacing must be three positive numbers (mm), got {spacing}")
     return values
+
+
+def _labelled_box(labels: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The box of every non-zero label, grown by ``margin`` voxels; None when there is none."""
+    box = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(np.any(labels, axis=others))
+        if hit.size == 0:
+            return None
+        box.append(slice(max(0, hit[0] - margin), min(labels.shape[axis], hit[-1] + 1 + margin)))
+    return tuple(box)
 
 
 def _grown_box(box: tuple[slice, ...], shape: Sequence[int], margin: int) -> tuple[slice, ...]:
