@@ -109,3 +109,29 @@ def test_a_run_chooses_its_best_epoch_on_the_selection_cases_only(
     assert not seen["selection"] & seen["validation"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["selection_combined_score"] for r in records] == pytest.approx([0.9, 1.0, 0.9, 0.8])
+
+
+@pytest.mark.parametrize("share", [0.0, 0.34])
+def test_the_refitted_head_is_kept_unless_selection_cases_score_it_worse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, share: float
+) -> None:
+    data = write_tiny_dataset(tmp_path / "data", train_per_subtype=3)
+
+    def falling_summary(self, cases):
+        """Every validation scores worse than the one before, the refit's too."""
+        done = len([r for r in self.state.history if "phase" not in r]) + 1
+        phase = self.state.epoch >= 2  # the refit validates after the last (second) epoch
+        score = 0.5 - 0.1 * (done + phase)
+        keys = ("whole_dsc", "lesion_dsc", "macro_f1", "accuracy", "combined_score")
+        return {**dict.fromkeys(keys, score), "n_cases": len(cases)}
+
+    monkeypatch.setattr(Trainer, "summarize", falling_summary)
+    run = tmp_path / "run"
+    config = tiny_config(data, run, epochs=2, head_refit=True, selection_share=share, threads=1)
+    run_training(config, guard=ThermalGuard([]))
+    summary = json.loads((run / "summary.json").read_text())
+    kept = summary["best_metrics"].get("phase") == "head_refit"
+    # no held-out cases: the validation cases do not judge the refit, it is kept; with selection
+    # cases that score it worse, the first epoch's weights stay the bundle's
+    assert kept is (share == 0.0)
+    assert summary["best_epoch"] == (2 if share == 0.0 else 1)

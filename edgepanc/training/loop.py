@@ -288,20 +288,23 @@ class Trainer:
             )
         )
         record["train_s"] = self.clock() - start
-        self.score(record, validate=True)
+        # Kept unless held-out selection cases score it worse: judged on the validation cases
+        # it would flatter their figures, and on 12 of them it turned down a refit that raised
+        # macro F1 on 48 fresh phantoms (docs/measurements/default_train_command.md).
+        self.score(record, validate=True, choose=bool(self.select_cases))
         record["seconds"] = self.clock() - start
         self.state.head_refitted = True
         self.close_phase(record, refit_line(record))
 
-    def score(self, record: dict[str, Any], validate: bool) -> None:
-        """Validate into ``record`` when ``validate`` and keep the best model. Without validation
-        cases (the runner draws a split when the data set has none) nothing is scored: a score
-        is never made up."""
+    def score(self, record: dict[str, Any], validate: bool, choose: bool = True) -> None:
+        """Validate into ``record`` when ``validate`` and keep the best model (``choose``
+        False: keep this one). Without validation cases (the runner draws a split when the data
+        set has none) nothing is scored: a score is never made up."""
         if validate and self.val_cases:
             val_start = self.clock()
             record.update(self.validate())
             record["val_s"] = self.clock() - val_start
-            if self.state.keep_score(record):
+            if self.state.keep_score(record, force=not choose):
                 self.checkpoints.save_best(self.state)
 
     def close_phase(self, record: dict[str, Any], line: str) -> None:

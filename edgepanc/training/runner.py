@@ -290,10 +290,12 @@ def train_one(
     )
     select_cases = prepare_cases(held_out, plan, "preprocessing selection")
     log.info(
-        "%d training, %d validation%s cases",
+        "%d training and %d validation cases%s",
         len(train_cases),
         len(val_cases),
-        f" and {len(select_cases)} selection (they choose the model)" if select_cases else "",
+        f", and {len(select_cases)} selection cases (they choose the model)"
+        if select_cases
+        else "",
     )
     if guard is None:
         limits = ThermalLimits(

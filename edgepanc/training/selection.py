@@ -5,7 +5,9 @@ after ``head_refit``, whether the refitted head is kept. Choosing on the cases t
 the figures flatters them (with 12 validation phantoms the chosen model scored 0.743 macro F1 there
 and 0.632 on 48 fresh ones). With ``selection_share`` above 0 a stratified, seeded share of the
 training cases is held out of training as *selection* cases: every validation scores them too,
-and only their combined score chooses; the validation cases only report.
+and only their combined score chooses; the validation cases only report. Without selection
+cases the refitted head is always kept (the validation cases never choose it) and the best
+checkpoint is the validation's choice, which ``summary.json`` calls optimistic.
 """
 
 from __future__ import annotations

@@ -43,14 +43,15 @@ class TrainState:
         """
         return configured if self.planned_epochs is None else self.planned_epochs
 
-    def keep_score(self, record: dict[str, Any]) -> bool:
+    def keep_score(self, record: dict[str, Any], force: bool = False) -> bool:
         """Take a validated ``record``'s combined score: True when it is a new best (kept, with
-        the record's metrics), else one more stale validation.
+        the record's metrics), else one more stale validation. ``force`` keeps it whatever it
+        scored (a refitted head that no held-out case judged).
 
         Example: ``TrainState().keep_score({"epoch": 1, "combined_score": 0.5})`` -> ``True``.
         """
         score = choosing_score(record)  # the selection cases' when the run holds them out
-        if score > self.best_score:  # a NaN score is never a best
+        if force or score > self.best_score:  # a NaN score is never a best
             self.best_score = score
             self.best_epoch = record["epoch"]
             self.best_metrics = {k: v for k, v in record.items() if k != "pause_s"}
