@@ -157,6 +157,14 @@ def mask_stem(scan: Path) -> str:
     return mask_name_for(scan)[: -len(".nii.gz")]
 
 
+def read_masks(outs: dict[str, Path], scan: Path) -> dict[str, Any]:
+    """The mask ``edgepanc run`` wrote for ``scan`` in each of ``outs``, as label arrays."""
+    name = f"{mask_stem(scan)}.nii.gz"
+    return {
+        key: sitk.GetArrayFromImage(sitk.ReadImage(str(out / name))) for key, out in outs.items()
+    }
+
+
 def timed_run(cmd: Sequence[str], scan: Path, out: Path, timeout_s: float = 900.0) -> TimedRun:
     """Run ``cmd`` once from a clean ``out``; wall time, peak RSS from outside, the case JSON."""
     shutil.rmtree(out, ignore_errors=True)

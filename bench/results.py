@@ -267,6 +267,40 @@ def render_markdown(results: dict[str, Any]) -> str:
             ["case", "path", "shape (z,y,x)", "median s", "min-max s", "runs", "peak RSS MB"], rows
         )
         out.append("")
+    if sections.get("backend_end_to_end"):
+        out += [
+            "## Backend choice, end to end",
+            "",
+            "`edgepanc run` (auto: the variant that timed fastest on this CPU) against "
+            "`edgepanc run --backend onnxruntime` (the bundle's ONNX Runtime default), "
+            "alternating; agreement is Dice between the two masks.",
+            "",
+        ]
+        rows = [
+            [
+                r["case"],
+                r["auto"],
+                r["onnxruntime"],
+                f"{r['speedup']:.2f}x",
+                f"{r['whole_dsc']:.4f}",
+                f"{r['lesion_dsc']:.4f}",
+                f"{_mb(r['peak_rss_bytes']['auto'])} / {_mb(r['peak_rss_bytes']['onnxruntime'])}",
+            ]
+            for r in sections["backend_end_to_end"]
+        ]
+        out += _table(
+            [
+                "case",
+                "auto picks",
+                "ONNX Runtime runs",
+                "speed-up",
+                "whole DSC between masks",
+                "lesion DSC between masks",
+                "peak RSS MB, auto / ORT",
+            ],
+            rows,
+        )
+        out.append("")
     if sections.get("gates"):
         out += [
             "## Gates",
@@ -275,7 +309,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
         ]
         rows = [
-            [r["gate"], "PASS" if r["passed"] else "FAIL", r["figure"], r["requirement"]]
+            [r["gate"], "PASS" if r["passed"] else "FAIL", r["figure"], r.get("requirement", "-")]
             for r in sections["gates"]
         ]
         out += _table(["gate", "result", "measured", "required"], rows)

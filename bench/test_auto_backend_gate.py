@@ -106,5 +106,6 @@ def test_auto_backend_is_not_slower_than_onnxruntime_fp32(offered: dict, recorde
         gate="auto backend vs ONNX Runtime fp32, tile 32x64x64",
         passed=passed,
         figure=f"{choice.artifact}: {auto_ms:.1f} ms vs {ort_ms:.1f} ms",
+        requirement=f"not slower than ONNX Runtime fp32 (x{NOISE:.2f} noise)",
     )
     assert passed, line

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from edgepanc.metrics import segmentation_metrics
 
-from harness import BenchCase, alternate, mask_stem, optimised_command, rounds
+from harness import BenchCase, alternate, optimised_command, read_masks, rounds
 from results import Recorder, Spread
 
 SPEEDUP_TARGET = 5.0
@@ -37,12 +37,7 @@ def test_coarse_to_fine_against_full_tiling(
         for mode, out in outs.items()
     }
     runs = alternate(commands, full_case.image, outs, rounds(2))
-    masks = {
-        mode: sitk.GetArrayFromImage(
-            sitk.ReadImage(str(out / f"{mask_stem(full_case.image)}.nii.gz"))
-        )
-        for mode, out in outs.items()
-    }
+    masks = read_masks(outs, full_case.image)
     agreement = segmentation_metrics(masks["on"], masks["off"])
     # Agreement alone cannot say which mask is wrong where they differ: score both.
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(full_case.label)))

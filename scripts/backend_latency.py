@@ -2,7 +2,14 @@
 """Per-patch CPU latency of every backend and precision on random-initialised networks.
 
 Usage: python scripts/backend_latency.py [--case cpu:32x64x64:2 --case default:64x64x64:1]
-       [--rounds 7] [--threads N] [--json out.json]
+       [--rounds 7] [--threads N] [--no-bf16] [--json out.json]
+
+To see what a CPU without AVX-512 would give on an AVX-512 machine, cap oneDNN (which computes
+OpenVINO's and torch's convolutions) and OpenVINO's own kernels at AVX2 and leave bf16 out:
+``ONEDNN_MAX_CPU_ISA=AVX2 OV_CPU_MAX_ISA=AVX2 python scripts/backend_latency.py --no-bf16``.
+ONNX Runtime's own kernels take no such cap, so it keeps AVX-512 there: a conservative
+comparison for OpenVINO. The report lists the convolution kernels OpenVINO compiled, so the cap
+can be seen to hold.
 
 For each case (network preset, patch, batch) the network is built by ``build_network`` at a
 fixed seed, exported by the compression stage's ``export_onnx``, quantized to an OpenVINO INT8
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -65,7 +73,9 @@ class Case:
         return f"`{self.preset}` preset, {'x'.join(map(str, self.patch))}, batch {self.batch}"
 
 
-def build_runners(case: Case, folder: Path, threads: int, calibration: int) -> dict[str, Runner]:
+def build_runners(
+    case: Case, folder: Path, threads: int, calibration: int, bf16: bool = True
+) -> dict[str, Runner]:
     """Every backend and precision this machine runs, for the network of ``case``."""
     torch.manual_seed(0)
     network = build_network(case.preset).eval()
@@ -79,7 +89,7 @@ def build_runners(case: Case, folder: Path, threads: int, calibration: int) -> d
         "ORT fp32": OnnxRuntimePredictor(onnx_path, intra_op_threads=threads),
         "OpenVINO fp32": OpenVinoPredictor(onnx_path, "fp32", threads=threads),
     }
-    native_bf16 = native_bf16_problem(machine_cpu_flags()) is None
+    native_bf16 = bf16 and native_bf16_problem(machine_cpu_flags()) is None
     if native_bf16:
         runners["OpenVINO bf16"] = OpenVinoPredictor(onnx_path, "bf16", threads=threads)
     runners["OpenVINO INT8 (rest fp32)"] = OpenVinoPredictor(int8_path, "int8", threads=threads)
@@ -89,6 +99,23 @@ def build_runners(case: Case, folder: Path, threads: int, calibration: int) -> d
         )
     runners["torch fp32"] = TorchPredictor(network, "cpu", "fp32")
     return runners
+
+
+def convolution_kernels(runners: Mapping[str, Runner]) -> dict[str, list[str]]:
+    """The kernels OpenVINO compiled for each runner's convolutions (``primitiveType``, e.g.
+    ``brgconv_avx512_amx`` or ``jit_avx2``): which instruction set really ran."""
+    kernels: dict[str, list[str]] = {}
+    for name, runner in runners.items():
+        compiled = getattr(runner, "compiled", None)
+        if compiled is None:
+            continue
+        found = {
+            op.get_rt_info()["primitiveType"].astype(str)
+            for op in compiled.get_runtime_model().get_ops()
+            if op.get_rt_info()["layerType"].astype(str) == "Convolution"
+        }
+        kernels[name] = sorted(found)
+    return kernels
 
 
 def time_in_turns(
@@ -123,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--calibration-patches", type=int, default=4)
+    parser.add_argument("--no-bf16", action="store_true", help="leave the bf16 variants out")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     cases = args.cases or [Case("cpu", (32, 64, 64), 2), Case("default", (64, 64, 64), 1)]
@@ -137,9 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
     }
     results: dict[str, dict[str, float]] = {}
+    kernels: dict[str, dict[str, list[str]]] = {}
     with tempfile.TemporaryDirectory(prefix="edgepanc-latency-") as scratch:
         for case in cases:
-            runners = build_runners(case, Path(scratch), args.threads, args.calibration_patches)
+            runners = build_runners(
+                case, Path(scratch), args.threads, args.calibration_patches, not args.no_bf16
+            )
+            kernels[case.label()] = convolution_kernels(runners)
             batch = np.random.default_rng(0).standard_normal(
                 (case.batch, 1, *case.patch), dtype=np.float32
             )
@@ -161,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "rounds": args.rounds,
         "ms_per_patch": results,
+        "openvino_convolution_kernels": kernels,
+        "isa_cap": {k: os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA")},
     }
+    print(json.dumps(kernels))
     print(json.dumps(report["machine"]) + " " + json.dumps(versions))
     if args.json:
         from edgepanc.io.atomic import write_json_atomic

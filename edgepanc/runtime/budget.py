@@ -56,6 +56,7 @@ class EngineMemory:
     factor: float
     extra_tiles: int = 0
     fixed_bytes: int = 0
+    max_auto_batch: int = MAX_AUTO_TILE_BATCH  # the largest batch ``auto`` plans for it
 
     def batch_bytes(self, tile_batch: int, tile_voxels: int, activation_per_voxel: float) -> int:
         per_tile = int(self.factor * activation_per_voxel * tile_voxels)
@@ -66,7 +67,10 @@ class EngineMemory:
 DEFAULT_ENGINE = EngineMemory(ACTIVATION_SAFETY)
 # OpenVINO: the bound over its resident memory measured for the tiny, cpu and default presets in
 # fp32, bf16 and INT8 at batches 1 to 4 (docs/measurements/openvino_quantize.md).
-OPENVINO_ENGINE = EngineMemory(3.0, extra_tiles=1, fixed_bytes=16_000_000)
+# Batches of 1 to 4 were measured; at 8 a full-size run under a tight budget held about 120 MB
+# more than planned (bench/test_openvino_memory_gate.py), and 8 tiles are no faster than 4 on the
+# CPUs it runs on, so auto plans at most 4.
+OPENVINO_ENGINE = EngineMemory(3.0, extra_tiles=1, fixed_bytes=16_000_000, max_auto_batch=4)
 ENGINES: dict[str, EngineMemory] = {"openvino": OPENVINO_ENGINE}
 
 
@@ -197,7 +201,7 @@ def plan_tile_batch(
             baseline, sizes, slab_bytes, patch_size, activation_per_voxel, batch, engine
         )
 
-    ceiling = requested_tile_batch or MAX_AUTO_TILE_BATCH
+    ceiling = requested_tile_batch or ENGINES.get(engine or "", DEFAULT_ENGINE).max_auto_batch
     if budget is None:
         batch = requested_tile_batch or 2
         return BudgetPlan(batch, None, estimate(batch))

@@ -1,0 +1,79 @@
+"""The runtime's backend choice end to end: ``edgepanc run`` (``--backend auto``, which times the
+bundle's OpenVINO and ONNX Runtime variants on this CPU) against ``edgepanc run --backend
+onnxruntime`` (the runtime before OpenVINO: the bundle's ONNX Runtime default), on the
+512 x 512 x 300 phantom.
+
+Runs alternate in one session (ort auto ort auto ...). Targets for a quantized bundle on a CPU
+with native bf16: at least 2x faster (ratio of median wall times of the whole process), mask
+agreement (whole-pancreas Dice between the two masks) at least 0.99, peak resident memory,
+measured from outside, no higher. Needs a bundle written by ``edgepanc quantize``
+(``EDGEPANC_BENCH_BUNDLE``): the CI bundle has no ONNX file.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from edgepanc.bundle import load_bundle
+from edgepanc.metrics import segmentation_metrics
+
+from harness import BenchCase, alternate, optimised_command, read_masks, rounds
+from results import Recorder, Spread
+
+SPEEDUP_TARGET = 2.0
+AGREEMENT_TARGET = 0.99
+
+
+def test_auto_backend_against_onnxruntime_end_to_end(
+    full_case: BenchCase, bench_bundle, bench_dir: Path, recorder: Recorder
+) -> None:
+    bundle = load_bundle(bench_bundle.path)
+    if not any(a.get("backend") == "onnxruntime" for a in bundle.artifacts.values()):
+        pytest.skip("the bundle has no ONNX Runtime artifact (not written by edgepanc quantize)")
+    outs = {path: bench_dir / f"backend_{path}" for path in ("onnxruntime", "auto")}
+    commands = {
+        path: [*optimised_command(full_case.image, bench_bundle.path, out), "--backend", path]
+        for path, out in outs.items()
+    }
+    runs = alternate(commands, full_case.image, outs, rounds(2))
+    masks = read_masks(outs, full_case.image)
+    agreement = segmentation_metrics(masks["auto"], masks["onnxruntime"])
+    seconds = {path: [r.seconds for r in path_runs] for path, path_runs in runs.items()}
+    peaks = {path: max(r.peak_rss_bytes for r in path_runs) for path, path_runs in runs.items()}
+    speedup = statistics.median(seconds["onnxruntime"]) / statistics.median(seconds["auto"])
+    chosen = {path: runs[path][-1].case for path in runs}
+    for path, case in chosen.items():
+        recorder.record(
+            "end_to_end",
+            case="full",
+            path=f"edgepanc run --backend {path}: {case['artifact']} "
+            f"({case['backend']} {case['precision']})",
+            shape=list(full_case.shape),
+            seconds=Spread.of(seconds[path]),
+            peak_rss_bytes=peaks[path],
+        )
+    recorder.record(
+        "backend_end_to_end",
+        case="full",
+        onnxruntime=chosen["onnxruntime"]["artifact"],
+        auto=chosen["auto"]["artifact"],
+        speedup=speedup,
+        whole_dsc=agreement["whole_dsc"],
+        lesion_dsc=agreement["lesion_dsc"],
+        peak_rss_bytes=peaks,
+    )
+    line = (
+        f"full phantom: auto ({chosen['auto']['artifact']}) "
+        f"{statistics.median(seconds['auto']):.2f} s vs --backend onnxruntime "
+        f"({chosen['onnxruntime']['artifact']}) {statistics.median(seconds['onnxruntime']):.2f} s "
+        f"= {speedup:.2f}x; agreement whole {agreement['whole_dsc']:.4f}, lesion "
+        f"{agreement['lesion_dsc']:.4f}; peak RSS {peaks['auto'] / 2**20:.0f} MiB vs "
+        f"{peaks['onnxruntime'] / 2**20:.0f} MiB"
+    )
+    print(line)
+    assert speedup >= SPEEDUP_TARGET, line
+    assert agreement["whole_dsc"] >= AGREEMENT_TARGET, line
+    assert peaks["auto"] <= peaks["onnxruntime"], line
