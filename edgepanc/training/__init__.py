@@ -15,5 +15,7 @@ One concept per module; the public entry point is :func:`edgepanc.training.runne
 - ``run_checkpoints``: ``last.pt``, ``best.pt`` and the bundle of a run; resuming from them.
 - ``validation``: the runtime's sliding window, scored on the original grid.
 - ``head_refit``: after the last epoch, the subtype head refitted on the runtime's tiles.
+- ``selection``: held-out selection cases that choose the checkpoint and the refit.
+- ``lesion_classifier``: a forest on features of the predicted lesion (scikit-learn, fit only).
 - ``checkpoint``, ``logs``, ``distributed``, ``kfold``, ``runner``.
 """
