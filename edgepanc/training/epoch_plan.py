@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from edgepanc.training.config import TrainConfig
@@ -50,6 +50,26 @@ class EpochPlan:
                 agree=lambda value: mean_across_ranks([value], context)[0],
                 refit_tiles=refit_tiles,
             )
+
+    @classmethod
+    def for_run(
+        cls,
+        config: TrainConfig,
+        budget: TimeBudget | None,
+        head_refit: bool,
+        train_cases: Sequence[Any],
+        validated_cases: int,
+        context: DistContext | None = None,
+    ) -> EpochPlan:
+        """The plan of a run over prepared ``train_cases``: under a budget the head refit's time
+        is kept back from the tiles it will read, counted from the labels (no network needed).
+
+        Example: ``EpochPlan.for_run(config, TimeBudget(1800.0), True, train_cases, 12)``.
+        """
+        from edgepanc.training.head_refit import count_refit_tiles
+
+        tiles = count_refit_tiles(train_cases, config) if head_refit and budget else None
+        return cls(config, budget, head_refit, len(train_cases), validated_cases, context, tiles)
 
     def total(self, state: TrainState) -> int:
         """The epochs this run trains: the time budget's plan, or ``config.epochs``."""

@@ -5,7 +5,8 @@ Precision: fp16 autocast with ``torch.amp.GradScaler("cuda")`` on CUDA; on CPU, 
 an order of magnitude slower on one without, hence fp32 as the CPU default (timings in
 docs/measurements/cpu_recipe.md). Optimiser: AdamW with linear warm-up then cosine decay per step,
 gradient norm clipped at ``config.grad_clip`` (the steps: :mod:`edgepanc.training.steps`). The
-best checkpoint is chosen by :func:`edgepanc.metrics.combined_score` of the validation metrics;
+best checkpoint is chosen by :func:`edgepanc.metrics.combined_score` of the validation metrics
+(of the held-out selection cases', :mod:`~edgepanc.training.selection`, when the run has them);
 ``patience`` validations without improvement stop the run early.
 
 The pieces: the steps in :mod:`~edgepanc.training.steps`, the schedule (epoch count, time budget,
@@ -32,7 +33,6 @@ from edgepanc.training.config import TrainConfig
 from edgepanc.training.dataset import PreparedCase
 from edgepanc.training.distributed import DistContext, barrier, gather_lists, shard
 from edgepanc.training.epoch_plan import EpochPlan
-from edgepanc.training.head_refit import count_refit_tiles
 from edgepanc.training.logs import epoch_line, plot_curves, refit_line, write_metrics
 from edgepanc.training.outputs import write_run_summary
 from edgepanc.training.run_checkpoints import RunCheckpoints
@@ -158,15 +158,9 @@ class Trainer:
             config, self.run_dir, self.steps, self.context, plan, self.classifier
         )
         refit = config.head_refit and self.classifier
-        self.epoch_plan = EpochPlan(
-            config,
-            budget,
-            refit,
-            len(self.train_cases),
-            len(self.val_cases) + len(self.select_cases),
-            self.context,
-            # a budget keeps the refit's time back: counted from the labels, no network needed
-            count_refit_tiles(self.train_cases, config) if refit and budget else None,
+        validated = len(self.val_cases) + len(self.select_cases)
+        self.epoch_plan = EpochPlan.for_run(
+            config, budget, refit, self.train_cases, validated, self.context
         )
 
     # -- checkpoints (:class:`RunCheckpoints`) -----------------------------------------------
@@ -288,9 +282,7 @@ class Trainer:
             )
         )
         record["train_s"] = self.clock() - start
-        # Kept unless held-out selection cases score it worse: judged on the validation cases
-        # it would flatter their figures, and on 12 of them it turned down a refit that raised
-        # macro F1 on 48 fresh phantoms (docs/measurements/default_train_command.md).
+        # Only held-out selection cases may turn it down (docs/measurements/default_train_command.md).
         self.score(record, validate=True, choose=bool(self.select_cases))
         record["seconds"] = self.clock() - start
         self.state.head_refitted = True
