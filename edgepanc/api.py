@@ -26,13 +26,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from edgepanc.inferers.sliding_window import BatchPolicy
-from edgepanc.io.volume import read_image
 from edgepanc.memory import parse_size
 from edgepanc.postprocessing import PostprocessConfig, finish_prediction
 from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.measures import measure_labels
 from edgepanc.runtime.model import LoadedModel, load_model
 from edgepanc.runtime.pipeline import (
+    IN_MEMORY,
     RunConfig,
     StageTimer,
     prepare_case,
@@ -153,19 +153,18 @@ def segment(
     )
     limits = ThermalLimits() if max_temp is None else ThermalLimits.from_max_temp(max_temp)
     timer, notes = StageTimer(), []
-    volume, grid, memory_plan = prepare_case(source, loaded, config, timer, notes)
+    name = str(source) if isinstance(source, Path) else IN_MEMORY
+    scan, memory_plan = prepare_case(source, loaded, config, timer, notes)
     backoff = ThermalBackoff(ThermalGuard.discover(limits), BatchPolicy(memory_plan.tile_batch))
-    result, _ = segment_case(volume, loaded, config, backoff, timer, notes)
-    del volume
+    result, _, _ = segment_case(scan, loaded, config, backoff, timer, notes, name)
     with timer("postprocess"):
         finished = finish_prediction(result, loaded.target_spacing, config.postprocess)
     del result
     with timer("restore"):
-        mask = restore_mask(finished, grid)
-    with timer("measure"):  # a path is read again for its HU, as `edgepanc run` does
-        image = source if isinstance(source, sitk.Image) else read_image(source)
-        measures = measure_labels(mask, image)
-        del image
+        mask = restore_mask(finished, scan.grid)
+    with timer("measure"):  # on the scan as read, as `edgepanc run` measures
+        measures = measure_labels(mask, scan.image)
+    del scan
     probabilities = tuple(float(p) for p in finished.subtype_probabilities)
     return Result(
         mask=mask,

@@ -9,7 +9,6 @@ from edgepanc.inferers.tiling import bounding_box
 from edgepanc.runtime.roi import (
     RoiConfig,
     box_to_list,
-    downsample,
     expand_box,
     scale_box,
     should_use_roi,
@@ -47,19 +46,6 @@ def test_expand_box_adds_the_margin_in_mm_and_clips() -> None:
     # 10 mm is 5 voxels at 2 mm, 10 at 1 mm; never beyond the volume
     assert box_to_list(grown) == [[35, 55], [0, 20], [85, 100]]
     assert expand_box(box, shape, (1.0, 1.0, 1.0), margin_mm=0.0) == box
-
-
-def test_downsample_halves_and_stays_float32() -> None:
-    volume = np.random.default_rng(0).normal(size=(20, 31, 40)).astype(np.float32)
-    coarse = downsample(volume, 2)
-    assert coarse.dtype == np.float32
-    assert coarse.shape == (10, 16, 20)
-    assert downsample(volume, 1) is volume
-    constant = np.full((15, 9, 7), -2.5, np.float32)
-    assert np.all(downsample(constant, 2) == -2.5)  # no made-up values at the borders
-
-
-# --- the coarse-to-fine pipeline with a deterministic predictor --------------------------------
 
 
 def _run(tmp_path, scan, mode: str):

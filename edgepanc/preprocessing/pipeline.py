@@ -24,7 +24,8 @@ from edgepanc.preprocessing.plan import PreprocessingPlan
 from edgepanc.preprocessing.resampling import (
     SPACING_TOLERANCE,
     resample_onto,
-    resample_to_spacing,
+    resampled_origin,
+    resampled_size,
 )
 
 if TYPE_CHECKING:
@@ -126,22 +127,63 @@ def resample_for_network(img: sitk.Image, plan: PreprocessingPlan) -> tuple[sitk
     straight from its stored orientation onto the canonical grid: the reoriented full-resolution
     copy (as large as the input) is never made.
     """
+    grid = network_grid(img, plan)
+    if grid.canonical.spacing == grid.resampled.spacing:
+        resampled = sitk.Cast(to_canonical(img), sitk.sitkFloat32)  # reorder only, no interpolation
+    else:
+        resampled = _resample_image_onto(img, grid.resampled)
+    return resampled, grid
+
+
+def network_grid(img: sitk.Image, plan: PreprocessingPlan) -> GridRecord:
+    """The grids ``img`` passes through on its way to the network, computed without resampling.
+
+    Example: ``network_grid(ct, plan).resampled.shape`` -> ``(264, 302, 302)`` for a 512 x 512 x
+    294 CT at 0.71 x 0.71 x 1.8 mm and a 2.0 x 1.2 x 1.2 mm plan.
+    """
     canonical = Geometry(
         *canonical_geometry(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
     )
     new_spacing = tuple(float(s) for s in reversed(plan.target_spacing))
     if np.allclose(canonical.spacing, new_spacing, rtol=SPACING_TOLERANCE, atol=0):
-        resampled = sitk.Cast(to_canonical(img), sitk.sitkFloat32)  # reorder only, no interpolation
+        resampled = canonical
     else:
-        frame = (canonical.size, canonical.spacing, canonical.origin, canonical.direction)
-        resampled = resample_to_spacing(img, plan.target_spacing, is_label=False, frame=frame)
-    grid = GridRecord(
+        resampled = Geometry(
+            resampled_size(canonical.size, canonical.spacing, new_spacing),
+            new_spacing,  # type: ignore[arg-type]
+            resampled_origin(canonical.origin, canonical.direction, canonical.spacing, new_spacing),
+            canonical.direction,
+        )
+    return GridRecord(
         original=Geometry.of(img),
         original_orientation=orientation_of(img.GetDirection()),
         canonical=canonical,
-        resampled=Geometry.of(resampled),
+        resampled=resampled,
     )
-    return resampled, grid
+
+
+def resample_box_for_network(
+    img: sitk.Image, grid: GridRecord, box: tuple[slice, slice, slice], pad: float | None = None
+) -> np.ndarray:
+    """The (z, y, x) ``box`` of ``img`` on its network grid (``grid.resampled``), float32 HU, not
+    yet normalised: the values a whole-grid :func:`resample_for_network` has there (the same
+    physical points, interpolated alike), at the cost of the box alone. ``pad``: the value
+    outside the scan, its minimum by default (pass it to skip finding it again).
+
+    Example: ``resample_box_for_network(ct, grid, (slice(0, 32), slice(0, 64), slice(0, 64)))
+    .shape`` -> ``(32, 64, 64)``.
+    """
+    if grid.canonical.spacing == grid.resampled.spacing:
+        # no interpolation: the reordered scan's own voxels
+        return sitk.GetArrayViewFromImage(to_canonical(img))[box].astype(np.float32)
+    part = _resample_image_onto(img, _box_geometry(grid.resampled, box), pad)
+    return sitk.GetArrayFromImage(part)
+
+
+def _resample_image_onto(img: sitk.Image, grid: Geometry, pad: float | None = None) -> sitk.Image:
+    return resample_onto(
+        img, grid.size, grid.spacing, grid.origin, grid.direction, is_label=False, pad=pad
+    )
 
 
 def _label_box_on(

@@ -43,18 +43,18 @@ def resample_onto(
     origin: Sequence[float],
     direction: Sequence[float],
     is_label: bool,
+    pad: float | None = None,
 ) -> sitk.Image:
     """Resample ``img`` onto the grid given in SimpleITK (x, y, z) terms.
 
-    Images come out float32 (linear interpolation, padded with their minimum, i.e. air);
-    labels come out uint8 (nearest neighbour, padded with background).
+    Images come out float32 (linear interpolation, padded with ``pad``, by default their
+    minimum, i.e. air); labels come out uint8 (nearest neighbour, padded with background).
     """
     if is_label:
         interpolator, pixel_type, pad = sitk.sitkNearestNeighbor, sitk.sitkUInt8, 0.0
     else:
-        stats = sitk.MinimumMaximumImageFilter()
-        stats.Execute(img)
-        interpolator, pixel_type, pad = sitk.sitkLinear, sitk.sitkFloat32, stats.GetMinimum()
+        interpolator, pixel_type = sitk.sitkLinear, sitk.sitkFloat32
+        pad = image_minimum(img) if pad is None else pad
     return sitk.Resample(
         img,
         [int(s) for s in size],
@@ -66,6 +66,16 @@ def resample_onto(
         pad,
         pixel_type,
     )
+
+
+def image_minimum(img: sitk.Image) -> float:
+    """The smallest value of ``img``: what resampling pads with beyond it (air, for a CT).
+
+    Example: ``image_minimum(ct)`` -> ``-1024.0``.
+    """
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(img)
+    return float(stats.GetMinimum())
 
 
 def resample_to_spacing(

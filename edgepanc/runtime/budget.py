@@ -6,18 +6,19 @@ largest of three phases, because the pipeline frees each phase's buffers before 
 
 - **preprocess**: reading holds the image twice at its peak (SimpleITK's NIfTI reader decodes
   the file into a buffer of its own before the image; int16 stays int16), then the image with
-  the resampled float32 volume (the image is resampled straight into the canonical orientation,
-  so no reoriented copy of it is made), then that volume and its normalised copy (the image is
-  released first);
-- **infer**: the preprocessed float32 volume, its uint8 label map, the two uint8 region
-  probability maps kept for restoring (:mod:`edgepanc.inferers.probabilities`; counted over the
-  whole volume, an upper bound for the tiled box), the streaming slab of logits still in play
+  the float32 volume the pass tiles, resampled straight from it, and its normalised copy
+  (:class:`~edgepanc.preprocessing.network_input.NetworkInput`);
+- **infer**: the image (kept to measure the mask on its own grid), the float32 volume, its uint8
+  label map, the two uint8 region probability maps kept for restoring
+  (:mod:`edgepanc.inferers.probabilities`), the streaming slab of logits still in play
   (:func:`edgepanc.inferers.streaming.slab_memory_bytes`) and one batch of tiles through the
   network (input, activations, logits);
-- **restore**: the uint8 labels on the preprocessed grid, the two probability maps and the image
-  copy of one, and two uint8 label arrays on the input grid (canonical and reoriented, or
-  reoriented and its image); then, those maps released, the mask on the input grid while the
-  scan is read again (twice its size, as in reading) to measure mean HU under it.
+- **restore**: the image, the uint8 labels on the network grid, the two probability maps and
+  the image copy of one, and two uint8 label arrays on the input grid (canonical and
+  reoriented, or reoriented and its image).
+
+A case is planned twice: before the coarse pass for the coarse volume (or, without one, for the
+whole grid), then for the box the fine pass tiles, which the coarse pass has just found.
 
 Network activations are measured, not guessed: the bundle records
 :func:`~edgepanc.networks.activation.network_activation_bytes_per_voxel` (the largest total size
@@ -76,7 +77,9 @@ ENGINES: dict[str, EngineMemory] = {"openvino": OPENVINO_ENGINE}
 
 @dataclass(frozen=True)
 class VolumeSizes:
-    """Voxel counts and input dtype size that set the data buffers of one case."""
+    """Voxel counts and input dtype size that set the data buffers of one pass: the scan's
+    voxels, and ``preprocessed_voxels``, those of the network-grid volume the pass tiles (the
+    coarse volume, the fine pass's box, or the whole grid)."""
 
     input_voxels: int
     input_itemsize: int
@@ -123,20 +126,23 @@ class BudgetPlan:
         return {"tile_batch": self.tile_batch, "budget": self.budget, **self.estimate.to_dict()}
 
 
+def image_bytes(sizes: VolumeSizes) -> int:
+    """The scan as read, held for the whole case."""
+    return sizes.input_voxels * sizes.input_itemsize
+
+
 def preprocess_phase_bytes(sizes: VolumeSizes) -> int:
-    """The largest of reading (the image twice), resampling (the image + the float32 volume)
-    and normalising (the float32 volume and its normalised copy; the image is gone by then)."""
-    image = sizes.input_voxels * sizes.input_itemsize
-    volume = sizes.preprocessed_voxels * FLOAT32
-    return max(2 * image, image + volume, 2 * volume)
+    """The larger of reading (the image twice) and resampling (the image, the float32 volume
+    and its normalised copy)."""
+    image = image_bytes(sizes)
+    return max(2 * image, image + 2 * sizes.preprocessed_voxels * FLOAT32)
 
 
 def restore_phase_bytes(sizes: VolumeSizes) -> int:
-    """Labels, the two probability maps and the image of one on the preprocessed grid + two
-    uint8 copies on the input grid; or the uint8 mask + the scan read again to measure it."""
-    restore = 4 * sizes.preprocessed_voxels * UINT8 + 2 * sizes.input_voxels * UINT8
-    measure = sizes.input_voxels * UINT8 + 2 * sizes.input_voxels * sizes.input_itemsize
-    return max(restore, measure)
+    """The image, the labels, the two probability maps and the image of one on the network
+    grid, and two uint8 copies on the input grid (measuring then needs only the mask)."""
+    maps = 4 * sizes.preprocessed_voxels * UINT8 + 2 * sizes.input_voxels * UINT8
+    return image_bytes(sizes) + maps
 
 
 def tile_batch_bytes(
@@ -166,10 +172,9 @@ def estimate_memory(
     engine: str | None = None,
 ) -> MemoryEstimate:
     """Peak-memory estimate for one case at a given tile batch."""
-    # the volume, the raw and the post-processed labels, the raw and the masked probability maps
-    # (two bytes each), the slab; the coarse pass (1/8 the voxels) runs before the fine pass and
-    # is smaller than its slab and labels
-    infer_data = sizes.preprocessed_voxels * (FLOAT32 + 6 * UINT8) + slab_bytes
+    # the image, the volume, the raw and the post-processed labels, the raw and the masked
+    # probability maps (two bytes each), the slab
+    infer_data = image_bytes(sizes) + sizes.preprocessed_voxels * (FLOAT32 + 6 * UINT8) + slab_bytes
     return MemoryEstimate(
         baseline=baseline,
         preprocess=preprocess_phase_bytes(sizes),

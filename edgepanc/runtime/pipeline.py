@@ -3,15 +3,16 @@
 One case runs in three steps, each freeing the previous one's buffers (the phases
 :mod:`edgepanc.runtime.budget` plans against):
 
-1. :func:`prepare_case`: read, plan the memory, preprocess (canonical orientation, target spacing,
-   CT normalisation);
-2. :func:`segment_case`: coarse pass (optional: find the pancreas at half resolution), then the
-   fine pass (streaming sliding window over the ROI box);
+1. :func:`prepare_case`: read, plan the memory of the first pass;
+2. :func:`segment_case`: coarse pass (optional: the scan resampled straight to twice the
+   network's spacing, to find the pancreas), then the fine pass (streaming sliding window over
+   the ROI box, the only part of the scan resampled onto the network's grid:
+   :class:`~edgepanc.preprocessing.network_input.NetworkInput`);
 3. finish: post-process and read the subtype
-   (:func:`~edgepanc.postprocessing.finish_prediction`), cut the preview's slices, then
-   :func:`write_case_outputs`: restore onto the input's exact grid, measure there
-   (:mod:`edgepanc.runtime.measures`), write the preview, the DICOM SEG, the mask and the case
-   JSON.
+   (:func:`~edgepanc.postprocessing.finish_prediction`), resample the preview's three planes,
+   then restore onto the input's exact grid and :func:`write_restored_case`: measure there
+   (:mod:`edgepanc.runtime.measures`, with the scan as read, kept for it), write the preview,
+   the DICOM SEG, the mask and the case JSON.
 
 No lesion kept, no subtype claimed: the JSON then says ``lesion_found: false`` and
 ``subtype: null``, still with the head's probabilities, and ``subtype_results.csv`` keeps the
@@ -54,13 +55,20 @@ from edgepanc.postprocessing import (
     finish_prediction,
     keep_main_components,
 )
-from edgepanc.preprocessing import GridRecord, normalize_ct, resample_for_network, restore_label
+from edgepanc.preprocessing import GridRecord, restore_label
+from edgepanc.preprocessing.network_input import NetworkInput
 from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
 from edgepanc.runtime.measures import CaseMeasures, measure_labels
 from edgepanc.runtime.model import LoadedModel
 from edgepanc.runtime.outputs import OutputKinds, OutputPlan, file_sha256, scan_sha256
-from edgepanc.runtime.preview import PreviewPanel, cut_panels, draw_preview, preview_title
+from edgepanc.runtime.preview import (
+    PreviewPanel,
+    draw_preview,
+    panels_through,
+    preview_centre,
+    preview_title,
+)
 from edgepanc.runtime.report import (
     FINISHED,
     SUBTYPE_CSV,
@@ -77,7 +85,6 @@ from edgepanc.runtime.roi import (
     RoiConfig,
     box_fraction,
     box_to_list,
-    downsample,
     expand_box,
     scale_box,
     should_use_roi,
@@ -150,20 +157,20 @@ class StageTimer:
 
 
 def plan_case_memory(
-    image: sitk.Image,
-    preprocessed_shape: Sequence[int],
+    source: NetworkInput,
+    tiled_shape: Sequence[int],
     model: LoadedModel,
     config: RunConfig,
-    source: Path,
+    scan: Path,
 ) -> BudgetPlan:
-    """Tile batch for this case within ``config.memory_budget`` (BudgetError if none fits).
+    """Tile batch for a pass over a ``tiled_shape`` volume of ``source`` within
+    ``config.memory_budget`` (BudgetError if none fits).
 
-    Example: ``plan_case_memory(image, (120, 200, 200), model, config, scan).tile_batch`` -> ``4``.
+    Example: ``plan_case_memory(source, (120, 200, 200), model, config, scan).tile_batch`` -> ``4``.
     """
-    sizes = VolumeSizes.from_shapes(
-        image.GetSize(), image.GetSizeOfPixelComponent(), preprocessed_shape
-    )
-    slab = slab_memory_bytes(preprocessed_shape, model.patch_size, config.step)
+    image = source.image
+    sizes = VolumeSizes.from_shapes(image.GetSize(), image.GetSizeOfPixelComponent(), tiled_shape)
+    slab = slab_memory_bytes(tiled_shape, model.patch_size, config.step)
     return plan_tile_batch(
         config.memory_budget,
         model.baseline_rss,
@@ -172,45 +179,25 @@ def plan_case_memory(
         model.patch_size,
         model.activation_bytes_per_voxel,
         config.tile_batch,
-        source=str(source),
+        source=str(scan),
         engine=model.predictor.name,
     )
 
 
-def estimate_preprocessed_shape(
-    image: sitk.Image, target_spacing_zyx: Sequence[float]
-) -> tuple[int, int, int]:
-    """Shape (z, y, x) the image will have at target spacing in canonical orientation.
-
-    Each image axis maps to the physical axis its direction vector points along most; canonical
-    array axes (z, y, x) are physical (S/I, A/P, L/R).
-
-    Example: a 512 x 512 x 100 image at 0.8 x 0.8 x 2.5 mm, target 2.5 x 0.8 x 0.8 ->
-    ``(100, 512, 512)``.
-    """
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    shape = [0, 0, 0]
-    for axis, (size, spacing) in enumerate(zip(image.GetSize(), image.GetSpacing(), strict=True)):
-        physical = int(np.argmax(np.abs(direction[:, axis])))  # 0: x, 1: y, 2: z
-        array_axis = 2 - physical
-        shape[array_axis] = max(1, round(size * spacing / target_spacing_zyx[array_axis]))
-    return tuple(shape)  # type: ignore[return-value]
-
-
 def coarse_roi(
-    volume: np.ndarray,
+    coarse: np.ndarray,
+    shape: Sequence[int],
     model: LoadedModel,
     config: RunConfig,
     policy: BatchPolicy,
     between_batches: Callable[[], None] | None,
 ) -> tuple[Box | None, int]:
-    """Find the pancreas at ``1/factor`` resolution; return the box to tile (or None), tile count.
+    """Find the pancreas in ``coarse`` (the volume at ``config.roi.factor`` times the network's
+    spacing); return the box to tile on the ``shape`` grid (or None) and the coarse tile count.
 
-    Example: ``coarse_roi(volume, model, config, BatchPolicy(2), None)`` ->
-    ``((slice(40, 104), slice(96, 200), slice(120, 232)), 16)``.
+    Example: ``coarse_roi(source.coarse(2), source.shape, model, config, BatchPolicy(2), None)``
+    -> ``((slice(40, 104), slice(96, 200), slice(120, 232)), 16)``.
     """
-    factor = config.roi.factor
-    coarse = downsample(volume, factor)
     result = streaming_sliding_window_inference(
         coarse,
         model.predictor,
@@ -225,7 +212,7 @@ def coarse_roi(
     organ = result.labels > 0
     if config.postprocess.largest_component:
         cleanup = config.postprocess
-        coarse_spacing = tuple(s * factor for s in model.target_spacing)
+        coarse_spacing = tuple(s * config.roi.factor for s in model.target_spacing)
         kept = keep_main_components(
             result.labels,
             coarse_spacing,
@@ -238,10 +225,10 @@ def coarse_roi(
     tiles = len(result.tiles)
     if box is None:
         return None, tiles
-    full = scale_box(box, coarse.shape, volume.shape)
-    grown = expand_box(full, volume.shape, model.target_spacing, config.roi.margin_mm)
+    full = scale_box(box, coarse.shape, shape)
+    grown = expand_box(full, shape, model.target_spacing, config.roi.margin_mm)
     # what the fine pass will tile: the whole-volume tiles covering the grown box
-    return plan_sliding_window(volume.shape, model.patch_size, config.step, grown).region, tiles
+    return plan_sliding_window(shape, model.patch_size, config.step, grown).region, tiles
 
 
 def prepare_case(
@@ -250,15 +237,16 @@ def prepare_case(
     config: RunConfig,
     timer: StageTimer,
     notes: list[str],
-) -> tuple[np.ndarray, GridRecord, BudgetPlan]:
-    """Read ``scan``, plan its memory and bring it onto the network's grid.
+) -> tuple[NetworkInput, BudgetPlan]:
+    """Read ``scan`` and plan the memory of its first pass (the coarse one, when the ROI mode
+    asks for it, else the whole grid's).
 
     ``scan`` may also be an image in memory (the Python API, :mod:`edgepanc.api`), checked as a
-    read one is and left as it was. Returns the normalised float32 volume, the record that
-    restores a mask onto the scan's grid, and the memory plan. A scan that looks like a label
-    mask adds a note and goes on.
+    read one is and left as it was. Returns the scan with its way to the network's grid
+    (resampled pass by pass in :func:`segment_case`) and the memory plan. A scan that looks like
+    a label mask adds a note and goes on.
 
-    Example: ``volume, grid, plan = prepare_case(scan, model, config, StageTimer(), [])``.
+    Example: ``source, plan = prepare_case(scan, model, config, StageTimer(), [])``.
     """
     if isinstance(scan, sitk.Image):
         # a copy (SimpleITK shares the voxels until written) so a direction fix stays ours
@@ -270,45 +258,55 @@ def prepare_case(
         note = f"{scan}: looks like a label mask (only integer values 0..2), not a CT; continuing"
         log.warning(note)
         notes.append(note)
-    memory_plan = plan_case_memory(
-        image, estimate_preprocessed_shape(image, model.target_spacing), model, config, scan
+    source = NetworkInput(image, model.plan)
+    first = (
+        source.coarse_shape(config.roi.factor)
+        if should_use_roi(source.shape, model.patch_size, config.roi)
+        else source.shape
     )
-    with timer("preprocess"):
-        resampled, grid = resample_for_network(image, model.plan)
-        # The grid record keeps the geometry; the scan's voxels go before the normalised copy
-        # is made, so the scan and two float32 volumes are never held at once.
-        del image
-        volume = normalize_ct(sitk.GetArrayViewFromImage(resampled), model.plan)
-        del resampled
-    return volume, grid, memory_plan
+    return source, plan_case_memory(source, first, model, config, scan)
 
 
 def segment_case(
-    volume: np.ndarray,
+    source: NetworkInput,
     model: LoadedModel,
     config: RunConfig,
     backoff: ThermalBackoff,
     timer: StageTimer,
     notes: list[str],
-) -> tuple[SlidingWindowResult, dict[str, Any]]:
+    scan: Path | str = IN_MEMORY,
+) -> tuple[SlidingWindowResult, dict[str, Any], BudgetPlan | None]:
     """The coarse pass (when the ROI mode asks for it), then the fine pass over its box.
 
-    Returns the fine pass's result (with its soft maps) and the case JSON's ``roi`` record.
+    Returns the fine pass's result (with its soft maps), the case JSON's ``roi`` record and,
+    after a coarse pass, the memory plan of the fine pass over its box (its tile batch caps
+    ``backoff.policy``'s; a budget the box does not fit raises BudgetError naming ``scan``).
     ``backoff`` runs between tile batches and holds the batch policy both passes follow.
 
-    Example: ``result, roi = segment_case(volume, model, config, backoff, StageTimer(), [])``.
+    Example: ``result, roi, plan = segment_case(source, model, config, backoff, StageTimer(), [])``.
     """
     box: Box | None = None
+    fine_plan: BudgetPlan | None = None
     roi: dict[str, Any] = {"mode": config.roi.mode, "used": False, "box": None, "coarse_tiles": 0}
-    if should_use_roi(volume.shape, model.patch_size, config.roi):
+    if should_use_roi(source.shape, model.patch_size, config.roi):
+        with timer("preprocess"):
+            coarse = source.coarse(config.roi.factor)
         with timer("coarse"):
-            box, coarse_tiles = coarse_roi(volume, model, config, backoff.policy, backoff)
+            box, coarse_tiles = coarse_roi(
+                coarse, source.shape, model, config, backoff.policy, backoff
+            )
+        del coarse
         roi.update(used=box is not None, coarse_tiles=coarse_tiles, box=box_to_list(box))
         if box is None:
             roi["fallback"] = "coarse pass found no pancreas: tiled the whole volume"
             notes.append(roi["fallback"])
         else:
-            roi["fraction"] = round(box_fraction(box, volume.shape), 4)
+            roi["fraction"] = round(box_fraction(box, source.shape), 4)
+        tiled = source.shape if box is None else tuple(sl.stop - sl.start for sl in box)
+        fine_plan = plan_case_memory(source, tiled, model, config, Path(scan))
+        backoff.policy.tile_batch = min(backoff.policy.tile_batch, fine_plan.tile_batch)
+    with timer("preprocess"):
+        volume = source.fine(box)
     # The coarse pass only finds the box, so only the fine pass pays for the mirrors.
     fine = MirroredPredictor(model.predictor, config.mirror_axes) if config.mirror_axes else None
     with timer("fine"):
@@ -323,7 +321,7 @@ def segment_case(
             progress=config.progress,
             keep_probabilities=True,
         )
-    return result, roi
+    return result, roi, fine_plan
 
 
 @dataclass(frozen=True)
@@ -388,15 +386,15 @@ def write_restored_case(
     timer: StageTimer,
     written: list[Path],
     panels: list[PreviewPanel] | None = None,
+    image: sitk.Image | None = None,
 ) -> CaseReport:
     """Measure the ``restored`` mask on the scan's grid, write the preview (from ``panels``), the
     DICOM SEG (``run.dicom_seg``), the mask and the case JSON beside it; ``probabilities`` are the
-    subtype head's.
+    subtype head's; ``image`` is the scan as read (None: read it again).
 
     ``written`` gets each path once it is written (see :func:`~edgepanc.runtime.scans.all_or_none`).
     The volumes, the lesion diameter and the mean HU are measured on the input grid, as the mask
-    is written (the scan is read again for its HU: its voxels were let go before segmentation;
-    the budget's restore phase counts that read). The JSON goes in twice: saying ``writing``
+    is written, with the HU of ``image``. The JSON goes in twice: saying ``writing``
     (with the digests of the input and every output) before the mask takes its name, ``finished``
     after, so that a kill in between leaves a mask its JSON owns but does not call finished,
     which the next run redoes.
@@ -405,9 +403,7 @@ def write_restored_case(
     -> ``1``.
     """
     with timer("measure"):
-        image = read_image(scan)
-        measures = measure_labels(restored, image)
-        del image
+        measures = measure_labels(restored, read_image(scan) if image is None else image)
     report = _case_report(scan, outputs, probabilities, run, timer, measures)
     report.input_sha256 = scan_sha256(scan)
     if panels is not None:
@@ -499,20 +495,19 @@ def run_case(
         outputs = CaseOutputs.for_scan(scan, config.out_dir, config.overwrite)
     timer = StageTimer()
     notes: list[str] = []  # the missing temperature sensor is said once per run, not per case
-    volume, grid, memory_plan = prepare_case(scan, model, config, timer, notes)
+    source, memory_plan = prepare_case(scan, model, config, timer, notes)
     backoff = ThermalBackoff(thermal_guard, BatchPolicy(memory_plan.tile_batch))
-    result, roi = segment_case(volume, model, config, backoff, timer, notes)
+    result, roi, fine_plan = segment_case(source, model, config, backoff, timer, notes, scan)
+    memory_plan = fine_plan or memory_plan
     with timer("postprocess"):
         finished = finish_prediction(result, model.target_spacing, config.postprocess)
     tile_count = len(result.tiles)
     del result  # the raw labels and soft maps: the restore phase is planned without them
     panels = None
-    if config.preview:  # the slices only: the restore phase is planned without the volume
-        plan = model.plan
-        hu = volume * np.float32(max(plan.std, 1e-8)) + np.float32(plan.mean)  # undo normalize_ct
-        panels = cut_panels(hu, finished.labels, model.target_spacing)
-        del hu
-    del volume
+    if config.preview:  # three planes resampled from the scan, not a whole HU volume
+        centre = preview_centre(finished.labels)
+        planes = source.hu_planes(centre)
+        panels = panels_through(planes, finished.labels, centre, model.target_spacing)
     with all_or_none() as written:
         run = CaseRun(
             model.predictor,
@@ -531,11 +526,11 @@ def run_case(
             mirror_axes=config.mirror_axes,
         )
         with timer("restore"):
-            restored = restore_mask(finished, grid)
+            restored = restore_mask(finished, source.grid)
         probabilities = finished.subtype_probabilities
-        del finished  # the scan is read again to measure it: planned without these maps
+        del finished
         return write_restored_case(
-            scan, outputs, restored, probabilities, run, timer, written, panels
+            scan, outputs, restored, probabilities, run, timer, written, panels, source.image
         )
 
 

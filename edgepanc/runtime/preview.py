@@ -77,12 +77,30 @@ def cut_panels(
     Example: ``[p.view for p in cut_panels(hu, labels, (2.5, 0.8, 0.8))]`` ->
     ``["axial", "coronal", "sagittal"]``.
     """
-    z, y, x = preview_centre(labels)
+    z, y, x = centre = preview_centre(labels)
+    return panels_through((hu[z], hu[:, y], hu[:, :, x]), labels, centre, spacing_zyx)
+
+
+def panels_through(
+    hu_planes: Sequence[np.ndarray],
+    labels: np.ndarray,
+    centre: Sequence[int],
+    spacing_zyx: Sequence[float],
+) -> list[PreviewPanel]:
+    """The panels of the axial, coronal and sagittal ``hu_planes`` through ``centre`` with the
+    slices of ``labels`` there (copies): what :func:`cut_panels` makes when only the three
+    planes are at hand (the runtime resamples just those from the scan).
+
+    Example: ``panels_through((ct[40], ct[:, 90], ct[:, :, 80]), labels, (40, 90, 80),
+    (2.0, 1.2, 1.2))[1].view`` -> ``"coronal"``.
+    """
+    z, y, x = (int(c) for c in centre)
     sz, sy, sx = spacing_zyx
+    axial, coronal, sagittal = (np.array(plane, copy=True) for plane in hu_planes)
     return [
-        PreviewPanel("axial", hu[z].copy(), labels[z].copy(), sy / sx),
-        PreviewPanel("coronal", hu[:, y].copy(), labels[:, y].copy(), sz / sx),
-        PreviewPanel("sagittal", hu[:, :, x].copy(), labels[:, :, x].copy(), sz / sy),
+        PreviewPanel("axial", axial, labels[z].copy(), sy / sx),
+        PreviewPanel("coronal", coronal, labels[:, y].copy(), sz / sx),
+        PreviewPanel("sagittal", sagittal, labels[:, :, x].copy(), sz / sy),
     ]
 
 

@@ -1,8 +1,8 @@
 """Coarse-to-fine: find the pancreas at half resolution, then tile only its box at full.
 
-The pancreas fills a few percent of an abdominal CT. A cheap pass over the preprocessed volume
-downsampled by ``factor`` per axis (``factor**3`` times fewer voxels, tiles without overlap)
-finds the organ; the full-resolution pass then tiles only its bounding box grown by a margin
+The pancreas fills a few percent of an abdominal CT. A cheap pass over the scan resampled at
+``factor`` times the network's spacing (``factor**3`` times fewer voxels, tiles without overlap:
+:meth:`~edgepanc.preprocessing.network_input.NetworkInput.coarse`) finds the organ; the full-resolution pass then tiles only its bounding box grown by a margin
 (default 25 mm), with the tiles a whole-volume pass would put there (so the two agree inside the
 box, and the tiles reach past it, giving the organ's edge context). When the coarse pass finds
 nothing the caller tiles the whole volume and says so.
@@ -13,9 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
-from scipy import ndimage
 
 from edgepanc.inferers.tiling import Region, grow_box
 
@@ -51,16 +48,6 @@ def should_use_roi(
         raise ValueError(f"roi mode must be auto, on or off, got {config.mode!r}")
     patches = math.prod(volume_shape) / math.prod(patch_size)
     return patches > config.auto_min_patches
-
-
-def downsample(volume: np.ndarray, factor: int) -> np.ndarray:
-    """Linear downsampling by ``factor`` per axis, float32 (the coarse pass's input)."""
-    if factor == 1:
-        return volume
-    zoom = [1.0 / factor] * volume.ndim
-    # prefilter off: order 1 does not need it, and it would cost a full float64 copy; edges
-    # repeat the border voxel (the default fills with 0, which reads as tissue once normalised)
-    return ndimage.zoom(volume, zoom, order=1, output=np.float32, prefilter=False, mode="nearest")
 
 
 def scale_box(box: Box, from_shape: Sequence[int], to_shape: Sequence[int]) -> Box:

@@ -1,0 +1,85 @@
+"""NetworkInput: the runtime's network inputs, resampled only where the network looks, agree
+with resampling the whole scan (preprocess_image) and take memory only for what they hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from edgepanc.memory import current_rss
+from edgepanc.preprocessing import PreprocessingPlan, preprocess_image, resample_for_network
+from edgepanc.preprocessing.network_input import NetworkInput
+
+PERMUTED = (0, 0, 1, 1, 0, 0, 0, -1, 0)  # axes swapped and flipped: "PIL"-like storage
+
+
+def scan(size=(40, 36, 30), spacing=(0.8, 0.9, 2.5), direction=PERMUTED) -> sitk.Image:
+    rng = np.random.default_rng(0)
+    values = rng.integers(-1000, 400, size=tuple(reversed(size))).astype(np.int16)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing(spacing)
+    image.SetOrigin((-12.0, 30.0, 7.5))
+    image.SetDirection(direction)
+    return image
+
+
+def plan(spacing=(2.0, 1.2, 1.2)) -> PreprocessingPlan:
+    return PreprocessingPlan(spacing, -133.0, 165.0, 92.9, 38.3, (8, 16, 16))
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 1.2, 1.2), None])  # resampled, or reordered only
+def test_fine_box_holds_the_whole_grid_values_and_zeros_elsewhere(spacing) -> None:
+    image = scan()
+    # None: the plan's spacing is the scan's own, canonical order (z, y, x)
+    the_plan = plan(spacing or (0.8, 2.5, 0.9))
+    whole, grid = preprocess_image(image, the_plan)
+    source = NetworkInput(image, the_plan)
+    assert source.shape == whole.shape and source.grid == grid
+    z, y, x = whole.shape
+    box = (slice(1, z - 1), slice(2, y // 2 + 2), slice(3, x))
+    volume = source.fine(box)
+    assert volume.shape == whole.shape and volume.dtype == np.float32
+    np.testing.assert_allclose(volume[box], whole[box], atol=1e-5)
+    outside = np.ones(whole.shape, dtype=bool)
+    outside[box] = False
+    assert not volume[outside].any()
+    np.testing.assert_allclose(source.fine(), whole, atol=1e-5)
+
+
+def test_coarse_is_the_scan_at_twice_the_spacing() -> None:
+    image = scan()
+    source = NetworkInput(image, plan())
+    coarse = source.coarse(2)
+    expected, _ = preprocess_image(image, plan((4.0, 2.4, 2.4)))
+    assert coarse.shape == source.coarse_shape(2) == expected.shape
+    np.testing.assert_allclose(coarse, expected, atol=1e-5)
+    # about half the network grid per axis
+    assert all(abs(c - n / 2) <= 1 for c, n in zip(coarse.shape, source.shape, strict=True))
+
+
+def test_hu_planes_are_the_whole_grid_planes_in_hu() -> None:
+    image = scan()
+    resampled, _ = resample_for_network(image, plan())
+    hu = sitk.GetArrayFromImage(resampled)
+    source = NetworkInput(image, plan())
+    centre = (5, 7, 11)
+    axial, coronal, sagittal = source.hu_planes(centre)
+    np.testing.assert_allclose(axial, hu[5], atol=1e-3)
+    np.testing.assert_allclose(coronal, hu[:, 7], atol=1e-3)
+    np.testing.assert_allclose(sagittal, hu[:, :, 11], atol=1e-3)
+
+
+def test_a_small_box_of_a_large_grid_takes_memory_for_the_box_only() -> None:
+    # 8 mm voxels up to 1 mm: a 600 MB float32 grid, of which the box is 16 MB (allocator slack
+    # and the freed temporaries may stay resident, the untouched grid must not)
+    image = scan(size=(64, 64, 72), spacing=(8.0, 8.0, 8.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    source = NetworkInput(image, plan((1.0, 1.0, 1.0)))
+    grid_bytes = 4 * int(np.prod(source.shape))
+    assert grid_bytes > 500e6
+    before = current_rss()
+    volume = source.fine((slice(200, 240), slice(100, 300), slice(0, 512)))
+    held = current_rss() - before
+    assert volume.shape == source.shape
+    assert volume[220, 200].any() and not volume[100].any()
+    assert held < grid_bytes / 8, f"{held / 1e6:.0f} MB held for a {grid_bytes / 1e6:.0f} MB grid"
