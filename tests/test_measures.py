@@ -46,3 +46,15 @@ def test_the_lesion_diameter_is_that_of_the_largest_lesion_not_the_span_of_all()
     image = sitk.GetImageFromArray(labels)
     assert lesion_diameter_mm(image) == pytest.approx(np.hypot(9.0, 1.0))
     assert lesion_diameter_mm(sitk.GetImageFromArray(np.zeros_like(labels))) is None
+
+
+def test_the_lesion_diameter_is_measured_in_mm_on_an_oblique_anisotropic_grid() -> None:
+    labels = np.zeros((12, 50, 60), dtype=np.uint8)
+    labels[3:9, 20:30, 30:50] = 1
+    labels[5:7, 22:26, 33:45] = 2  # 2 x 4 x 12 voxels, far from the origin corner
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing((0.7, 0.8, 2.5))
+    image.SetOrigin((100.0, -40.0, 12.0))
+    image.SetDirection((0, 0, 1, 1, 0, 0, 0, -1, 0))
+    # the corners of the lesion's voxel centres: 11 x 0.7, 3 x 0.8 and 1 x 2.5 mm apart
+    assert lesion_diameter_mm(image) == pytest.approx(np.sqrt(7.7**2 + 2.4**2 + 2.5**2))

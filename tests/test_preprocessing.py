@@ -326,3 +326,15 @@ def test_restoring_probabilities_puts_the_boundary_where_they_cross_one_half() -
     assert np.flatnonzero(hard).max() * 0.5 == 9.5  # the 0/255 map crosses one half at 9.75 mm
     assert np.flatnonzero(soft).max() * 0.5 == 9.0  # the probability at 9.42 mm
     assert hard[0] == soft[0] == 1
+
+
+@pytest.mark.parametrize("direction", [PERMUTED, RAS, (1, 0, 0, 0, 1, 0, 0, 0, 1)])
+def test_a_canonical_box_lands_where_the_whole_array_puts_it(direction) -> None:
+    from edgepanc.preprocessing.orientation import box_in_original_order
+
+    canonical = np.arange(6 * 7 * 8).reshape(6, 7, 8)
+    box = (slice(1, 4), slice(2, 7), slice(0, 3))
+    whole = canonical_array_in_original_order(canonical, direction)
+    part = canonical_array_in_original_order(canonical[box], direction)
+    placed = box_in_original_order(box, canonical.shape, direction)
+    np.testing.assert_array_equal(whole[placed], part)

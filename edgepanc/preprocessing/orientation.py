@@ -59,6 +59,25 @@ def canonical_array_in_original_order(
     return np.flip(view, flipped) if flipped else view
 
 
+def box_in_original_order(
+    box_zyx: Sequence[slice], canonical_shape: Sequence[int], direction: Sequence[float]
+) -> tuple[slice, slice, slice]:
+    """Where the (z, y, x) ``box`` of a canonical array lies in the voxel order of an image with
+    ``direction``: :func:`canonical_array_in_original_order` of the box's contents belongs there.
+
+    Example: ``box_in_original_order((slice(0, 2), slice(0, 4), slice(1, 3)), (10, 20, 30),
+    RAS)`` -> ``(slice(0, 2), slice(16, 20), slice(27, 29))`` (RAS flips y and x).
+    """
+    axes = canonical_axes(direction)
+    out = []
+    for i in range(3):
+        source = 2 - axes[2 - i][0]  # as in canonical_array_in_original_order
+        start, stop = int(box_zyx[source].start), int(box_zyx[source].stop)
+        size = int(canonical_shape[source])
+        out.append(slice(size - stop, size - start) if axes[2 - i][1] else slice(start, stop))
+    return out[0], out[1], out[2]
+
+
 def canonical_geometry(
     size: Sequence[int],
     spacing: Sequence[float],

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from edgepanc.preprocessing.normalization import normalize_ct
 from edgepanc.preprocessing.orientation import (
+    box_in_original_order,
     canonical_array_in_original_order,
     canonical_geometry,
     orientation_of,
@@ -259,17 +260,21 @@ def restore_label(
     0.3915 -> 0.4027). Only the box the labels can reach is resampled (see
     :func:`_label_box_on`). The axes are then permuted/flipped back; the result carries exactly
     the input's size, spacing, origin and direction.
+
+    Example: ``restore_label(labels, grid).GetSize()`` -> the input's size, e.g. ``(512, 512, 300)``.
     """
     if tuple(label_zyx.shape) != grid.resampled.shape:
         raise ValueError(
             f"label shape {label_zyx.shape} does not match the preprocessed shape {grid.resampled.shape}"
         )
     target = grid.canonical
-    canonical = np.zeros(target.shape, dtype=np.uint8)
+    # Only the window the labels can reach is built; the full-size mask is made once, by
+    # SimpleITK from a zero array whose untouched pages cost no memory.
+    restored = np.zeros(grid.original.shape, dtype=np.uint8)
     box = _label_box_on(label_zyx, grid.resampled, target)
     if box is not None:
         window_grid = _box_geometry(target, box)
-        window = canonical[box]
+        window = np.zeros(window_grid.shape, dtype=np.uint8)
         for value in range(1, int(label_zyx.max(initial=0)) + 1):
             if probabilities is None:
                 region = np.where(label_zyx >= value, np.uint8(255), np.uint8(0))
@@ -293,10 +298,7 @@ def restore_label(
             )
             window[sitk.GetArrayViewFromImage(resampled) >= 128] = value
             del resampled, on_network_grid
-    # Reoriented in numpy (a copy, then the canonical array goes) rather than by DICOMOrient on
-    # an image of it: one full-size uint8 copy fewer at this stage's peak.
-    in_original_order = np.ascontiguousarray(
-        canonical_array_in_original_order(canonical, grid.original.direction)
-    )
-    del canonical
-    return grid.original.stamp(sitk.GetImageFromArray(in_original_order))
+        # permuted/flipped back in numpy: a view of the window in the input's voxel order
+        original_box = box_in_original_order(box, target.shape, grid.original.direction)
+        restored[original_box] = canonical_array_in_original_order(window, grid.original.direction)
+    return grid.original.stamp(sitk.GetImageFromArray(restored))
