@@ -1,0 +1,76 @@
+"""``edgepanc run`` of this tree against the same command of an earlier commit, on one scan.
+
+    git worktree add --detach ../edgepanc-then COMMIT
+    python scripts/compare_with_release.py SCAN --model BUNDLE --then ../edgepanc-then \\
+        [--rounds 3] [--out compare.json] [-- extra flags for today's run, e.g. --backend onnxruntime]
+
+Runs, alternating (then, now, then, now, ...), ``python -m edgepanc run SCAN --model BUNDLE``
+with the earlier tree first on ``PYTHONPATH`` (the same interpreter and packages, so only the
+code differs) and this tree's ``edgepanc run SCAN --model BUNDLE --no-preview`` (the earlier
+runtime drew no preview by default). Reports the median wall time of each whole process, the
+ratio, the peak resident memory of each process tree measured from outside, and the agreement
+of the two masks (whole-pancreas and lesion Dice). What "today's defaults" meant when an issue
+was filed is answered by the commit it was filed at, not by today's code with an option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from edgepanc.io.atomic import write_text_atomic  # noqa: E402
+from edgepanc.metrics import segmentation_metrics  # noqa: E402
+
+from harness import alternate, edgepanc_executable, read_masks  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scan", type=Path)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--then", type=Path, required=True, help="worktree of the earlier commit")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path("compare_runs"))
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("now_flags", nargs="*", help="extra flags for today's run (after --)")
+    args = parser.parse_args(argv)
+    outs = {"then": args.work / "then", "now": args.work / "now"}
+    base = ["run", str(args.scan), "--model", str(args.model), "--overwrite"]
+    # the earlier tree runs with this interpreter: PYTHONPATH puts its package first
+    os.environ["PYTHONPATH"] = str(args.then.resolve())
+    # -P: the current directory (maybe this tree) must not come before the earlier one
+    then = [sys.executable, "-P", "-m", "edgepanc", *base, "--out", str(outs["then"])]
+    now = [*edgepanc_executable(), *base, "--out", str(outs["now"]), "--no-preview"]
+    commands = {"then": then, "now": [*now, *args.now_flags]}
+    # today's console script must import today's package, not the earlier tree
+    commands["now"] = ["env", "-u", "PYTHONPATH", *commands["now"]]
+    runs = alternate(commands, args.scan, outs, args.rounds)
+    masks = read_masks(outs, args.scan)
+    agreement = segmentation_metrics(masks["now"], masks["then"])
+    seconds = {k: [r.seconds for r in v] for k, v in runs.items()}
+    figures = {
+        "scan": str(args.scan),
+        "then_tree": str(args.then),
+        "now_flags": args.now_flags,
+        "artifact": {k: v[-1].case.get("artifact") for k, v in runs.items()},
+        "seconds": seconds,
+        "median_s": {k: statistics.median(v) for k, v in seconds.items()},
+        "speedup": statistics.median(seconds["then"]) / statistics.median(seconds["now"]),
+        "peak_rss_mib": {k: max(r.peak_rss_bytes for r in v) / 2**20 for k, v in runs.items()},
+        "agreement": {k: agreement[k] for k in ("whole_dsc", "lesion_dsc")},
+    }
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.out is not None:
+        write_text_atomic(args.out, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
