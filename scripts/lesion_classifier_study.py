@@ -2,6 +2,7 @@
 
     python scripts/lesion_classifier_study.py RUN DATA --out study.json [--fresh DATA2]
         [--device cpu|cuda] [--threads 2] [--seed 0] [--forest-out forest.json]
+        [--weights RUN/last.pt]
     python scripts/lesion_classifier_study.py --from-rows study.json --out refit.json
 
 Every labelled case of DATA (and of ``--fresh``) goes through the bundle as validation during
@@ -13,8 +14,10 @@ and both classifiers are scored with :func:`edgepanc.metrics.classification_metr
 validation cases and on ``--fresh``; the forest's stratified cross-validation on the training
 rows is reported too. The training cases' masks come from a network that saw them, so they are
 cleaner than the masks the runtime gives on new scans: the report says so
-(``fit_masks``). ``per_case`` keeps every row, so ``--from-rows`` refits and rescores without
-predicting again.
+(``fit_masks``). ``per_case`` keeps every row, with the neural head's probabilities, so
+``--from-rows`` refits and rescores without predicting again. ``--weights`` runs a training
+checkpoint's network instead of the bundle's (a head refit the run turned down is in
+``last.pt``).
 """
 
 from __future__ import annotations
@@ -128,6 +131,7 @@ def predict_rows(network: Any, plan: Any, cases: list[Any], device: str) -> Stud
                 "split": case.split,
                 "whole_dsc": result.whole_dsc,
                 "lesion_dsc": result.lesion_dsc,
+                "neural_probabilities": [round(p, 6) for p in result.probabilities],
                 "feature_seconds": round(time.perf_counter() - start, 4),
             }
         )
@@ -135,10 +139,11 @@ def predict_rows(network: Any, plan: Any, cases: list[Any], device: str) -> Stud
 
 
 def predict_sets(
-    bundle_dir: Path, data: Path, fresh: Path | None, device: str
+    bundle_dir: Path, data: Path, fresh: Path | None, device: str, weights: Path | None = None
 ) -> dict[str, StudyRows]:
     """``train`` and ``validation`` from DATA's splits, ``fresh`` from every labelled case of
-    the second data set; cases without a subtype are left out.
+    the second data set; cases without a subtype are left out. ``weights`` (a training
+    checkpoint, e.g. ``last.pt``) replaces the bundle's own network weights.
 
     Example: ``predict_sets(Path("run"), Path("data"), None, "cpu")["validation"].case_ids``.
     """
@@ -146,7 +151,12 @@ def predict_sets(
     from edgepanc.training.runner import labelled_cases
 
     bundle = load_bundle(bundle_dir)
-    network = bundle.load_network().to(device).eval()
+    network = bundle.load_network()
+    if weights is not None:
+        from edgepanc.training.checkpoint import load_checkpoint
+
+        network.load_state_dict(load_checkpoint(weights)["model"])
+    network = network.to(device).eval()
     cases = [c for c in labelled_cases(data) if c.subtype is not None]
     chosen = {split: [c for c in cases if c.split == split] for split in ("train", "validation")}
     if fresh is not None:
@@ -213,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", type=Path, help="a second data set: all its labelled cases")
     parser.add_argument("--from-rows", type=Path, help="a previous --out: refit, do not predict")
     parser.add_argument("--forest-out", type=Path, help="write the fitted forest (JSON + .npz)")
+    parser.add_argument("--weights", type=Path, help="a checkpoint whose network replaces RUN's")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -231,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        sets = predict_sets(args.bundle, args.data, args.fresh, args.device)
+        sets = predict_sets(args.bundle, args.data, args.fresh, args.device, args.weights)
     evaluations = {name: rows for name, rows in sets.items() if name != "train"}
     report, model = compare_classifiers(sets["train"], evaluations, args.seed, config, args.folds)
     if args.forest_out is not None:
@@ -240,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "bundle": None if args.bundle is None else str(args.bundle),
         "data": None if args.data is None else str(args.data),
         "fresh": None if args.fresh is None else str(args.fresh),
+        "weights": None if args.weights is None else str(args.weights),
         "from_rows": None if args.from_rows is None else str(args.from_rows),
         "seed": args.seed,
         "config": asdict(config),

@@ -146,6 +146,36 @@ def test_the_study_predicts_a_tiny_data_set_with_a_bundle_end_to_end(tmp_path):
     for result in expected:
         assert by_id[result.case_id]["neural"] == result.predicted_subtype
         assert by_id[result.case_id]["lesion_dsc"] == result.lesion_dsc
+        kept = by_id[result.case_id]["neural_probabilities"]
+        assert np.allclose(kept, result.probabilities, atol=1e-6)
+
+
+def test_the_study_reads_the_network_from_a_checkpoint_when_given_one(tmp_path):
+    """``--weights`` replaces the bundle's network: a head biased hard towards subtype 2 names
+    every case 2, where the bundle's own weights do not."""
+    import torch
+
+    from edgepanc.bundle import load_bundle
+    from edgepanc.training.checkpoint import save_checkpoint
+
+    from runtime_support import make_tiny_bundle
+    from train_support import write_tiny_dataset
+
+    torch.set_num_threads(1)
+    data = write_tiny_dataset(tmp_path / "data", train_per_subtype=2)
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    network = load_bundle(bundle).load_network()
+    with torch.no_grad():
+        network.cls_head.fc2.weight.zero_()
+        network.cls_head.fc2.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))
+    save_checkpoint(tmp_path / "last.pt", {"model": network.state_dict()})
+    out = tmp_path / "study.json"
+    args = [str(bundle), str(data), "--out", str(out), "--trees", "5"]
+    assert main([*args, "--weights", str(tmp_path / "last.pt")]) == 0
+    report = json.loads(out.read_text())
+    assert report["weights"] == str(tmp_path / "last.pt")
+    assert {row["neural"] for row in report["per_case"]} == {2}
+    assert all(row["neural_probabilities"][2] > 0.99 for row in report["per_case"])
 
 
 def test_the_study_measures_features_on_the_scan_under_the_restored_mask(tmp_path, monkeypatch):
