@@ -321,4 +321,35 @@ def conv_limit_seconds(backend: str, precision: str, folder: Path, n: int) -> li
             str(_export_conv(folder, precision)), providers=["CPUExecutionProvider"]
         )
         return time_calls(lambda inp: session.run(None, {"x": inp}), x, n)
+    if backend == "openvino":
+        request = _openvino_conv(folder, precision).create_infer_request()
+        return time_calls(lambda inp: request.infer({"x": inp}, share_inputs=True), x, n)
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def _openvino_conv(folder: Path, precision: str) -> Any:
+    """The convolution compiled by OpenVINO as the runtime compiles its models: fp32 and bf16
+    from the fp32 ONNX file, INT8 quantized by NNCF (calibrated on the input itself).
+    BackendUnavailable where this CPU or install cannot (bf16 without native support)."""
+    import openvino
+
+    from edgepanc.backends.openvino_backend import (
+        OpenVinoSettings,
+        compile_config,
+        machine_cpu_flags,
+        openvino_problem,
+    )
+
+    problem = openvino_problem()
+    if problem is not None:
+        from edgepanc.backends import BackendUnavailable
+
+        raise BackendUnavailable(problem)
+    config = compile_config(OpenVinoSettings(precision), machine_cpu_flags())
+    core = openvino.Core()
+    model = core.read_model(str(_export_conv(folder, "fp32")))
+    if precision == "int8":
+        import nncf
+
+        model = nncf.quantize(model, nncf.Dataset([_conv_input()]), subset_size=1)
+    return core.compile_model(model, "CPU", config)

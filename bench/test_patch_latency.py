@@ -1,9 +1,11 @@
 """Per-patch latency of every backend and precision this machine and bundle offer.
 
-One tile of the bundle's patch size (batch 1), through the runtime's own predictors: torch fp32,
-torch bf16 (autocast on the CPU), ONNX Runtime fp32 and ONNX Runtime INT8. The ONNX files come
-from the bundle when ``edgepanc quantize`` made them; fp32 is otherwise exported here with the
-compression stage's exporter, INT8 only exists in a quantized bundle.
+One tile of the bundle's patch size (batch 1), through the runtime's own predictors, one variant
+after another in one session: torch fp32, torch bf16 (autocast on the CPU), ONNX Runtime fp32 and
+INT8, OpenVINO fp32, bf16 (only where the CPU computes bf16 natively) and INT8 (NNCF). The files
+come from the bundle when ``edgepanc quantize`` made them; fp32 ONNX is otherwise exported here
+with the compression stage's exporter (OpenVINO fp32 and bf16 run it too), INT8 only exists in a
+quantized bundle.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from edgepanc.bundle import load_bundle
 
 from results import Recorder, Spread
 
-VARIANTS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+VARIANTS = [
+    ("torch", "fp32"),
+    ("torch", "bf16"),
+    ("onnxruntime", "fp32"),
+    ("onnxruntime", "int8"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("openvino", "int8"),
+]
 
 
 def bundle_artifact(bundle: Any, backend: str, precision: str) -> Path | None:
@@ -30,12 +40,14 @@ def bundle_artifact(bundle: Any, backend: str, precision: str) -> Path | None:
 
 
 def make_predictor(bundle: Any, backend: str, precision: str, workdir: Path) -> Any:
-    from edgepanc.backends import OnnxRuntimePredictor, TorchPredictor
+    from edgepanc.backends import BackendUnavailable, OnnxRuntimePredictor, TorchPredictor
 
     if backend == "torch":
         return TorchPredictor(bundle.load_network(), device="cpu", precision=precision)
-    path = bundle_artifact(bundle, backend, precision)
-    if path is None and precision == "fp32":
+    # OpenVINO computes fp32 and bf16 from the fp32 ONNX file; its INT8 is NNCF's own IR
+    source = ("onnxruntime", "fp32") if backend == "openvino" and precision != "int8" else None
+    path = bundle_artifact(bundle, *(source or (backend, precision)))
+    if path is None and (source or precision == "fp32"):
         from edgepanc.quantization.onnx_export import export_onnx
 
         path = workdir / "network_fp32.onnx"
@@ -43,7 +55,14 @@ def make_predictor(bundle: Any, backend: str, precision: str, workdir: Path) -> 
             export_onnx(bundle.load_network(), path, bundle.plan.patch_size)
     if path is None:
         pytest.skip(f"the bundle has no {backend} {precision} artifact (made by edgepanc quantize)")
-    return OnnxRuntimePredictor(path, precision=precision)
+    if backend == "onnxruntime":
+        return OnnxRuntimePredictor(path, precision=precision)
+    from edgepanc.backends.openvino_backend import OpenVinoPredictor
+
+    try:
+        return OpenVinoPredictor(path, precision)
+    except BackendUnavailable as exc:  # bf16 on a CPU without it, or no openvino installed
+        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize(("backend", "precision"), VARIANTS)
