@@ -28,6 +28,7 @@ import SimpleITK as sitk
 from edgepanc.inferers.sliding_window import BatchPolicy
 from edgepanc.memory import parse_size
 from edgepanc.postprocessing import PostprocessConfig, finish_prediction
+from edgepanc.preprocessing import restored_box
 from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.measures import measure_labels
 from edgepanc.runtime.model import LoadedModel, load_model
@@ -163,7 +164,7 @@ def segment(
     with timer("restore"):
         mask = restore_mask(finished, scan.grid)
     with timer("measure"):  # on the scan as read, as `edgepanc run` measures
-        measures = measure_labels(mask, scan.image)
+        measures = measure_labels(mask, scan.image, restored_box(finished.labels, scan.grid))
     del scan
     probabilities = tuple(float(p) for p in finished.subtype_probabilities)
     return Result(

@@ -338,3 +338,19 @@ def test_a_canonical_box_lands_where_the_whole_array_puts_it(direction) -> None:
     part = canonical_array_in_original_order(canonical[box], direction)
     placed = box_in_original_order(box, canonical.shape, direction)
     np.testing.assert_array_equal(whole[placed], part)
+
+
+@pytest.mark.parametrize("direction", [RAS, PERMUTED])
+def test_the_restored_box_holds_every_restored_voxel_and_measures_alike(direction) -> None:
+    from edgepanc.preprocessing import restored_box
+    from edgepanc.runtime.measures import measure_labels
+
+    image, grid, label = gland_with_lesion(direction)
+    restored = restore_label(label, grid)
+    box = restored_box(label, grid)
+    mask = sitk.GetArrayFromImage(restored)
+    outside = mask.copy()
+    outside[box] = 0
+    assert mask[box].any() and not outside.any()
+    assert measure_labels(restored, image, box) == measure_labels(restored, image)
+    assert restored_box(np.zeros_like(label), grid) is None

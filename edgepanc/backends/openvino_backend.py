@@ -9,6 +9,7 @@ here imports torch: a CPU run through OpenVINO must not pay for loading it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -40,14 +41,26 @@ def openvino_problem() -> str | None:
     Example: ``openvino_problem()`` -> ``None`` after ``pip install openvino`` on an x86 machine.
     """
     try:
-        import openvino
+        import openvino  # noqa: F401
     except ImportError:
         return "openvino is not installed (pip install openvino)"
     try:
-        devices = openvino.Core().available_devices
+        devices = openvino_core().available_devices
     except Exception as exc:  # a broken plugin install raises RuntimeError with a long trace
         return f"openvino cannot start: {_first_line(exc)}"
     return None if "CPU" in devices else f"openvino finds no CPU device (has {devices})"
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core`` (creating one takes about 0.1 s; the checks and the
+    compiles share it).
+
+    Example: ``openvino_core().available_devices`` -> ``["CPU"]``.
+    """
+    import openvino
+
+    return openvino.Core()
 
 
 def machine_cpu_flags() -> frozenset[str]:
@@ -164,8 +177,6 @@ class OpenVinoPredictor:
         problem = openvino_problem()
         if problem is not None:
             raise BackendUnavailable(problem)
-        import openvino
-
         path = Path(path)
         if path.suffix not in MODEL_SUFFIXES:
             raise InputError(path, "OpenVINO runs .onnx files and .xml IR, not this kind of file")
@@ -174,7 +185,7 @@ class OpenVinoPredictor:
         self.settings = OpenVinoSettings(precision, float_precision, threads)
         config = compile_config(self.settings, cpu_flags())
         try:
-            self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+            self.compiled = openvino_core().compile_model(str(path), "CPU", config)
         except RuntimeError as exc:  # OpenVINO raises RuntimeError for every read/compile failure
             raise InputError(path, f"OpenVINO cannot load the model: {_first_line(exc)}") from exc
         _check_io_names(path, self.compiled)

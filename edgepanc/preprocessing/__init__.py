@@ -21,6 +21,7 @@ from edgepanc.preprocessing.pipeline import (
     preprocess_label,
     resample_for_network,
     restore_label,
+    restored_box,
 )
 from edgepanc.preprocessing.plan import PreprocessingPlan, median_spacing, plan_from_cases
 from edgepanc.preprocessing.resampling import resample_onto, resample_to_spacing
@@ -46,5 +47,6 @@ __all__ = [
     "resample_onto",
     "resample_to_spacing",
     "restore_label",
+    "restored_box",
     "to_canonical",
 ]

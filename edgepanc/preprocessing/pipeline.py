@@ -241,6 +241,18 @@ def preprocess_label(label: sitk.Image, grid: GridRecord) -> np.ndarray:
     return sitk.GetArrayFromImage(resampled)
 
 
+def restored_box(label_zyx: np.ndarray, grid: GridRecord) -> tuple[slice, slice, slice] | None:
+    """Where :func:`restore_label`'s mask of ``label_zyx`` can be non-zero: a (z, y, x) box in
+    the input's own voxel order (None: nowhere), so the mask's measures read that box alone.
+
+    Example: ``restored_box(labels, grid)`` -> ``(slice(60, 140), slice(200, 330), ...)``.
+    """
+    box = _label_box_on(label_zyx, grid.resampled, grid.canonical)
+    if box is None:
+        return None
+    return box_in_original_order(box, grid.canonical.shape, grid.original.direction)
+
+
 def restore_label(
     label_zyx: np.ndarray,
     grid: GridRecord,

@@ -35,18 +35,41 @@ class CaseMeasures:
         return self.lesion_ml > 0
 
 
-def lesion_diameter_mm(labels: sitk.Image) -> float | None:
+Box = tuple[slice, slice, slice]
+
+
+def label_boxes(labels: sitk.Image, within: Box | None = None) -> list[Box | None]:
+    """The (z, y, x) bounding box of each label value 1, 2, ... of ``labels`` (None where a
+    value is absent), searched only ``within`` a box known to hold every labelled voxel.
+
+    Example: ``label_boxes(mask)[1]`` -> the lesion's box, e.g. ``(slice(40, 52), ...)``.
+    """
+    view = sitk.GetArrayViewFromImage(labels)
+    if within is None:
+        return list(ndimage.find_objects(view))
+    starts = [sl.start for sl in within]
+    return [
+        None
+        if box is None
+        else tuple(slice(b.start + s, b.stop + s) for b, s in zip(box, starts, strict=True))
+        for box in ndimage.find_objects(view[within])
+    ]
+
+
+def lesion_diameter_mm(labels: sitk.Image, boxes: list[Box | None] | None = None) -> float | None:
     """The longest diameter of the largest lesion (label 2) component, in mm: the longest
     distance between two of its voxels' centres (the Feret diameter); None without a lesion.
 
     The largest component alone, as a reader measures a lesion: over all components together,
     two specks far apart would read as one lesion of their distance.
 
+    ``boxes``: :func:`label_boxes` of ``labels``, when already found.
+
     Example: ``lesion_diameter_mm(mask)`` -> ``21.4``.
     """
     # On the lesion's bounding box alone: over a 512 x 512 x 300 mask the component labels
     # (uint32) alone would take 300 MB. RegionOfInterest keeps the physical geometry.
-    boxes = ndimage.find_objects(sitk.GetArrayViewFromImage(labels))  # one per label value
+    boxes = label_boxes(labels) if boxes is None else boxes
     if len(boxes) < 2 or boxes[1] is None:
         return None
     z, y, x = boxes[1]
@@ -65,19 +88,21 @@ def lesion_diameter_mm(labels: sitk.Image) -> float | None:
     return float(shape.GetFeretDiameter(1))
 
 
-def mean_hu(image: sitk.Image, labels: sitk.Image) -> tuple[float | None, float | None]:
+def mean_hu(
+    image: sitk.Image, labels: sitk.Image, boxes: list[Box | None] | None = None
+) -> tuple[float | None, float | None]:
     """Mean of ``image`` over the pancreas (labels 1 and 2) and over the lesion (label 2).
 
     Summed in numpy over the labels' bounding box only (ITK's label statistics take seconds on
     a 512 x 512 x 300 scan, most of it outside the pancreas), a slab of slices at a time, so
     that a mask covering the whole scan (a model that does not fit it) stays within the memory
-    budget the run planned.
+    budget the run planned. ``boxes``: :func:`label_boxes` of ``labels``, when already found.
 
     Example: ``mean_hu(ct, mask)`` -> ``(42.1, 18.7)``.
     """
     label_view = sitk.GetArrayViewFromImage(labels)
     # one box per label value, straight on the uint8 view: no full-size temporary
-    boxes = [b for b in ndimage.find_objects(label_view) if b is not None]
+    boxes = [b for b in (label_boxes(labels) if boxes is None else boxes) if b is not None]
     if not boxes:
         return None, None
     box = tuple(
@@ -99,18 +124,24 @@ def mean_hu(image: sitk.Image, labels: sitk.Image) -> tuple[float | None, float 
     return round(float(pancreas), 1), None if lesion is None else round(float(lesion), 1)
 
 
-def measure_labels(labels: sitk.Image, image: sitk.Image | None) -> CaseMeasures:
+def measure_labels(
+    labels: sitk.Image, image: sitk.Image | None, within: Box | None = None
+) -> CaseMeasures:
     """Measure ``labels`` (uint8, 0/1/2) on its own grid; mean HU from ``image`` on that grid.
+    ``within``: a (z, y, x) box outside which ``labels`` is known to be 0 (the restore's
+    window): only it is read, not the whole mask.
 
     Example: ``measure_labels(mask, read_image(scan)).pancreas_ml`` -> ``74.2``.
     """
     view = sitk.GetArrayViewFromImage(labels)
+    view = view if within is None else view[within]
     ml = voxel_volume_ml(tuple(reversed(labels.GetSpacing())))
     pancreas_ml = float(np.count_nonzero(view)) * ml
     lesion_ml = float(np.count_nonzero(view == 2)) * ml
     del view
-    diameter = lesion_diameter_mm(labels) if lesion_ml > 0 else None
-    pancreas_hu, lesion_hu = mean_hu(image, labels) if image is not None else (None, None)
+    boxes = label_boxes(labels, within)
+    diameter = lesion_diameter_mm(labels, boxes) if lesion_ml > 0 else None
+    pancreas_hu, lesion_hu = mean_hu(image, labels, boxes) if image is not None else (None, None)
     return CaseMeasures(
         pancreas_ml=round(pancreas_ml, 3),
         lesion_ml=round(lesion_ml, 3),
@@ -120,4 +151,4 @@ def measure_labels(labels: sitk.Image, image: sitk.Image | None) -> CaseMeasures
     )
 
 
-__all__ = ["CaseMeasures", "lesion_diameter_mm", "mean_hu", "measure_labels"]
+__all__ = ["CaseMeasures", "label_boxes", "lesion_diameter_mm", "mean_hu", "measure_labels"]

@@ -55,7 +55,7 @@ from edgepanc.postprocessing import (
     finish_prediction,
     keep_main_components,
 )
-from edgepanc.preprocessing import GridRecord, restore_label
+from edgepanc.preprocessing import GridRecord, restore_label, restored_box
 from edgepanc.preprocessing.network_input import NetworkInput
 from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
@@ -387,10 +387,12 @@ def write_restored_case(
     written: list[Path],
     panels: list[PreviewPanel] | None = None,
     image: sitk.Image | None = None,
+    within: tuple[slice, slice, slice] | None = None,
 ) -> CaseReport:
     """Measure the ``restored`` mask on the scan's grid, write the preview (from ``panels``), the
     DICOM SEG (``run.dicom_seg``), the mask and the case JSON beside it; ``probabilities`` are the
-    subtype head's; ``image`` is the scan as read (None: read it again).
+    subtype head's; ``image`` is the scan as read (None: read it again); ``within``: the box
+    outside which the mask is 0 (:func:`~edgepanc.preprocessing.restored_box`), when known.
 
     ``written`` gets each path once it is written (see :func:`~edgepanc.runtime.scans.all_or_none`).
     The volumes, the lesion diameter and the mean HU are measured on the input grid, as the mask
@@ -403,7 +405,7 @@ def write_restored_case(
     -> ``1``.
     """
     with timer("measure"):
-        measures = measure_labels(restored, read_image(scan) if image is None else image)
+        measures = measure_labels(restored, read_image(scan) if image is None else image, within)
     report = _case_report(scan, outputs, probabilities, run, timer, measures)
     report.input_sha256 = scan_sha256(scan)
     if panels is not None:
@@ -527,10 +529,20 @@ def run_case(
         )
         with timer("restore"):
             restored = restore_mask(finished, source.grid)
+            within = restored_box(finished.labels, source.grid)
         probabilities = finished.subtype_probabilities
         del finished
         return write_restored_case(
-            scan, outputs, restored, probabilities, run, timer, written, panels, source.image
+            scan,
+            outputs,
+            restored,
+            probabilities,
+            run,
+            timer,
+            written,
+            panels,
+            source.image,
+            within,
         )
 
 
