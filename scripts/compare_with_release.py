@@ -2,7 +2,7 @@
 
     git worktree add --detach ../edgepanc-then COMMIT
     python scripts/compare_with_release.py SCAN --model BUNDLE --then ../edgepanc-then \\
-        [--rounds 3] [--out compare.json] [-- extra flags for today's run, e.g. --backend onnxruntime]
+        [--rounds 3] [--out compare.json] [flags for today's run, e.g. --backend onnxruntime]
 
 Runs, alternating (then, now, then, now, ...), ``python -m edgepanc run SCAN --model BUNDLE``
 with the earlier tree first on ``PYTHONPATH`` (the same interpreter and packages, so only the
@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("compare_runs"))
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    parser.add_argument("now_flags", nargs="*", help="extra flags for today's run (after --)")
-    args = parser.parse_args(argv)
+    # anything else (e.g. --backend onnxruntime) goes to today's run
+    args, now_flags = parser.parse_known_args(argv)
+    args.now_flags = [flag for flag in now_flags if flag != "--"]
     outs = {"then": args.work / "then", "now": args.work / "now"}
     base = ["run", str(args.scan), "--model", str(args.model), "--overwrite"]
     # the earlier tree runs with this interpreter: PYTHONPATH puts its package first
