@@ -164,7 +164,8 @@ def segment(
     with timer("restore"):
         mask = restore_mask(finished, scan.grid)
     with timer("measure"):  # on the scan as read, as `edgepanc run` measures
-        measures = measure_labels(mask, scan.image, restored_box(finished.labels, scan.grid))
+        within = restored_box(finished.labels, scan.grid)
+        measures = measure_labels(mask, scan.image, within, scan.image_box)
     del scan
     probabilities = tuple(float(p) for p in finished.subtype_probabilities)
     return Result(

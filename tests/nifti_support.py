@@ -42,21 +42,23 @@ class NiftiHeader:
     srow: Sequence[Sequence[float]] = field(
         default_factory=lambda: ((1.0, 0, 0, 0), (0, 1.0, 0, 0), (0, 0, 1.0, 0))
     )
+    endian: str = "<"  # ">": a big-endian file (header and voxels)
 
     def pack(self) -> bytes:
         bitpix = self.bitpix
         if bitpix is None:
             bitpix = DATATYPES[self.datatype].itemsize * 8 if self.datatype in DATATYPES else 16
         head = bytearray(VOX_OFFSET)
-        struct.pack_into("<i", head, 0, HEADER_BYTES)
-        struct.pack_into("<8h", head, 40, *self.dim)
-        struct.pack_into("<hh", head, 70, self.datatype, bitpix)
-        struct.pack_into("<8f", head, 76, *self.pixdim)
-        struct.pack_into("<3f", head, 108, self.vox_offset, self.scl_slope, self.scl_inter)
-        struct.pack_into("<hh", head, 252, self.qform_code, self.sform_code)
-        struct.pack_into("<6f", head, 256, *self.quatern, *self.qoffset)
+        e = self.endian
+        struct.pack_into(f"{e}i", head, 0, HEADER_BYTES)
+        struct.pack_into(f"{e}8h", head, 40, *self.dim)
+        struct.pack_into(f"{e}hh", head, 70, self.datatype, bitpix)
+        struct.pack_into(f"{e}8f", head, 76, *self.pixdim)
+        struct.pack_into(f"{e}3f", head, 108, self.vox_offset, self.scl_slope, self.scl_inter)
+        struct.pack_into(f"{e}hh", head, 252, self.qform_code, self.sform_code)
+        struct.pack_into(f"{e}6f", head, 256, *self.quatern, *self.qoffset)
         for row, values in enumerate(self.srow):
-            struct.pack_into("<4f", head, 280 + 16 * row, *values)
+            struct.pack_into(f"{e}4f", head, 280 + 16 * row, *values)
         head[344:348] = b"n+1\x00"
         return bytes(head)
 
@@ -66,7 +68,9 @@ def nifti_bytes(header: NiftiHeader, values: np.ndarray | None = None) -> bytes:
     if values is None:
         shape = tuple(int(d) for d in header.dim[1 : header.dim[0] + 1])
         values = np.zeros(shape[::-1], DATATYPES.get(header.datatype, np.dtype(np.int16)))
-    return header.pack() + np.ascontiguousarray(values).tobytes()
+    stored = np.ascontiguousarray(values)
+    stored = stored.astype(stored.dtype.newbyteorder(header.endian), copy=False)
+    return header.pack() + stored.tobytes()
 
 
 def write_nifti(path: Path, header: NiftiHeader, values: np.ndarray | None = None) -> Path:

@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import os
 import struct
+import sys
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -80,6 +81,44 @@ class NiftiHeader:
 
 def _open(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _open_fast(path: Path):
+    """Like :func:`_open`, with ISA-L's inflate (about 1.5x zlib-ng's speed, 3x Python's zlib)
+    where it is installed."""
+    if not path.name.lower().endswith(".gz"):
+        return open(path, "rb")
+    try:
+        from isal import igzip
+    except ImportError:
+        return gzip.open(path, "rb")
+    return igzip.open(path, "rb")
+
+
+def read_nifti_voxels_into(path: Path, header: NiftiHeader, out: np.ndarray) -> None:
+    """Decompress the voxels of ``path`` straight into ``out`` (a writable C-contiguous array of
+    ``header.data_bytes`` bytes, in the file's x-fastest order), swapped to native byte order:
+    no second copy of the volume is ever held. InputError if the file ends early.
+
+    Example: ``read_nifti_voxels_into(path, header, np.empty(header.shape[::-1], "<i2"))``.
+    """
+    target = out.reshape(-1).view(np.uint8)
+    if target.size != header.data_bytes:
+        raise ValueError(f"out holds {target.size} bytes, the file {header.data_bytes}")
+    filled = 0
+    try:
+        with _open_fast(path) as fh:
+            fh.seek(header.vox_offset)
+            view = memoryview(target)
+            # a bounded chunk at a time: gzip's readinto inflates a whole request into a temporary
+            while filled < target.size and (count := fh.readinto(view[filled : filled + _CHUNK])):
+                filled += count
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(path, f"truncated or corrupt file ({exc})") from None
+    if filled < target.size:
+        raise InputError(path, f"truncated file ({filled} of {target.size} bytes of image data)")
+    if header.dtype.itemsize > 1 and header.endian != ("<" if sys.byteorder == "little" else ">"):
+        target.view(header.dtype).byteswap(inplace=True)
 
 
 def _read_head(path: Path, nbytes: int) -> bytes:

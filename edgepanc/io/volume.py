@@ -37,6 +37,7 @@ from edgepanc.io.nifti import (
     patched_copy,
     read_nifti_header,
 )
+from edgepanc.io.nifti_direct import read_nifti_direct
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +430,9 @@ def _read_nifti(path: Path, max_bytes: int | None) -> sitk.Image:
     if bad:
         raise InputError(path, f"has {bad} NaN or infinite voxels")
     try:
+        direct = read_nifti_direct(path, header, _read_information(path))
+        if direct is not None:
+            return direct
         with _quiet_itk():
             return sitk.ReadImage(str(path))
     except RuntimeError:

@@ -6,7 +6,8 @@ again at the end for its Hounsfield units, cost more than a second on a 512 x 51
 a float32 copy of it. :class:`NetworkInput` keeps the scan as read and makes each network input
 on demand: the coarse volume straight from the scan at the coarse spacing, the fine volume only
 inside the box the fine pass tiles (the same values a whole-grid resample has there), and the
-preview's three planes. The scan stays for measuring the mask on its own grid.
+preview's three planes. The scan stays for measuring the mask on its own grid, only the part of
+it the mask can reach once the fine volume is made (:meth:`NetworkInput.release_outside`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from edgepanc.preprocessing.normalization import normalize_ct
-from edgepanc.preprocessing.pipeline import GridRecord, network_grid, resample_box_for_network
+from edgepanc.preprocessing.pipeline import (
+    GridRecord,
+    network_grid,
+    reachable_box,
+    resample_box_for_network,
+)
 from edgepanc.preprocessing.plan import PreprocessingPlan
 from edgepanc.preprocessing.resampling import image_minimum, resample_to_spacing, resampled_size
 
@@ -41,6 +47,8 @@ class NetworkInput:
         self.grid: GridRecord = network_grid(image, plan)
         # what resampling pads with beyond the scan, found once for every resample of it
         self.pad = image_minimum(image)
+        # the (z, y, x) part of the scan ``image`` still holds, in its own voxel order (None: all)
+        self.image_box: Box | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -70,6 +78,8 @@ class NetworkInput:
         elsewhere. The array has the whole grid's shape, so tile coordinates stay the whole
         volume's; pages outside the box are never written, so they take no memory.
         """
+        if self.image_box is not None:
+            raise RuntimeError("the scan outside the fine box was released: resample it first")
         whole = tuple(slice(0, n) for n in self.shape)
         box = whole if box is None else box
         volume = np.zeros(self.shape, dtype=np.float32)  # zero pages cost nothing until written
@@ -77,9 +87,25 @@ class NetworkInput:
         volume[box] = normalize_ct(values, self.plan, in_place=True)
         return volume
 
+    def release_outside(self, box: Box) -> None:
+        """Keep only the part of the scan that a mask restored from labels inside the network
+        grid's ``box`` can reach (all that measuring the mask reads; :attr:`image_box` says
+        where it lies); the rest of the scan's voxels go. Call it after the last :meth:`fine`
+        and not before :meth:`hu_planes`, which need the whole scan.
+        """
+        kept = reachable_box(box, self.grid)
+        if kept is None:
+            return
+        z, y, x = kept
+        size = [x.stop - x.start, y.stop - y.start, z.stop - z.start]
+        self.image = sitk.RegionOfInterest(self.image, size, [x.start, y.start, z.start])
+        self.image_box = kept
+
     def hu_planes(self, centre: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The axial, coronal and sagittal planes through ``centre`` (z, y, x) of the whole
         network grid, in HU (float32): what a preview draws."""
+        if self.image_box is not None:
+            raise RuntimeError("the scan outside the fine box was released: no whole planes")
         z, y, x = (int(c) for c in centre)
         everything = slice(None)
         boxes = [

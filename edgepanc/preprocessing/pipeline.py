@@ -200,8 +200,17 @@ def _label_box_on(
     occupied_zyx = [np.flatnonzero(label_zyx.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
     if any(axis.size == 0 for axis in occupied_zyx):
         return None
-    low_xyz = np.array([axis[0] for axis in reversed(occupied_zyx)], dtype=float) - 1
-    high_xyz = np.array([axis[-1] for axis in reversed(occupied_zyx)], dtype=float) + 1
+    box = tuple(slice(int(axis[0]), int(axis[-1]) + 1) for axis in occupied_zyx)
+    return _box_on(box, source, target)  # type: ignore[arg-type]
+
+
+def _box_on(
+    box_zyx: tuple[slice, slice, slice], source: Geometry, target: Geometry
+) -> tuple[slice, slice, slice] | None:
+    """The (z, y, x) box of ``target`` that linear interpolation from the ``box_zyx`` voxels of
+    ``source`` can reach: the box grown by one source voxel, in ``target`` indices."""
+    low_xyz = np.array([sl.start for sl in reversed(box_zyx)], dtype=float) - 1
+    high_xyz = np.array([sl.stop - 1 for sl in reversed(box_zyx)], dtype=float) + 1
     matrix = np.asarray(target.direction, dtype=float).reshape(3, 3)
     offset = matrix.T @ (np.asarray(source.origin) - np.asarray(target.origin))
     scale = np.asarray(source.spacing) / np.asarray(target.spacing)
@@ -211,6 +220,21 @@ def _label_box_on(
     if (stop <= start).any():
         return None
     return tuple(slice(int(a), int(b)) for a, b in zip(start[::-1], stop[::-1], strict=True))  # type: ignore[return-value]
+
+
+def reachable_box(
+    box_zyx: tuple[slice, slice, slice], grid: GridRecord
+) -> tuple[slice, slice, slice] | None:
+    """Where a mask restored from labels inside the network-grid ``box_zyx`` can be non-zero: a
+    (z, y, x) box in the input's own voxel order (see :func:`restored_box`).
+
+    Example: ``reachable_box((slice(60, 140), slice(60, 183), slice(60, 302)), grid)`` -> the
+    box of the scan the fine pass's labels can land in.
+    """
+    box = _box_on(box_zyx, grid.resampled, grid.canonical)
+    if box is None:
+        return None
+    return box_in_original_order(box, grid.canonical.shape, grid.original.direction)
 
 
 def _box_geometry(grid: Geometry, box: tuple[slice, ...]) -> Geometry:

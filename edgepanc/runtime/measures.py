@@ -125,14 +125,20 @@ def mean_hu(
 
 
 def measure_labels(
-    labels: sitk.Image, image: sitk.Image | None, within: Box | None = None
+    labels: sitk.Image,
+    image: sitk.Image | None,
+    within: Box | None = None,
+    image_box: Box | None = None,
 ) -> CaseMeasures:
     """Measure ``labels`` (uint8, 0/1/2) on its own grid; mean HU from ``image`` on that grid.
     ``within``: a (z, y, x) box outside which ``labels`` is known to be 0 (the restore's
-    window): only it is read, not the whole mask.
+    window): only it is read, not the whole mask. ``image_box``: ``image`` is only that box of
+    the scan (it must hold ``within``); the labels are measured on the same box.
 
     Example: ``measure_labels(mask, read_image(scan)).pancreas_ml`` -> ``74.2``.
     """
+    if image_box is not None:
+        labels, within = _crop_to(labels, within, image_box)
     view = sitk.GetArrayViewFromImage(labels)
     view = view if within is None else view[within]
     ml = voxel_volume_ml(tuple(reversed(labels.GetSpacing())))
@@ -149,6 +155,23 @@ def measure_labels(
         pancreas_mean_hu=pancreas_hu,
         lesion_mean_hu=lesion_hu,
     )
+
+
+def _crop_to(labels: sitk.Image, within: Box | None, box: Box) -> tuple[sitk.Image, Box | None]:
+    """``labels`` cut to ``box`` (geometry kept), and ``within`` relative to it."""
+    if within is not None and any(
+        w.start < b.start or w.stop > b.stop for w, b in zip(within, box, strict=True)
+    ):
+        raise ValueError(f"the labelled box {within} reaches outside the scan part {box}")
+    z, y, x = box
+    size = [x.stop - x.start, y.stop - y.start, z.stop - z.start]
+    cropped = sitk.RegionOfInterest(labels, size, [x.start, y.start, z.start])
+    if within is None:
+        return cropped, None
+    shifted = tuple(
+        slice(w.start - b.start, w.stop - b.start) for w, b in zip(within, box, strict=True)
+    )
+    return cropped, shifted  # type: ignore[return-value]
 
 
 __all__ = ["CaseMeasures", "label_boxes", "lesion_diameter_mm", "mean_hu", "measure_labels"]

@@ -307,6 +307,8 @@ def segment_case(
         backoff.policy.tile_batch = min(backoff.policy.tile_batch, fine_plan.tile_batch)
     with timer("preprocess"):
         volume = source.fine(box)
+        if box is not None and not config.preview:  # the preview's planes need the whole scan
+            source.release_outside(box)
     # The coarse pass only finds the box, so only the fine pass pays for the mirrors.
     fine = MirroredPredictor(model.predictor, config.mirror_axes) if config.mirror_axes else None
     with timer("fine"):
@@ -388,11 +390,13 @@ def write_restored_case(
     panels: list[PreviewPanel] | None = None,
     image: sitk.Image | None = None,
     within: tuple[slice, slice, slice] | None = None,
+    image_box: tuple[slice, slice, slice] | None = None,
 ) -> CaseReport:
     """Measure the ``restored`` mask on the scan's grid, write the preview (from ``panels``), the
     DICOM SEG (``run.dicom_seg``), the mask and the case JSON beside it; ``probabilities`` are the
     subtype head's; ``image`` is the scan as read (None: read it again); ``within``: the box
-    outside which the mask is 0 (:func:`~edgepanc.preprocessing.restored_box`), when known.
+    outside which the mask is 0 (:func:`~edgepanc.preprocessing.restored_box`), when known;
+    ``image_box``: ``image`` is only that box of the scan.
 
     ``written`` gets each path once it is written (see :func:`~edgepanc.runtime.scans.all_or_none`).
     The volumes, the lesion diameter and the mean HU are measured on the input grid, as the mask
@@ -405,7 +409,9 @@ def write_restored_case(
     -> ``1``.
     """
     with timer("measure"):
-        measures = measure_labels(restored, read_image(scan) if image is None else image, within)
+        if image is None:
+            image, image_box = read_image(scan), None
+        measures = measure_labels(restored, image, within, image_box)
     report = _case_report(scan, outputs, probabilities, run, timer, measures)
     report.input_sha256 = scan_sha256(scan)
     if panels is not None:
@@ -543,6 +549,7 @@ def run_case(
             panels,
             source.image,
             within,
+            source.image_box,
         )
 
 
