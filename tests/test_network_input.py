@@ -83,3 +83,26 @@ def test_a_small_box_of_a_large_grid_takes_memory_for_the_box_only() -> None:
     assert volume.shape == source.shape
     assert volume[220, 200].any() and not volume[100].any()
     assert held < grid_bytes / 8, f"{held / 1e6:.0f} MB held for a {grid_bytes / 1e6:.0f} MB grid"
+
+
+def test_after_release_the_kept_part_measures_the_mask_alike() -> None:
+    from edgepanc.preprocessing import restore_label, restored_box
+    from edgepanc.runtime.measures import measure_labels
+
+    image = scan()
+    source = NetworkInput(image, plan())
+    box = (slice(2, 9), slice(4, 14), slice(3, 15))
+    labels = np.zeros(source.shape, dtype=np.uint8)
+    labels[3:8, 5:13, 4:14] = 1
+    labels[4:6, 7:10, 6:9] = 2
+    restored = restore_label(labels, source.grid)
+    within = restored_box(labels, source.grid)
+    whole = measure_labels(restored, image, within)
+    source.release_outside(box)
+    kept = source.image_box
+    assert source.image.GetSize() == tuple(sl.stop - sl.start for sl in reversed(kept))
+    assert source.image.GetNumberOfPixels() < image.GetNumberOfPixels()
+    assert measure_labels(restored, source.image, within, kept) == whole
+    assert whole.lesion_found and whole.pancreas_mean_hu is not None
+    with pytest.raises(RuntimeError, match="released"):
+        source.hu_planes((3, 5, 7))
