@@ -58,6 +58,7 @@ class EngineMemory:
     extra_tiles: int = 0
     fixed_bytes: int = 0
     max_auto_batch: int = MAX_AUTO_TILE_BATCH  # the largest batch ``auto`` plans for it
+    unbudgeted_batch: int = 2  # ``auto``'s batch when no memory budget is given
 
     def batch_bytes(self, tile_batch: int, tile_voxels: int, activation_per_voxel: float) -> int:
         per_tile = int(self.factor * activation_per_voxel * tile_voxels)
@@ -71,7 +72,11 @@ DEFAULT_ENGINE = EngineMemory(ACTIVATION_SAFETY)
 # Batches of 1 to 4 were measured; at 8 a full-size run under a tight budget held about 120 MB
 # more than planned (bench/test_openvino_memory_gate.py), and 8 tiles are no faster than 4 on the
 # CPUs it runs on, so auto plans at most 4.
-OPENVINO_ENGINE = EngineMemory(3.0, extra_tiles=1, fixed_bytes=16_000_000, max_auto_batch=4)
+# Without a budget it runs one tile at a time: on the 2-core Xeon one and two tiles per call took
+# the same time end to end on the full phantom, and two held 18 MiB more at the coarse pass.
+OPENVINO_ENGINE = EngineMemory(
+    3.0, extra_tiles=1, fixed_bytes=16_000_000, max_auto_batch=4, unbudgeted_batch=1
+)
 ENGINES: dict[str, EngineMemory] = {"openvino": OPENVINO_ENGINE}
 
 
@@ -198,7 +203,8 @@ def plan_tile_batch(
     """The largest tile batch (up to the request, or ``MAX_AUTO_TILE_BATCH`` for auto) in budget.
 
     Raises :class:`BudgetError` naming the smallest budget that would work when even one tile
-    at a time does not fit. Without a budget: the requested batch, or 2 for auto.
+    at a time does not fit. Without a budget: the requested batch, or the engine's
+    ``unbudgeted_batch`` for auto (2; OpenVINO 1).
     """
 
     def estimate(batch: int) -> MemoryEstimate:
@@ -206,9 +212,10 @@ def plan_tile_batch(
             baseline, sizes, slab_bytes, patch_size, activation_per_voxel, batch, engine
         )
 
-    ceiling = requested_tile_batch or ENGINES.get(engine or "", DEFAULT_ENGINE).max_auto_batch
+    memory = ENGINES.get(engine or "", DEFAULT_ENGINE)
+    ceiling = requested_tile_batch or memory.max_auto_batch
     if budget is None:
-        batch = requested_tile_batch or 2
+        batch = requested_tile_batch or memory.unbudgeted_batch
         return BudgetPlan(batch, None, estimate(batch))
     smallest = estimate(1)
     if smallest.peak > budget:
