@@ -50,9 +50,9 @@ def test_fine_box_holds_the_whole_grid_values_and_zeros_elsewhere(spacing) -> No
 def test_coarse_is_the_scan_at_twice_the_spacing() -> None:
     image = scan()
     source = NetworkInput(image, plan())
-    coarse = source.coarse(2)
-    expected, _ = preprocess_image(image, plan((4.0, 2.4, 2.4)))
-    assert coarse.shape == source.coarse_shape(2) == expected.shape
+    coarse = source.coarse((2, 2, 2))
+    expected, _ = preprocess_image(image, plan(source.coarse_spacing((2, 2, 2))))
+    assert coarse.shape == source.coarse_shape((2, 2, 2)) == expected.shape
     np.testing.assert_allclose(coarse, expected, atol=1e-5)
     # about half the network grid per axis
     assert all(abs(c - n / 2) <= 1 for c, n in zip(coarse.shape, source.shape, strict=True))

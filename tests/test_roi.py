@@ -95,3 +95,18 @@ def test_roi_falls_back_to_full_tiling_when_nothing_found(tmp_path) -> None:
     assert not report.roi["used"] and "whole volume" in report.roi["fallback"]
     assert any("whole volume" in note for note in report.notes)
     assert not mask.any()
+
+
+def test_the_coarse_grid_is_a_whole_number_of_patches_where_a_factor_up_to_the_cap_allows() -> None:
+    from edgepanc.runtime.roi import coarse_factors
+
+    config = RoiConfig()  # factor 2, up to 2.5
+    # 264 -> 128 = 4 patches of 32 (2.06); 302 -> 128 = 2 of 64 (2.36)
+    factors = coarse_factors((264, 302, 302), (32, 64, 64), config)
+    assert factors == pytest.approx((264 / 128, 302 / 128, 302 / 128))
+    # 218 at 2 is 109: one patch would need 3.4, past the cap, so 2 stays (two tiles overlap);
+    # 39 at 2 is under one patch: nothing to fit, 2 stays
+    assert coarse_factors((39, 139, 218), (32, 64, 64), config) == pytest.approx(
+        (2.0, 139 / 64, 2.0)
+    )
+    assert coarse_factors((264, 302, 302), (32, 64, 64), RoiConfig(max_factor=2.0)) == (2, 2, 2)

@@ -36,7 +36,7 @@ class NetworkInput:
     Example::
 
         source = NetworkInput(read_image(scan), model.plan)
-        coarse = source.coarse(2)  # normalised, at twice the plan's spacing
+        coarse = source.coarse((2, 2, 2))  # normalised, at twice the plan's spacing
         volume = source.fine(box)  # normalised inside ``box``, zeros elsewhere
         planes = source.hu_planes((60, 150, 150))  # axial, coronal, sagittal (HU)
     """
@@ -55,19 +55,30 @@ class NetworkInput:
         """(z, y, x) of the whole scan on the network's grid."""
         return self.grid.resampled.shape
 
-    def coarse_shape(self, factor: int) -> tuple[int, int, int]:
+    def coarse_spacing(self, factors: Sequence[float]) -> tuple[float, float, float]:
+        """(z, y, x) spacing of :meth:`coarse`'s grid: the plan's times ``factors`` per axis,
+        counted on this scan's network grid (so a factor of ``n / k`` makes ``k`` voxels of an
+        ``n``-voxel axis, exactly)."""
+        extent = np.asarray(self.grid.canonical.shape) * np.asarray(
+            list(reversed(self.grid.canonical.spacing))
+        )
+        spacing = extent / np.asarray(self.shape) * np.asarray(factors, dtype=float)
+        return float(spacing[0]), float(spacing[1]), float(spacing[2])
+
+    def coarse_shape(self, factors: Sequence[float]) -> tuple[int, int, int]:
         """(z, y, x) of :meth:`coarse`'s volume."""
-        spacing_xyz = [s * factor for s in reversed(self.plan.target_spacing)]
         canonical = self.grid.canonical
+        spacing_xyz = list(reversed(self.coarse_spacing(factors)))
         x, y, z = resampled_size(canonical.size, canonical.spacing, spacing_xyz)
         return z, y, x
 
-    def coarse(self, factor: int) -> np.ndarray:
-        """The whole scan normalised at ``factor`` times the plan's spacing (the coarse pass's
-        input), resampled straight from the scan: float32 (z, y, x) of :meth:`coarse_shape`."""
+    def coarse(self, factors: Sequence[float]) -> np.ndarray:
+        """The whole scan normalised at ``factors`` (z, y, x) times the plan's spacing (the
+        coarse pass's input), resampled straight from the scan: float32 (z, y, x) of
+        :meth:`coarse_shape`."""
         canonical = self.grid.canonical
         frame = (canonical.size, canonical.spacing, canonical.origin, canonical.direction)
-        spacing = [s * factor for s in self.plan.target_spacing]
+        spacing = self.coarse_spacing(factors)
         resampled = resample_to_spacing(self.image, spacing, is_label=False, frame=frame)
         values = sitk.GetArrayFromImage(resampled)
         del resampled

@@ -85,6 +85,7 @@ from edgepanc.runtime.roi import (
     RoiConfig,
     box_fraction,
     box_to_list,
+    coarse_factors,
     expand_box,
     scale_box,
     should_use_roi,
@@ -186,16 +187,18 @@ def plan_case_memory(
 
 def coarse_roi(
     coarse: np.ndarray,
+    coarse_spacing: Sequence[float],
     shape: Sequence[int],
     model: LoadedModel,
     config: RunConfig,
     policy: BatchPolicy,
     between_batches: Callable[[], None] | None,
 ) -> tuple[Box | None, int]:
-    """Find the pancreas in ``coarse`` (the volume at ``config.roi.factor`` times the network's
-    spacing); return the box to tile on the ``shape`` grid (or None) and the coarse tile count.
+    """Find the pancreas in ``coarse`` (the scan on the coarse grid, ``coarse_spacing``); return
+    the box to tile on the ``shape`` grid (or None) and the coarse tile count.
 
-    Example: ``coarse_roi(source.coarse(2), source.shape, model, config, BatchPolicy(2), None)``
+    Example: ``coarse_roi(coarse, (4.0, 2.4, 2.4), source.shape, model, config, BatchPolicy(2),
+    None)``
     -> ``((slice(40, 104), slice(96, 200), slice(120, 232)), 16)``.
     """
     result = streaming_sliding_window_inference(
@@ -212,7 +215,6 @@ def coarse_roi(
     organ = result.labels > 0
     if config.postprocess.largest_component:
         cleanup = config.postprocess
-        coarse_spacing = tuple(s * config.roi.factor for s in model.target_spacing)
         kept = keep_main_components(
             result.labels,
             coarse_spacing,
@@ -260,7 +262,7 @@ def prepare_case(
         notes.append(note)
     source = NetworkInput(image, model.plan)
     first = (
-        source.coarse_shape(config.roi.factor)
+        source.coarse_shape(coarse_factors(source.shape, model.patch_size, config.roi))
         if should_use_roi(source.shape, model.patch_size, config.roi)
         else source.shape
     )
@@ -289,11 +291,18 @@ def segment_case(
     fine_plan: BudgetPlan | None = None
     roi: dict[str, Any] = {"mode": config.roi.mode, "used": False, "box": None, "coarse_tiles": 0}
     if should_use_roi(source.shape, model.patch_size, config.roi):
+        factors = coarse_factors(source.shape, model.patch_size, config.roi)
         with timer("preprocess"):
-            coarse = source.coarse(config.roi.factor)
+            coarse = source.coarse(factors)
         with timer("coarse"):
             box, coarse_tiles = coarse_roi(
-                coarse, source.shape, model, config, backoff.policy, backoff
+                coarse,
+                source.coarse_spacing(factors),
+                source.shape,
+                model,
+                config,
+                backoff.policy,
+                backoff,
             )
         del coarse
         roi.update(used=box is not None, coarse_tiles=coarse_tiles, box=box_to_list(box))

@@ -1,7 +1,8 @@
 """Coarse-to-fine: find the pancreas at half resolution, then tile only its box at full.
 
 The pancreas fills a few percent of an abdominal CT. A cheap pass over the scan resampled at
-``factor`` times the network's spacing (``factor**3`` times fewer voxels, tiles without overlap:
+about ``factor`` times the network's spacing (:func:`coarse_factors`: ``factor**3`` times fewer
+voxels or more, tiles without overlap:
 :meth:`~edgepanc.preprocessing.network_input.NetworkInput.coarse`) finds the organ; the full-resolution pass then tiles only its bounding box grown by a margin
 (default 25 mm), with the tiles a whole-volume pass would put there (so the two agree inside the
 box, and the tiles reach past it, giving the organ's edge context). When the coarse pass finds
@@ -28,7 +29,11 @@ class RoiConfig:
     """
 
     mode: str = "auto"
-    factor: int = 2
+    # The coarse grid is at least ``factor`` times coarser than the network's per axis, and up to
+    # ``max_factor`` where that makes it a whole number of patches: tiles that overlap because
+    # the volume is a little longer than they are cost time and find nothing more.
+    factor: float = 2.0
+    max_factor: float = 2.5
     # What the coarse pass may miss of the organ's edge: 25 mm keeps agreement with whole-volume
     # tiling at 0.99 or more with 11-25x fewer tiles (docs/measurements/coarse_to_fine.md).
     margin_mm: float = 25.0
@@ -48,6 +53,24 @@ def should_use_roi(
         raise ValueError(f"roi mode must be auto, on or off, got {config.mode!r}")
     patches = math.prod(volume_shape) / math.prod(patch_size)
     return patches > config.auto_min_patches
+
+
+def coarse_factors(
+    shape: Sequence[int], patch_size: Sequence[int], config: RoiConfig
+) -> tuple[float, float, float]:
+    """Per axis, how much coarser than the network's grid (of ``shape``) the coarse pass's grid
+    is: ``config.factor``, or up to ``config.max_factor`` where that fits the axis into a whole
+    number of patches.
+
+    Example: ``coarse_factors((264, 302, 302), (32, 64, 64), RoiConfig())`` ->
+    ``(2.0625, 2.359375, 2.359375)``: 128 voxels per axis, 4 x 2 x 2 tiles instead of 5 x 3 x 3.
+    """
+    factors = []
+    for n, p in zip(shape, patch_size, strict=True):
+        whole = math.floor(n / (config.factor * p))  # patches that fit at the smallest factor
+        fits = whole >= 1 and n / (whole * p) <= config.max_factor
+        factors.append(n / (whole * p) if fits else config.factor)
+    return factors[0], factors[1], factors[2]
 
 
 def scale_box(box: Box, from_shape: Sequence[int], to_shape: Sequence[int]) -> Box:
