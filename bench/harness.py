@@ -195,6 +195,22 @@ def timed_run(cmd: Sequence[str], scan: Path, out: Path, timeout_s: float = 900.
     return TimedRun(seconds, monitor.peak_bytes, case)
 
 
+def release_commands(
+    scan: Path, bundle: Path, then_tree: Path, outs: dict[str, Path], now_flags: Sequence[str] = ()
+) -> dict[str, list[str]]:
+    """``edgepanc run`` of this tree (``now``, no preview) and of the earlier tree ``then_tree``
+    (``then``: its package first on PYTHONPATH, same interpreter and packages, so only the code
+    differs; the earlier runtime drew no preview by default)."""
+    base = ["run", str(scan), "--model", str(bundle), "--overwrite"]
+    # -P: the current directory (maybe this tree) must not come before the earlier one
+    then = [sys.executable, "-P", "-m", "edgepanc", *base, "--out", str(outs["then"])]
+    now = [*edgepanc_executable(), *base, "--out", str(outs["now"]), "--no-preview", *now_flags]
+    return {
+        "then": ["env", f"PYTHONPATH={Path(then_tree).resolve()}", *then],
+        "now": ["env", "-u", "PYTHONPATH", *now],
+    }
+
+
 def alternate(
     commands: dict[str, list[str]], scan: Path, outs: dict[str, Path], n: int
 ) -> dict[str, list[TimedRun]]:

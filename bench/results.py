@@ -267,6 +267,38 @@ def render_markdown(results: dict[str, Any]) -> str:
             ["case", "path", "shape (z,y,x)", "median s", "min-max s", "runs", "peak RSS MB"], rows
         )
         out.append("")
+    if sections.get("release_end_to_end"):
+        out += [
+            "## Against the runtime when OpenVINO came",
+            "",
+            "`edgepanc run` against the same command of the commit issue 26 was filed at "
+            "(its default then: ONNX Runtime INT8, no preview), alternating, same interpreter "
+            "and packages; agreement is Dice between the two masks.",
+            "",
+        ]
+        rows = [
+            [
+                r["case"],
+                f"{r['now']} / {r['then']}",
+                f"{r['seconds']['now']['median']:.2f} / {r['seconds']['then']['median']:.2f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['whole_dsc']:.4f}",
+                f"{_mb(r['peak_rss_bytes']['now'])} / {_mb(r['peak_rss_bytes']['then'])}",
+            ]
+            for r in sections["release_end_to_end"]
+        ]
+        out += _table(
+            [
+                "case",
+                "runs now / then",
+                "median s now / then",
+                "speed-up",
+                "whole DSC between masks",
+                "peak RSS MB now / then",
+            ],
+            rows,
+        )
+        out.append("")
     if sections.get("backend_end_to_end"):
         out += [
             "## Backend choice, end to end",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from edgepanc.io.atomic import write_text_atomic  # noqa: E402
 from edgepanc.metrics import segmentation_metrics  # noqa: E402
 
-from harness import alternate, edgepanc_executable, read_masks  # noqa: E402
+from harness import alternate, read_masks, release_commands  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,15 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args, now_flags = parser.parse_known_args(argv)
     args.now_flags = [flag for flag in now_flags if flag != "--"]
     outs = {"then": args.work / "then", "now": args.work / "now"}
-    base = ["run", str(args.scan), "--model", str(args.model), "--overwrite"]
-    # the earlier tree runs with this interpreter: PYTHONPATH puts its package first
-    os.environ["PYTHONPATH"] = str(args.then.resolve())
-    # -P: the current directory (maybe this tree) must not come before the earlier one
-    then = [sys.executable, "-P", "-m", "edgepanc", *base, "--out", str(outs["then"])]
-    now = [*edgepanc_executable(), *base, "--out", str(outs["now"]), "--no-preview"]
-    commands = {"then": then, "now": [*now, *args.now_flags]}
-    # today's console script must import today's package, not the earlier tree
-    commands["now"] = ["env", "-u", "PYTHONPATH", *commands["now"]]
+    commands = release_commands(args.scan, args.model, args.then, outs, args.now_flags)
     runs = alternate(commands, args.scan, outs, args.rounds)
     masks = read_masks(outs, args.scan)
     agreement = segmentation_metrics(masks["now"], masks["then"])

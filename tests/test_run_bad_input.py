@@ -196,3 +196,21 @@ def test_planner_refuses_with_minimum_and_grows_batch_with_budget() -> None:
     roomy = plan_tile_batch(8_000_000_000, **args)
     assert roomy.tile_batch > 1 and roomy.estimate.peak <= 8_000_000_000
     assert plan_tile_batch(None, **{**args, "requested_tile_batch": 3}).tile_batch == 3
+
+
+def test_the_plan_counts_what_each_pass_holds() -> None:
+    from edgepanc.runtime.budget import estimate_memory
+
+    def estimate(**fields):
+        sizes = VolumeSizes.from_shapes((512, 512, 300), 2, (80, 120, 240), **fields)
+        return estimate_memory(200_000_000, sizes, 10_000_000, (32, 64, 64), 150.0, 1)
+
+    whole = estimate()
+    kept = estimate(kept_input_voxels=300 * 200 * 250)  # the part of the scan the mask can reach
+    image, crop = 512 * 512 * 300 * 2, 300 * 200 * 250 * 2
+    # the whole scan is read and resampled from; only the kept part waits for the measures
+    assert kept.preprocess == whole.preprocess
+    assert whole.infer_data - kept.infer_data == image - crop
+    assert whole.restore - kept.restore == image - crop
+    coarse = estimate(map_bytes=2)  # labels only: no probability maps to restore from
+    assert whole.infer_data - coarse.infer_data == 80 * 120 * 240 * 4

@@ -84,17 +84,35 @@ ENGINES: dict[str, EngineMemory] = {"openvino": OPENVINO_ENGINE}
 class VolumeSizes:
     """Voxel counts and input dtype size that set the data buffers of one pass: the scan's
     voxels, and ``preprocessed_voxels``, those of the network-grid volume the pass tiles (the
-    coarse volume, the fine pass's box, or the whole grid)."""
+    coarse volume, the fine pass's box, or the whole grid); ``map_bytes``: the bytes of label
+    and probability maps the pass holds per such voxel (the raw and the kept labels, and the two
+    probability maps twice, for a pass that restores; the two labels alone for the coarse
+    pass); ``kept_input_voxels``: the scan's voxels still held once the volume is made (the part
+    the mask can reach, :meth:`~edgepanc.preprocessing.network_input.NetworkInput.release_outside`;
+    None: all of them)."""
 
     input_voxels: int
     input_itemsize: int
     preprocessed_voxels: int
+    map_bytes: int = 6 * UINT8
+    kept_input_voxels: int | None = None
 
     @classmethod
     def from_shapes(
-        cls, input_shape: Sequence[int], input_itemsize: int, preprocessed_shape: Sequence[int]
+        cls,
+        input_shape: Sequence[int],
+        input_itemsize: int,
+        preprocessed_shape: Sequence[int],
+        map_bytes: int = 6 * UINT8,
+        kept_input_voxels: int | None = None,
     ) -> VolumeSizes:
-        return cls(math.prod(input_shape), input_itemsize, math.prod(preprocessed_shape))
+        return cls(
+            math.prod(input_shape),
+            input_itemsize,
+            math.prod(preprocessed_shape),
+            map_bytes,
+            kept_input_voxels,
+        )
 
 
 @dataclass(frozen=True)
@@ -131,9 +149,12 @@ class BudgetPlan:
         return {"tile_batch": self.tile_batch, "budget": self.budget, **self.estimate.to_dict()}
 
 
-def image_bytes(sizes: VolumeSizes) -> int:
-    """The scan as read, held for the whole case."""
-    return sizes.input_voxels * sizes.input_itemsize
+def image_bytes(sizes: VolumeSizes, kept: bool = False) -> int:
+    """The scan as read, or with ``kept`` the part of it still held once the volume is made."""
+    voxels = sizes.input_voxels
+    if kept and sizes.kept_input_voxels is not None:
+        voxels = sizes.kept_input_voxels
+    return voxels * sizes.input_itemsize
 
 
 def preprocess_phase_bytes(sizes: VolumeSizes) -> int:
@@ -147,7 +168,7 @@ def restore_phase_bytes(sizes: VolumeSizes) -> int:
     """The image, the labels, the two probability maps and the image of one on the network
     grid, and two uint8 copies on the input grid (measuring then needs only the mask)."""
     maps = 4 * sizes.preprocessed_voxels * UINT8 + 2 * sizes.input_voxels * UINT8
-    return image_bytes(sizes) + maps
+    return image_bytes(sizes, kept=True) + maps
 
 
 def tile_batch_bytes(
@@ -177,9 +198,12 @@ def estimate_memory(
     engine: str | None = None,
 ) -> MemoryEstimate:
     """Peak-memory estimate for one case at a given tile batch."""
-    # the image, the volume, the raw and the post-processed labels, the raw and the masked
-    # probability maps (two bytes each), the slab
-    infer_data = image_bytes(sizes) + sizes.preprocessed_voxels * (FLOAT32 + 6 * UINT8) + slab_bytes
+    # the image, the volume, its label and probability maps, the slab
+    infer_data = (
+        image_bytes(sizes, kept=True)
+        + sizes.preprocessed_voxels * (FLOAT32 + sizes.map_bytes)
+        + slab_bytes
+    )
     return MemoryEstimate(
         baseline=baseline,
         preprocess=preprocess_phase_bytes(sizes),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ from edgepanc.postprocessing import (
 )
 from edgepanc.preprocessing import GridRecord, restore_label, restored_box
 from edgepanc.preprocessing.network_input import NetworkInput
+from edgepanc.preprocessing.pipeline import reachable_box
 from edgepanc.runtime.backoff import ThermalBackoff
 from edgepanc.runtime.budget import BudgetPlan, VolumeSizes, plan_tile_batch
 from edgepanc.runtime.measures import CaseMeasures, measure_labels
@@ -163,15 +165,26 @@ def plan_case_memory(
     model: LoadedModel,
     config: RunConfig,
     scan: Path,
+    coarse: bool = False,
+    kept_input_voxels: int | None = None,
 ) -> BudgetPlan:
     """Tile batch for a pass over a ``tiled_shape`` volume of ``source`` within
-    ``config.memory_budget`` (BudgetError if none fits).
+    ``config.memory_budget`` (BudgetError if none fits). The ``coarse`` pass tiles without
+    overlap and keeps its labels only (no probability maps to restore); ``kept_input_voxels``:
+    the scan's voxels still held during the pass (None: all).
 
     Example: ``plan_case_memory(source, (120, 200, 200), model, config, scan).tile_batch`` -> ``4``.
     """
     image = source.image
-    sizes = VolumeSizes.from_shapes(image.GetSize(), image.GetSizeOfPixelComponent(), tiled_shape)
-    slab = slab_memory_bytes(tiled_shape, model.patch_size, config.step)
+    sizes = VolumeSizes.from_shapes(
+        image.GetSize(),
+        image.GetSizeOfPixelComponent(),
+        tiled_shape,
+        2 if coarse else 6,
+        kept_input_voxels,
+    )
+    step = config.roi.coarse_step if coarse else config.step
+    slab = slab_memory_bytes(tiled_shape, model.patch_size, step, keep_probabilities=not coarse)
     return plan_tile_batch(
         config.memory_budget,
         model.baseline_rss,
@@ -261,12 +274,12 @@ def prepare_case(
         log.warning(note)
         notes.append(note)
     source = NetworkInput(image, model.plan)
-    first = (
-        source.coarse_shape(coarse_factors(source.shape, model.patch_size, config.roi))
-        if should_use_roi(source.shape, model.patch_size, config.roi)
-        else source.shape
-    )
-    return source, plan_case_memory(source, first, model, config, scan)
+    if should_use_roi(source.shape, model.patch_size, config.roi):
+        factors = coarse_factors(source.shape, model.patch_size, config.roi)
+        return source, plan_case_memory(
+            source, source.coarse_shape(factors), model, config, scan, coarse=True
+        )
+    return source, plan_case_memory(source, source.shape, model, config, scan)
 
 
 def segment_case(
@@ -312,7 +325,9 @@ def segment_case(
         else:
             roi["fraction"] = round(box_fraction(box, source.shape), 4)
         tiled = source.shape if box is None else tuple(sl.stop - sl.start for sl in box)
-        fine_plan = plan_case_memory(source, tiled, model, config, Path(scan))
+        kept = None if box is None or config.preview else reachable_box(box, source.grid)
+        kept_voxels = None if kept is None else math.prod(sl.stop - sl.start for sl in kept)
+        fine_plan = plan_case_memory(source, tiled, model, config, Path(scan), False, kept_voxels)
         backoff.policy.tile_batch = min(backoff.policy.tile_batch, fine_plan.tile_batch)
     with timer("preprocess"):
         volume = source.fine(box)
