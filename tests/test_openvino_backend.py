@@ -23,6 +23,7 @@ from edgepanc.backends.openvino_backend import (
     describe_settings,
     layer_precisions,
     machine_cpu_flags,
+    model_cache_dir,
     native_bf16_problem,
     usable_cores,
 )
@@ -92,6 +93,27 @@ def test_fp32_matches_onnxruntime_tightly(tiny_onnx, reference):
     # fp32 is asked for explicitly: on AMX CPUs OpenVINO's own default would be bf16.
     assert describe_settings(predictor)["INFERENCE_PRECISION_HINT"] == "f32"
     assert set(layer_precisions(predictor)["Convolution"]) == {"f32"}
+
+
+def test_a_compiled_model_is_cached_and_a_cached_one_gives_the_same_outputs(
+    tiny_onnx, reference, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EDGEPANC_HOME", str(tmp_path / "home"))
+    batch, seg_ref, _ = reference
+    first = OpenVinoPredictor(tiny_onnx, "fp32", threads=1)
+    blobs = list((tmp_path / "home" / "openvino").iterdir())
+    assert blobs, "the first compile leaves the compiled model in the cache"
+    cached = OpenVinoPredictor(tiny_onnx, "fp32", threads=1)
+    assert sorted((tmp_path / "home" / "openvino").iterdir()) == sorted(blobs)
+    np.testing.assert_array_equal(cached(batch)[0], first(batch)[0])
+    np.testing.assert_allclose(cached(batch)[0], seg_ref, atol=1e-4, rtol=1e-4)
+    # a folder that cannot be made means no cache, not a failed run
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("EDGEPANC_HOME", str(tmp_path / "file"))
+    assert model_cache_dir() is None
+    np.testing.assert_array_equal(
+        OpenVinoPredictor(tiny_onnx, "fp32", threads=1)(batch)[0], first(batch)[0]
+    )
 
 
 def test_outputs_belong_to_the_caller(tiny_onnx, reference):
