@@ -1,10 +1,10 @@
 """``edgepanc run --backend openvino`` on the 512 x 512 x 300 phantom stays under a tight
 ``--memory-budget`` (0.6 GB), peak resident memory measured from outside the process.
 
-Not a CI gate yet: with the CI bundle (the tiny network on a 6 x 5 x 5 mm grid) 0.6 GB is
-refused up front (0.67 GB named) and at that budget the run peaked about 50 MB over it, with the
-tile batch capped at 4 (120 MB over at 8); with a trained bundle (2 x 1.2 x 1.2 mm) the named
-0.84 GB holds with room. docs/measurements/openvino_default_bundle.md.
+Not a CI gate (the margin is about 30 MiB): on the 2-core Xeon the CI bundle (the tiny network
+at random weights on a 6 x 5 x 5 mm grid, whose mask covers the whole scan: the worst case for
+restoring and measuring) peaked at 541 MiB under 0.6 GB (572 MiB) with 4 tiles, the default
+command's trained bundle at 460 MiB with 3. docs/measurements/runtime_network_input.md.
 
 The bench bundle's network is exported to ONNX beside a copy of the bundle, as the compression
 stage exports it, so that OpenVINO has a file to compile (bf16 where the CPU has it natively,

@@ -354,3 +354,15 @@ def test_the_restored_box_holds_every_restored_voxel_and_measures_alike(directio
     assert mask[box].any() and not outside.any()
     assert measure_labels(restored, image, box) == measure_labels(restored, image)
     assert restored_box(np.zeros_like(label), grid) is None
+
+
+@pytest.mark.parametrize("direction", [RAS, PERMUTED])
+def test_restoring_a_slab_at_a_time_gives_the_whole_window_result(direction, monkeypatch) -> None:
+    from edgepanc.preprocessing import pipeline
+
+    _, grid, label = gland_with_lesion(direction)
+    whole = sitk.GetArrayFromImage(restore_label(label, grid))
+    monkeypatch.setattr(pipeline, "RESTORE_SLAB_VOXELS", 1)  # one input-grid plane at a time
+    sliced = sitk.GetArrayFromImage(restore_label(label, grid))
+    assert (whole == 2).any()
+    np.testing.assert_array_equal(sliced, whole)

@@ -11,12 +11,9 @@ or components) is left to ITK's reader: :func:`read_nifti_direct` returns None f
 
 from __future__ import annotations
 
-import ctypes
-import math
-
-import numpy as np
 import SimpleITK as sitk
 
+from edgepanc.io.itk_buffer import writable_array
 from edgepanc.io.nifti import NiftiHeader, read_nifti_voxels_into
 
 # NIfTI voxel types ITK reads as the same scalar type, byte for byte (native byte order).
@@ -63,20 +60,8 @@ def read_nifti_direct(
     image.SetDirection(information.GetDirection())
     for key in information.GetMetaDataKeys():
         image.SetMetaData(key, information.GetMetaData(key))
-    read_nifti_voxels_into(path, header, _writable_bytes(image))
+    read_nifti_voxels_into(path, header, writable_array(image))
     return image
-
-
-def _writable_bytes(image: sitk.Image) -> np.ndarray:
-    """The image's own pixel buffer as a writable uint8 array (valid while ``image`` lives).
-
-    SimpleITK offers only a read-only view of it; the address of that view, wrapped by ctypes,
-    is the same memory, writable. The image is fresh and shares its buffer with no other image.
-    """
-    view = sitk.GetArrayViewFromImage(image)
-    nbytes = math.prod(view.shape) * view.itemsize
-    address = view.__array_interface__["data"][0]
-    return np.frombuffer((ctypes.c_ubyte * nbytes).from_address(address), dtype=np.uint8)
 
 
 __all__ = ["read_nifti_direct"]

@@ -569,7 +569,10 @@ def write_label(
         img = sitk.GetImageFromArray(np.ascontiguousarray(values))
     else:
         values, _ = check_label_values(sitk.GetArrayViewFromImage(label), path)
-        img = label_image_from_array(values, label)
+        ready = label.GetPixelID() == sitk.sitkUInt8 and reference is None
+        # a valid uint8 image is written as it is: no second full-size copy of a whole CT's mask
+        img = label if ready else label_image_from_array(values, label)
+        del values
     if reference is not None:
         if img.GetSize() != reference.GetSize():
             raise ValueError(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
+from edgepanc.io.itk_buffer import writable_array
 from edgepanc.preprocessing.normalization import normalize_ct
 from edgepanc.preprocessing.orientation import (
     box_in_original_order,
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from edgepanc.inferers.probabilities import RegionProbabilities
 
 GEOMETRY_TOLERANCE = 1e-4  # relative, as in the data set integrity check
+# Input-grid voxels restored at a time: the resampled slab and its mask are two uint8 copies.
+RESTORE_SLAB_VOXELS = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -304,37 +307,48 @@ def restore_label(
             f"label shape {label_zyx.shape} does not match the preprocessed shape {grid.resampled.shape}"
         )
     target = grid.canonical
-    # Only the window the labels can reach is built; the full-size mask is made once, by
-    # SimpleITK from a zero array whose untouched pages cost no memory.
-    restored = np.zeros(grid.original.shape, dtype=np.uint8)
+    # Only the window the labels can reach is built, a slab at a time (bounded temporaries even
+    # when the labels cover the whole scan), straight into the mask SimpleITK allocated.
+    image = grid.original.stamp(sitk.Image(list(grid.original.size), sitk.sitkUInt8))
+    restored = writable_array(image)
     box = _label_box_on(label_zyx, grid.resampled, target)
-    if box is not None:
-        window_grid = _box_geometry(target, box)
-        window = np.zeros(window_grid.shape, dtype=np.uint8)
-        for value in range(1, int(label_zyx.max(initial=0)) + 1):
-            if probabilities is None:
-                region = np.where(label_zyx >= value, np.uint8(255), np.uint8(0))
-                on_network_grid = grid.resampled.stamp(sitk.GetImageFromArray(region))
-            else:
-                region = probabilities.values[value - 1]
-                on_network_grid = _box_geometry(grid.resampled, probabilities.box).stamp(
+    if box is None:
+        return image
+    regions = []
+    for value in range(1, int(label_zyx.max(initial=0)) + 1):
+        if probabilities is None:
+            region = np.where(label_zyx >= value, np.uint8(255), np.uint8(0))
+            regions.append(grid.resampled.stamp(sitk.GetImageFromArray(region)))
+        else:
+            region = probabilities.values[value - 1]
+            regions.append(
+                _box_geometry(grid.resampled, probabilities.box).stamp(
                     sitk.GetImageFromArray(region)
                 )
-            del region
+            )
+        del region
+    plane = (box[1].stop - box[1].start) * (box[2].stop - box[2].start)
+    step = max(1, RESTORE_SLAB_VOXELS // plane)
+    for start in range(box[0].start, box[0].stop, step):
+        slab_box = (slice(start, min(start + step, box[0].stop)), box[1], box[2])
+        slab_grid = _box_geometry(target, slab_box)
+        slab = np.zeros(slab_grid.shape, dtype=np.uint8)
+        for value, on_network_grid in enumerate(regions, start=1):
             resampled = sitk.Resample(
                 on_network_grid,
-                list(window_grid.size),
+                list(slab_grid.size),
                 sitk.Transform(),
                 sitk.sitkLinear,
-                list(window_grid.origin),
+                list(slab_grid.origin),
                 list(target.spacing),
                 list(target.direction),
                 0.0,
                 sitk.sitkUInt8,
             )
-            window[sitk.GetArrayViewFromImage(resampled) >= 128] = value
-            del resampled, on_network_grid
-        # permuted/flipped back in numpy: a view of the window in the input's voxel order
-        original_box = box_in_original_order(box, target.shape, grid.original.direction)
-        restored[original_box] = canonical_array_in_original_order(window, grid.original.direction)
-    return grid.original.stamp(sitk.GetImageFromArray(restored))
+            slab[sitk.GetArrayViewFromImage(resampled) >= 128] = value
+            del resampled
+        # permuted/flipped back in numpy: a view of the slab in the input's voxel order
+        placed = box_in_original_order(slab_box, target.shape, grid.original.direction)
+        restored[placed] = canonical_array_in_original_order(slab, grid.original.direction)
+    del restored
+    return image

@@ -12,8 +12,8 @@ from scipy import ndimage
 
 from edgepanc.postprocessing import voxel_volume_ml
 
-# Voxels summed at a time for the mean HU: two float64/intp temporaries of this size (64 MB).
-MEAN_HU_SLAB_VOXELS = 4_000_000
+# Voxels summed at a time for the mean HU: two float64/intp temporaries of this size (16 MB).
+MEAN_HU_SLAB_VOXELS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,9 @@ def measure_labels(
     view = sitk.GetArrayViewFromImage(labels)
     view = view if within is None else view[within]
     ml = voxel_volume_ml(tuple(reversed(labels.GetSpacing())))
-    pancreas_ml = float(np.count_nonzero(view)) * ml
-    lesion_ml = float(np.count_nonzero(view == 2)) * ml
+    counts = _label_counts(view)
+    pancreas_ml = float(counts[1] + counts[2]) * ml
+    lesion_ml = float(counts[2]) * ml
     del view
     boxes = label_boxes(labels, within)
     diameter = lesion_diameter_mm(labels, boxes) if lesion_ml > 0 else None
@@ -155,6 +156,18 @@ def measure_labels(
         pancreas_mean_hu=pancreas_hu,
         lesion_mean_hu=lesion_hu,
     )
+
+
+def _label_counts(view: np.ndarray) -> np.ndarray:
+    """Voxels of each label 0, 1, 2, a slab of slices at a time: a whole-mask comparison or
+    bincount would take one or eight bytes per voxel of the scan at once."""
+    counts = np.zeros(3, dtype=np.int64)
+    if view.size == 0:
+        return counts
+    step = max(1, MEAN_HU_SLAB_VOXELS // max(1, view[0].size))
+    for start in range(0, view.shape[0], step):
+        counts += np.bincount(view[start : start + step].ravel(), minlength=3)[:3]
+    return counts
 
 
 def _crop_to(labels: sitk.Image, within: Box | None, box: Box) -> tuple[sitk.Image, Box | None]:

@@ -2,11 +2,12 @@
 
 The pancreas fills a few percent of an abdominal CT. A cheap pass over the scan resampled at
 about ``factor`` times the network's spacing (:func:`coarse_factors`: ``factor**3`` times fewer
-voxels or more, tiles without overlap:
-:meth:`~edgepanc.preprocessing.network_input.NetworkInput.coarse`) finds the organ; the full-resolution pass then tiles only its bounding box grown by a margin
-(default 25 mm), with the tiles a whole-volume pass would put there (so the two agree inside the
-box, and the tiles reach past it, giving the organ's edge context). When the coarse pass finds
-nothing the caller tiles the whole volume and says so.
+voxels or more, tiles without overlap;
+:meth:`~edgepanc.preprocessing.network_input.NetworkInput.coarse`) finds the organ; the
+full-resolution pass then tiles only its bounding box grown by a margin (default 25 mm), with
+the tiles a whole-volume pass would put there (so the two agree inside the box, and the tiles
+reach past it, giving the organ's edge context). When the coarse pass finds nothing the caller
+tiles the whole volume and says so.
 """
 
 from __future__ import annotations
