@@ -3,8 +3,11 @@
 Each peer runs as its own process (bench/peers.py) with the same preprocessing, post-processing
 and restore; we report its wall time, peak memory, and the Dice between its mask and
 ``edgepanc run``'s (whole pancreas and lesion). The peers are not dependencies of edgepanc: a
-peer whose package is absent is skipped with the reason (``pip install --no-deps nnunetv2`` and
-its light dependencies, ``pip install --no-deps monai``).
+peer whose package is absent is skipped with the reason. To install them beside the CPU build of
+torch: ``echo torch==$(python -c "import torch; print(torch.__version__.split('+')[0])") >
+c.txt; pip install -c c.txt nnunetv2 monai`` (without the constraint pip may pull a CUDA build).
+nnU-Net with mirroring on the full-size phantom takes over half an hour on 2 cores:
+``--deselect "bench/test_peers.py::test_peer[full-nnunet]"`` leaves it out.
 """
 
 from __future__ import annotations
