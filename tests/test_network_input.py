@@ -127,3 +127,21 @@ def test_after_release_the_kept_part_measures_the_mask_alike() -> None:
     assert whole.lesion_found and whole.pancreas_mean_hu is not None
     with pytest.raises(RuntimeError, match="released"):
         source.hu_planes((3, 5, 7))
+
+
+def test_after_release_the_preview_planes_keep_the_kept_part_and_take_context_from_coarse() -> None:
+    image = scan()
+    resampled, _ = resample_for_network(image, plan())
+    hu = sitk.GetArrayFromImage(resampled)
+    source = NetworkInput(image, plan())
+    source.coarse((2, 2, 2))
+    box = (slice(3, 8), slice(5, 13), slice(6, 16))
+    source.release_outside(box)
+    axial, coronal, sagittal = source.hu_planes((5, 9, 10))
+    assert not any(np.isnan(p).any() for p in (axial, coronal, sagittal))
+    assert axial.shape == hu[5].shape and sagittal.shape == hu[:, :, 10].shape
+    # inside the box the planes are the whole-grid resample's; outside they are the coarse one's
+    np.testing.assert_allclose(axial[5:13, 6:16], hu[5, 5:13, 6:16], atol=1e-3)
+    np.testing.assert_allclose(coronal[3:8, 6:16], hu[3:8, 9, 6:16], atol=1e-3)
+    assert not np.allclose(axial[0], hu[5, 0], atol=1e-3)  # random voxels: coarse differs
+    assert abs(float(axial.mean()) - float(hu[5].mean())) < 0.2 * float(hu[5].std())

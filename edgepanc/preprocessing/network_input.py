@@ -6,8 +6,9 @@ again at the end for its Hounsfield units, cost more than a second on a 512 x 51
 a float32 copy of it. :class:`NetworkInput` keeps the scan as read and makes each network input
 on demand: the coarse volume straight from the scan at the coarse spacing, the fine volume only
 inside the box the fine pass tiles (the same values a whole-grid resample has there), and the
-preview's three planes. The scan stays for measuring the mask on its own grid, only the part of
-it the mask can reach once the fine volume is made (:meth:`NetworkInput.release_outside`).
+preview's three planes. Once the fine volume is made only the part of the scan the mask can
+reach stays, for measuring the mask on its own grid (:meth:`NetworkInput.release_outside`); the
+previews take their context outside it from the coarse volume.
 """
 
 from __future__ import annotations
@@ -19,13 +20,20 @@ import SimpleITK as sitk
 
 from edgepanc.preprocessing.normalization import normalize_ct
 from edgepanc.preprocessing.pipeline import (
+    Geometry,
     GridRecord,
+    network_box_geometry,
     network_grid,
     reachable_box,
     resample_box_for_network,
 )
 from edgepanc.preprocessing.plan import PreprocessingPlan
-from edgepanc.preprocessing.resampling import image_minimum, resample_to_spacing, resampled_size
+from edgepanc.preprocessing.resampling import (
+    image_minimum,
+    resample_onto,
+    resample_to_spacing,
+    resampled_size,
+)
 
 Box = tuple[slice, slice, slice]
 
@@ -49,6 +57,9 @@ class NetworkInput:
         self.pad = image_minimum(image)
         # the (z, y, x) part of the scan ``image`` still holds, in its own voxel order (None: all)
         self.image_box: Box | None = None
+        # the scan in HU on the coarse grid, once :meth:`coarse` made it: the previews' context
+        # once the rest of the scan is released
+        self.overview: sitk.Image | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -80,9 +91,8 @@ class NetworkInput:
         frame = (canonical.size, canonical.spacing, canonical.origin, canonical.direction)
         spacing = self.coarse_spacing(factors)
         resampled = resample_to_spacing(self.image, spacing, is_label=False, frame=frame)
-        values = sitk.GetArrayFromImage(resampled)
-        del resampled
-        return normalize_ct(values, self.plan, in_place=True)
+        self.overview = resampled
+        return normalize_ct(sitk.GetArrayFromImage(resampled), self.plan, in_place=True)
 
     def fine(self, box: Box | None = None) -> np.ndarray:
         """The scan normalised on the network's grid inside ``box`` (default: everywhere), zeros
@@ -101,8 +111,8 @@ class NetworkInput:
     def release_outside(self, box: Box) -> None:
         """Keep only the part of the scan that a mask restored from labels inside the network
         grid's ``box`` can reach (all that measuring the mask reads; :attr:`image_box` says
-        where it lies); the rest of the scan's voxels go. Call it after the last :meth:`fine`
-        and not before :meth:`hu_planes`, which need the whole scan.
+        where it lies); the rest of the scan's voxels go. Call it after the last :meth:`fine`;
+        :meth:`hu_planes` then take what lies outside from the coarse volume.
         """
         kept = reachable_box(box, self.grid)
         if kept is None:
@@ -114,9 +124,10 @@ class NetworkInput:
 
     def hu_planes(self, centre: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The axial, coronal and sagittal planes through ``centre`` (z, y, x) of the whole
-        network grid, in HU (float32): what a preview draws."""
-        if self.image_box is not None:
-            raise RuntimeError("the scan outside the fine box was released: no whole planes")
+        network grid, in HU (float32): what a preview draws. After :meth:`release_outside`
+        the part of each plane outside the kept scan comes from the coarse volume (blurrier:
+        context, not the organ).
+        """
         z, y, x = (int(c) for c in centre)
         everything = slice(None)
         boxes = [
@@ -129,9 +140,33 @@ class NetworkInput:
             resolved = tuple(
                 slice(*sl.indices(n)[:2]) for sl, n in zip(box, self.shape, strict=True)
             )
-            part = resample_box_for_network(self.image, self.grid, resolved, self.pad)  # type: ignore[arg-type]
-            planes.append(np.take(part, 0, axis=axis))
+            planes.append(np.take(self._plane(resolved), 0, axis=axis))  # type: ignore[arg-type]
         return planes[0], planes[1], planes[2]
+
+    def _plane(self, box: Box) -> np.ndarray:
+        if self.image_box is None:
+            return resample_box_for_network(self.image, self.grid, box, self.pad)
+        if self.overview is None:
+            raise RuntimeError("the scan was released before a coarse volume was made")
+        geometry = network_box_geometry(self.grid, box)
+        plane = _resampled(self.overview, geometry, self.pad)
+        kept = _resampled(self.image, geometry, float("nan"))  # NaN beyond the kept part
+        inside = ~np.isnan(kept)
+        plane[inside] = kept[inside]
+        return plane
+
+
+def _resampled(image: sitk.Image, geometry: Geometry, pad: float) -> np.ndarray:
+    out = resample_onto(
+        image,
+        geometry.size,
+        geometry.spacing,
+        geometry.origin,
+        geometry.direction,
+        is_label=False,
+        pad=pad,
+    )
+    return sitk.GetArrayFromImage(out)
 
 
 __all__ = ["NetworkInput"]

@@ -184,6 +184,16 @@ def resample_box_for_network(
     return sitk.GetArrayFromImage(part)
 
 
+def network_box_geometry(grid: GridRecord, box: tuple[slice, slice, slice]) -> Geometry:
+    """The grid of the (z, y, x) ``box`` of ``grid``'s network grid: its spacing and direction,
+    the origin moved to the box's first voxel.
+
+    Example: ``network_box_geometry(grid, (slice(10, 11), slice(0, 302), slice(0, 302))).size``
+    -> ``(302, 302, 1)``: one axial plane.
+    """
+    return _box_geometry(grid.resampled, box)
+
+
 def _resample_image_onto(img: sitk.Image, grid: Geometry, pad: float | None = None) -> sitk.Image:
     return resample_onto(
         img, grid.size, grid.spacing, grid.origin, grid.direction, is_label=False, pad=pad

@@ -325,13 +325,13 @@ def segment_case(
         else:
             roi["fraction"] = round(box_fraction(box, source.shape), 4)
         tiled = source.shape if box is None else tuple(sl.stop - sl.start for sl in box)
-        kept = None if box is None or config.preview else reachable_box(box, source.grid)
+        kept = None if box is None else reachable_box(box, source.grid)
         kept_voxels = None if kept is None else math.prod(sl.stop - sl.start for sl in kept)
         fine_plan = plan_case_memory(source, tiled, model, config, Path(scan), False, kept_voxels)
         backoff.policy.tile_batch = min(backoff.policy.tile_batch, fine_plan.tile_batch)
     with timer("preprocess"):
         volume = source.fine(box)
-        if box is not None and not config.preview:  # the preview's planes need the whole scan
+        if box is not None:
             source.release_outside(box)
     # The coarse pass only finds the box, so only the fine pass pays for the mirrors.
     fine = MirroredPredictor(model.predictor, config.mirror_axes) if config.mirror_axes else None
