@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -220,6 +221,42 @@ def alternate(
         for name, cmd in commands.items():
             runs[name].append(timed_run(cmd, scan, outs[name]))
     return runs
+
+
+@dataclass(frozen=True)
+class HeadToHead:
+    """Two ``edgepanc run`` commands run in turns on one scan: each one's runs, and the Dice
+    between their masks (``agreement``: whole and lesion)."""
+
+    runs: dict[str, list[TimedRun]]
+    agreement: dict[str, float]
+
+    def median_s(self, key: str) -> float:
+        return statistics.median(r.seconds for r in self.runs[key])
+
+    def peak(self, key: str) -> int:
+        return max(r.peak_rss_bytes for r in self.runs[key])
+
+    def speedup(self, slow: str, fast: str) -> float:
+        """Median wall time of ``slow`` over that of ``fast``."""
+        return self.median_s(slow) / self.median_s(fast)
+
+    def case(self, key: str) -> dict[str, Any]:
+        """The case JSON of ``key``'s last run."""
+        return self.runs[key][-1].case
+
+
+def head_to_head(
+    commands: dict[str, list[str]], scan: Path, outs: dict[str, Path], n: int
+) -> HeadToHead:
+    """:func:`alternate` the two ``commands`` ``n`` times each and compare their masks."""
+    from edgepanc.metrics import segmentation_metrics
+
+    runs = alternate(commands, scan, outs, n)
+    masks = read_masks(outs, scan)
+    first, second = (masks[key] for key in commands)
+    metrics = segmentation_metrics(first, second)
+    return HeadToHead(runs, {k: metrics[k] for k in ("whole_dsc", "lesion_dsc")})
 
 
 # Gate verdicts of this session, printed in the terminal summary (bench/conftest.py).

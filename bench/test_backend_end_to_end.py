@@ -16,22 +16,13 @@ quantize`` (``EDGEPANC_BENCH_BUNDLE``): the CI bundle has no ONNX file.
 from __future__ import annotations
 
 import os
-import statistics
 from pathlib import Path
 
 import pytest
 
 from edgepanc.bundle import load_bundle
-from edgepanc.metrics import segmentation_metrics
 
-from harness import (
-    BenchCase,
-    alternate,
-    optimised_command,
-    read_masks,
-    release_commands,
-    rounds,
-)
+from harness import BenchCase, head_to_head, optimised_command, release_commands, rounds
 from results import Recorder, Spread
 
 SPEEDUP_TARGET = 1.0
@@ -49,13 +40,10 @@ def test_auto_backend_against_onnxruntime_end_to_end(
         path: [*optimised_command(full_case.image, bench_bundle.path, out), "--backend", path]
         for path, out in outs.items()
     }
-    runs = alternate(commands, full_case.image, outs, rounds(2))
-    masks = read_masks(outs, full_case.image)
-    agreement = segmentation_metrics(masks["auto"], masks["onnxruntime"])
-    seconds = {path: [r.seconds for r in path_runs] for path, path_runs in runs.items()}
-    peaks = {path: max(r.peak_rss_bytes for r in path_runs) for path, path_runs in runs.items()}
-    speedup = statistics.median(seconds["onnxruntime"]) / statistics.median(seconds["auto"])
-    chosen = {path: runs[path][-1].case for path in runs}
+    result = head_to_head(commands, full_case.image, outs, rounds(2))
+    agreement, speedup = result.agreement, result.speedup("onnxruntime", "auto")
+    chosen = {path: result.case(path) for path in outs}
+    peaks = {path: result.peak(path) for path in outs}
     for path, case in chosen.items():
         recorder.record(
             "end_to_end",
@@ -63,7 +51,7 @@ def test_auto_backend_against_onnxruntime_end_to_end(
             path=f"edgepanc run --backend {path}: {case['artifact']} "
             f"({case['backend']} {case['precision']})",
             shape=list(full_case.shape),
-            seconds=Spread.of(seconds[path]),
+            seconds=Spread.of([r.seconds for r in result.runs[path]]),
             peak_rss_bytes=peaks[path],
         )
     recorder.record(
@@ -77,12 +65,11 @@ def test_auto_backend_against_onnxruntime_end_to_end(
         peak_rss_bytes=peaks,
     )
     line = (
-        f"full phantom: auto ({chosen['auto']['artifact']}) "
-        f"{statistics.median(seconds['auto']):.2f} s vs --backend onnxruntime "
-        f"({chosen['onnxruntime']['artifact']}) {statistics.median(seconds['onnxruntime']):.2f} s "
-        f"= {speedup:.2f}x; agreement whole {agreement['whole_dsc']:.4f}, lesion "
-        f"{agreement['lesion_dsc']:.4f}; peak RSS {peaks['auto'] / 2**20:.0f} MiB vs "
-        f"{peaks['onnxruntime'] / 2**20:.0f} MiB"
+        f"full phantom: auto ({chosen['auto']['artifact']}) {result.median_s('auto'):.2f} s vs "
+        f"--backend onnxruntime ({chosen['onnxruntime']['artifact']}) "
+        f"{result.median_s('onnxruntime'):.2f} s = {speedup:.2f}x; agreement whole "
+        f"{agreement['whole_dsc']:.4f}, lesion {agreement['lesion_dsc']:.4f}; peak RSS "
+        f"{peaks['auto'] / 2**20:.0f} MiB vs {peaks['onnxruntime'] / 2**20:.0f} MiB"
     )
     print(line)
     assert speedup >= SPEEDUP_TARGET, line
@@ -104,28 +91,26 @@ def test_against_the_runtime_when_openvino_came(
         pytest.skip(f"set {RELEASE_ENV} to a worktree of the earlier commit")
     outs = {key: bench_dir / f"release_{key}" for key in ("then", "now")}
     commands = release_commands(full_case.image, bench_bundle.path, Path(tree), outs)
-    runs = alternate(commands, full_case.image, outs, rounds(3))
-    masks = read_masks(outs, full_case.image)
-    agreement = segmentation_metrics(masks["now"], masks["then"])
-    median = {k: statistics.median(r.seconds for r in v) for k, v in runs.items()}
-    peaks = {k: max(r.peak_rss_bytes for r in v) for k, v in runs.items()}
-    speedup = median["then"] / median["now"]
+    result = head_to_head(commands, full_case.image, outs, rounds(3))
+    agreement, speedup = result.agreement, result.speedup("then", "now")
+    peaks = {key: result.peak(key) for key in outs}
     recorder.record(
         "release_end_to_end",
         case="full",
         tree=tree,
-        then=runs["then"][-1].case.get("artifact"),
-        now=runs["now"][-1].case.get("artifact"),
-        seconds={k: Spread.of([r.seconds for r in v]) for k, v in runs.items()},
+        then=result.case("then").get("artifact"),
+        now=result.case("now").get("artifact"),
+        seconds={k: Spread.of([r.seconds for r in v]) for k, v in result.runs.items()},
         speedup=speedup,
         whole_dsc=agreement["whole_dsc"],
         lesion_dsc=agreement["lesion_dsc"],
         peak_rss_bytes=peaks,
     )
     line = (
-        f"full phantom: edgepanc run now {median['now']:.2f} s vs then ({tree}) "
-        f"{median['then']:.2f} s = {speedup:.2f}x; agreement whole {agreement['whole_dsc']:.4f}; "
-        f"peak RSS {peaks['now'] / 2**20:.0f} MiB vs {peaks['then'] / 2**20:.0f} MiB"
+        f"full phantom: edgepanc run now {result.median_s('now'):.2f} s vs then ({tree}) "
+        f"{result.median_s('then'):.2f} s = {speedup:.2f}x; agreement whole "
+        f"{agreement['whole_dsc']:.4f}; peak RSS {peaks['now'] / 2**20:.0f} MiB vs "
+        f"{peaks['then'] / 2**20:.0f} MiB"
     )
     print(line)
     assert speedup >= RELEASE_SPEEDUP_TARGET, line

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from edgepanc.io.atomic import write_text_atomic  # noqa: E402
-from edgepanc.metrics import segmentation_metrics  # noqa: E402
 
-from harness import alternate, read_masks, release_commands  # noqa: E402
+from harness import head_to_head, release_commands  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,20 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     args.now_flags = [flag for flag in now_flags if flag != "--"]
     outs = {"then": args.work / "then", "now": args.work / "now"}
     commands = release_commands(args.scan, args.model, args.then, outs, args.now_flags)
-    runs = alternate(commands, args.scan, outs, args.rounds)
-    masks = read_masks(outs, args.scan)
-    agreement = segmentation_metrics(masks["now"], masks["then"])
-    seconds = {k: [r.seconds for r in v] for k, v in runs.items()}
+    result = head_to_head(commands, args.scan, outs, args.rounds)
     figures = {
         "scan": str(args.scan),
         "then_tree": str(args.then),
         "now_flags": args.now_flags,
-        "artifact": {k: v[-1].case.get("artifact") for k, v in runs.items()},
-        "seconds": seconds,
-        "median_s": {k: statistics.median(v) for k, v in seconds.items()},
-        "speedup": statistics.median(seconds["then"]) / statistics.median(seconds["now"]),
-        "peak_rss_mib": {k: max(r.peak_rss_bytes for r in v) / 2**20 for k, v in runs.items()},
-        "agreement": {k: agreement[k] for k in ("whole_dsc", "lesion_dsc")},
+        "artifact": {k: result.case(k).get("artifact") for k in outs},
+        "seconds": {k: [r.seconds for r in v] for k, v in result.runs.items()},
+        "median_s": {k: result.median_s(k) for k in outs},
+        "speedup": result.speedup("then", "now"),
+        "peak_rss_mib": {k: result.peak(k) / 2**20 for k in outs},
+        "agreement": result.agreement,
     }
     text = json.dumps(figures, indent=2)
     print(text)
