@@ -4,15 +4,15 @@ One case runs in three steps, each freeing the previous one's buffers (the phase
 :mod:`edgepanc.runtime.budget` plans against):
 
 1. :func:`prepare_case`: read, plan the memory of the first pass;
-2. :func:`segment_case`: coarse pass (optional: the scan resampled straight to twice the
-   network's spacing, to find the pancreas), then the fine pass (streaming sliding window over
-   the ROI box, the only part of the scan resampled onto the network's grid:
-   :class:`~edgepanc.preprocessing.network_input.NetworkInput`);
+2. :func:`segment_case`: coarse pass (optional: the scan resampled straight to 2-2.5 times the
+   network's spacing, :func:`~edgepanc.runtime.roi.coarse_factors`, to find the pancreas), then
+   the fine pass (streaming sliding window over the ROI box, the only part of the scan resampled
+   onto the network's grid: :class:`~edgepanc.preprocessing.network_input.NetworkInput`);
 3. finish: post-process and read the subtype
    (:func:`~edgepanc.postprocessing.finish_prediction`), resample the preview's three planes,
    then restore onto the input's exact grid and :func:`write_restored_case`: measure there
-   (:mod:`edgepanc.runtime.measures`, with the scan as read, kept for it), write the preview,
-   the DICOM SEG, the mask and the case JSON.
+   (:mod:`edgepanc.runtime.measures`, with the part of the scan the mask can reach, kept for
+   it), write the preview, the DICOM SEG, the mask and the case JSON.
 
 No lesion kept, no subtype claimed: the JSON then says ``lesion_found: false`` and
 ``subtype: null``, still with the head's probabilities, and ``subtype_results.csv`` keeps the
