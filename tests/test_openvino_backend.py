@@ -220,6 +220,34 @@ def test_int8_runs_in_int8_and_agrees_with_fp32(tiny_onnx, tiny_int8, reference)
     assert np.corrcoef(seg.ravel(), seg_ref.ravel())[0, 1] > 0.95
 
 
+def quantized_inputs(path: Path) -> list[str]:
+    """The operations of an IR that read a FakeQuantize's output."""
+    import openvino
+
+    model = openvino.Core().read_model(str(path))
+    return [
+        target.get_node().get_friendly_name()
+        for op in model.get_ops()
+        if op.get_type_name() == "FakeQuantize"
+        for target in op.output(0).get_target_inputs()
+    ]
+
+
+def test_int8_leaves_the_subtype_head_in_float(tiny_onnx, tiny_int8, tmp_path):
+    quantized = quantized_inputs(tiny_int8)
+    assert any("conv" in name for name in quantized)
+    # the head's pooling, attenuation statistics and fully connected layers read float
+    assert not any("cls_head" in name for name in quantized)
+    # Without the float patterns NNCF quantizes the head too: the default is what keeps it out.
+    everything = quantize_openvino_int8(
+        tiny_onnx,
+        tmp_path / "all.xml",
+        phantom_batch(8, seed=2),
+        OpenVinoInt8Config(subset_size=8, float_patterns=()),
+    )
+    assert any("cls_head" in name for name in quantized_inputs(everything))
+
+
 def test_int8_with_bf16_float_layers_where_native(tiny_int8, reference):
     if not MACHINE_HAS_BF16:
         with pytest.raises(BackendUnavailable, match="emulate"):
