@@ -125,14 +125,15 @@ def run_cli(*args: str | Path):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def make_onnx_bundle(folder: Path) -> Path:
-    """A tiny bundle whose default artifact is an fp32 ONNX graph (activation footprint stored)."""
+def make_onnx_bundle(folder: Path, seed: int = 0) -> Path:
+    """A tiny bundle whose default artifact is an fp32 ONNX graph (activation footprint stored);
+    ``seed`` draws its random weights."""
     import warnings
 
     from edgepanc.bundle import load_bundle, save_bundle_metadata, write_bundle
     from edgepanc.networks import build_network
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_network("tiny").eval()
     write_bundle(folder, model, TINY_PLAN.to_dict())
     with warnings.catch_warnings():

@@ -275,3 +275,35 @@ def test_speed_targets_are_judged_on_the_fastest_variant_within_tolerance() -> N
     assert target_variant(variants, "tensorrt") is None
     restored = VariantResult.from_dict(variants[0].to_dict())
     assert restored == variants[0]
+
+
+def test_an_ensemble_is_quantized_member_by_member_into_a_new_ensemble(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from edgepanc.ensemble import read_ensemble, write_ensemble
+
+    data, bundle = trained
+    folds = tmp_path / "folds"
+    for name in ("fold_0", "fold_1"):
+        shutil.copytree(bundle, folds / name)
+    write_ensemble(folds, ["fold_0", "fold_1"])
+    before = fingerprint(folds)
+    args = ["--data", data, "--int8", "none", "--export", "onnx", "--latency-runs", "1"]
+    args += ["--max-validation-cases", "1", "--device", "cpu", "--calibration-cases", "3"]
+    out = tmp_path / "q"
+    result = quantize("--model", folds, "--out", out, *args)
+    assert result.exit_code == 0, result.output
+    assert "ensemble" in result.output and "2 members" in result.output
+    ensemble = read_ensemble(out)
+    assert [m.path.name for m in ensemble.members] == ["fold_0", "fold_1"]
+    for member in ensemble.members:
+        assert member.kind == "quantized" and member.default_artifact == "onnx_fp32"
+        assert (member.path / "quantization.md").is_file()
+    assert ensemble.provenance["quantized_from"] == str(folds)
+    assert fingerprint(folds) == before
+    # a member that cannot be quantized is found before any work; nothing is left behind
+    (folds / "fold_1" / "weights.pt").write_bytes(b"not a torch file")
+    failed = quantize("--model", folds, "--out", tmp_path / "q2", *args)
+    assert failed.exit_code == 2 and "fold_1" in failed.output
+    assert not (tmp_path / "q2").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".q2.")]

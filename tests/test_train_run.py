@@ -226,6 +226,13 @@ def test_all_folds_write_splits_and_a_cv_summary(tmp_path: Path) -> None:
     cv = json.loads((run / "cv_summary.json").read_text())
     assert cv["folds"] == 2 and set(cv["whole_dsc"]) == {"mean", "std"}
     assert summary["folds"] == 2
+    # the folds form an ensemble `run` can average: one plan for all, fitted on every case
+    from edgepanc.ensemble import read_ensemble
+
+    ensemble = read_ensemble(run)
+    assert [m.path.name for m in ensemble.members] == ["fold_0", "fold_1"]
+    assert ensemble.members[0].preprocessing == ensemble.members[1].preprocessing
+    assert ensemble.provenance["cross_validation"]["folds"] == 2
 
 
 def test_init_from_starts_from_a_bundles_weights_and_plan(tiny_data: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,9 +126,11 @@ def choose_backend(
     precision: str = "auto",
     allow_failed: bool = False,
     timing: AutoTiming | None = None,
+    also_failed: Collection[str] = (),
 ) -> BackendChoice:
     """Decide how to run ``bundle`` here. See the module docstring; only ``timing`` loads
-    models (each candidate, to time it).
+    models (each candidate, to time it). ``also_failed``: artifacts to treat as failed besides
+    the bundle's own (those that failed in another member of an ensemble).
 
     Example: ``choose_backend(load_bundle("bundles/pancreas"), precision="int8").artifact`` ->
     ``"onnx_int8_minmax"``, or a BundleError when every INT8 variant failed the tolerance.
@@ -158,7 +160,7 @@ def choose_backend(
         candidates.update(_openvino_from_onnx(view.artifacts, precision))
     problems: dict[str, str] = {}
     runnable: list[tuple[str, Mapping[str, Any]]] = []
-    failed = failed_variants(view)
+    failed = failed_variants(view) | set(also_failed)
     for name, record in candidates.items():
         if not wanted(record):
             continue

@@ -154,8 +154,9 @@ def quantize(**options: Any) -> None:
     """
     require("quantize")  # before anything is read or written: one line naming the quant extra
     # imported here, not with the CLI: the other commands run without torch or the compression stage
+    from edgepanc.ensemble import is_ensemble
     from edgepanc.quantization.config import QuantizeConfig
-    from edgepanc.quantization.pipeline import run_quantize
+    from edgepanc.quantization.pipeline import run_quantize, run_quantize_ensemble
     from edgepanc.recipes import recipe_values
 
     context = click.get_current_context()
@@ -175,6 +176,13 @@ def quantize(**options: Any) -> None:
         config = QuantizeConfig(recipe=None if recipe is None else str(recipe), **values)
     except ValueError as exc:  # a value out of range, from the recipe, --set or a flag
         raise InputError("configuration", f"{exc} (recipe {recipe} with --set and flags)") from None
+    if is_ensemble(config.model):
+        members = run_quantize_ensemble(
+            config, on_member=lambda name: click.echo(f"quantizing member {name}", err=True)
+        )
+        defaults = ", ".join(f"{b.path.name} {b.default_artifact}" for b in members)
+        click.echo(f"wrote the ensemble {config.out} ({len(members)} members; default {defaults})")
+        return
     bundle = run_quantize(config)
     click.echo(
         f"wrote {bundle.path} ({len(bundle.artifacts)} artifacts, default {bundle.default_artifact}); "

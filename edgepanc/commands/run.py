@@ -203,6 +203,7 @@ def run(
     masks are never written over. Every check is made before anything is written.
     """
     from edgepanc.bundle import load_bundle
+    from edgepanc.ensemble import is_ensemble, read_ensemble
     from edgepanc.inferers.mirroring import TRAINED_MIRRORS
     from edgepanc.io.atomic import remove_stale_temporaries
     from edgepanc.postprocessing import PostprocessConfig
@@ -249,7 +250,12 @@ def run(
             loaded, model_id=f"{loaded.model_id}+mirror-{''.join(mirror_axes)}"
         )
     bundle_dir = bundle_path if bundle_path.is_dir() else bundle_path.parent
-    model_info = bundle_summary(load_bundle(bundle_dir), loaded.model_id)
+    if is_ensemble(bundle_dir):
+        # the members share their provenance's data; the record names the ensemble's folder
+        model_info = bundle_summary(read_ensemble(bundle_dir).members[0], loaded.model_id)
+        model_info |= {"path": str(bundle_dir.absolute()), "ensemble_members": loaded.members}
+    else:
+        model_info = bundle_summary(load_bundle(bundle_dir), loaded.model_id)
     config = RunConfig(
         out_dir=out_dir,
         step=step,

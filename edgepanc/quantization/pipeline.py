@@ -15,24 +15,30 @@ The stages (``edgepanc/quantization/stages/``), in order, over one context:
 
 Every variant is scored on the validation cases with the training stage's scoring. The new
 bundle is assembled in a hidden staging folder beside ``--out`` and renamed into place at the
-end, so a failure leaves nothing behind; the input bundle is only read.
+end, so a failure leaves nothing behind; the input bundle is only read. An ensemble
+(:mod:`edgepanc.ensemble`) is compressed member by member, each with the same settings, into
+one new ensemble folder (:func:`run_quantize_ensemble`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from edgepanc.bundle import ModelBundle
+from edgepanc.ensemble import read_ensemble, write_ensemble
 from edgepanc.quantization.config import QuantizeConfig
 from edgepanc.quantization.stages import fp32, int8, pruning, tensorrt
 from edgepanc.quantization.stages.assembly import assemble
 from edgepanc.quantization.stages.context import QuantizeContext
-from edgepanc.quantization.stages.inputs import check_inputs, make_context
+from edgepanc.quantization.stages.inputs import check_inputs, check_output_folder, make_context
 from edgepanc.quantization.stages.openvino import build_openvino
 
 ALL_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -41,25 +47,63 @@ ALL_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 def run_quantize(config: QuantizeConfig) -> ModelBundle:
     """Build the quantized bundle at ``config.out``; nothing is left there if anything fails."""
     inputs = check_inputs(config)
-    config.out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{config.out.name}.", suffix=".staging", dir=config.out.parent)
-    )
-    try:
+    with _staged(config.out) as staging:
         torch.manual_seed(config.seed)
         bundle = compress(make_context(config, inputs, staging))
-        if config.out.exists():
-            config.out.rmdir()  # checked empty above; rename cannot replace a folder otherwise
+    bundle.path = config.out
+    return bundle
+
+
+def run_quantize_ensemble(
+    config: QuantizeConfig, on_member: Callable[[str], None] | None = None
+) -> list[ModelBundle]:
+    """Compress every member of the ensemble at ``config.model`` with ``config``'s settings into
+    a new ensemble at ``config.out`` (each member's own report in its folder); every member's
+    inputs are checked before any work, and nothing is left at ``config.out`` if one fails.
+
+    Example: ``[b.default_artifact for b in run_quantize_ensemble(config)]`` ->
+    ``["openvino_bf16", "openvino_bf16", "openvino_bf16"]``.
+    """
+    ensemble = read_ensemble(config.model)
+    check_output_folder(config.out)
+    names = [member.path.name for member in ensemble.members]
+    checked = [
+        check_inputs(dataclasses.replace(config, model=member.path, out=config.out / name))
+        for name, member in zip(names, ensemble.members, strict=True)
+    ]
+    bundles = []
+    with _staged(config.out) as staging:
+        for name, member, inputs in zip(names, ensemble.members, checked, strict=True):
+            if on_member is not None:
+                on_member(name)
+            member_config = dataclasses.replace(config, model=member.path, out=staging / name)
+            (staging / name).mkdir()
+            torch.manual_seed(config.seed)
+            bundles.append(compress(make_context(member_config, inputs, staging / name)))
+        write_ensemble(staging, names, {**ensemble.provenance, "quantized_from": str(config.model)})
+    for name, bundle in zip(names, bundles, strict=True):
+        bundle.path = config.out / name
+    return bundles
+
+
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A hidden staging folder beside ``out``, renamed to ``out`` when the block succeeds and
+    removed when it fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()  # checked empty before; rename cannot replace a folder otherwise
         # mkdtemp made the staging folder private; the bundle gets the usual folder permissions.
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)
-        os.replace(staging, config.out)
+        os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    bundle.path = config.out
-    return bundle
 
 
 def compress(ctx: QuantizeContext) -> ModelBundle:

@@ -176,16 +176,21 @@ def tile_batch_bytes(
     patch_size: Sequence[int],
     activation_per_voxel: float,
     engine: str | None = None,
+    members: int = 1,
 ) -> int:
     """One batch of tiles: the tiler's buffers plus what the ``engine`` (a predictor's name)
-    holds for the network's activations (:data:`ENGINES`, else the safety factor)."""
+    holds for the network's activations (:data:`ENGINES`, else the safety factor), once per
+    member of an ensemble (each member's engine keeps its own buffers)."""
     from edgepanc.inferers.streaming import tile_batch_memory_bytes
 
     memory = ENGINES.get(engine or "", DEFAULT_ENGINE)
     network = memory.batch_bytes(tile_batch, math.prod(patch_size), activation_per_voxel)
     # the input batch, the logits and the softmax temporaries
     buffers = tile_batch_memory_bytes(patch_size, tile_batch, NUM_CLASSES, 0)
-    return buffers + network
+    if members > 1:
+        # the ensemble's running sum of probabilities and one member's softmax beside it
+        buffers += 2 * tile_batch * NUM_CLASSES * math.prod(patch_size) * FLOAT32
+    return buffers + network * members
 
 
 def estimate_memory(
@@ -196,8 +201,9 @@ def estimate_memory(
     activation_per_voxel: float,
     tile_batch: int,
     engine: str | None = None,
+    members: int = 1,
 ) -> MemoryEstimate:
-    """Peak-memory estimate for one case at a given tile batch."""
+    """Peak-memory estimate for one case at a given tile batch (``members``: of an ensemble)."""
     # the image, the volume, its label and probability maps, the slab
     infer_data = (
         image_bytes(sizes, kept=True)
@@ -208,7 +214,9 @@ def estimate_memory(
         baseline=baseline,
         preprocess=preprocess_phase_bytes(sizes),
         infer_data=infer_data,
-        tile_batch_bytes=tile_batch_bytes(tile_batch, patch_size, activation_per_voxel, engine),
+        tile_batch_bytes=tile_batch_bytes(
+            tile_batch, patch_size, activation_per_voxel, engine, members
+        ),
         restore=restore_phase_bytes(sizes),
     )
 
@@ -223,17 +231,19 @@ def plan_tile_batch(
     requested_tile_batch: int | None,
     source: str = "input",
     engine: str | None = None,
+    members: int = 1,
 ) -> BudgetPlan:
     """The largest tile batch (up to the request, or ``MAX_AUTO_TILE_BATCH`` for auto) in budget.
 
     Raises :class:`BudgetError` naming the smallest budget that would work when even one tile
     at a time does not fit. Without a budget: the requested batch, or the engine's
-    ``unbudgeted_batch`` for auto (2; OpenVINO 1).
+    ``unbudgeted_batch`` for auto (2; OpenVINO 1). ``members``: the models of an ensemble,
+    each with its engine's buffers.
     """
 
     def estimate(batch: int) -> MemoryEstimate:
         return estimate_memory(
-            baseline, sizes, slab_bytes, patch_size, activation_per_voxel, batch, engine
+            baseline, sizes, slab_bytes, patch_size, activation_per_voxel, batch, engine, members
         )
 
     memory = ENGINES.get(engine or "", DEFAULT_ENGINE)

@@ -9,14 +9,26 @@ nothing here imports torch.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgepanc.backends.base import Predictor
-from edgepanc.backends.selection import select_predictor
+from edgepanc.backends.choice import AutoTiming
+from edgepanc.backends.selection import (
+    build_predictor,
+    choose_backend,
+    failed_variants,
+    select_predictor,
+)
 from edgepanc.bundle import ModelBundle, load_bundle
+from edgepanc.ensemble import Ensemble, is_ensemble, read_ensemble
+from edgepanc.errors import BundleError
+from edgepanc.inferers.ensemble import EnsemblePredictor
 from edgepanc.memory import current_rss
 from edgepanc.preprocessing.plan import PreprocessingPlan
+
+log = logging.getLogger("edgepanc.backends")
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,7 @@ class LoadedModel:
     artifact: str | None = None
     classifier: bool = True  # False: the bundle's subtype head was never trained
     model_id: str | None = None  # see model_identity; None for a model not read from a bundle
+    members: int = 1  # the models averaged on each tile (an ensemble's); each holds its engine
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -60,9 +73,17 @@ def load_model(
     A bundle written before the activation footprint was stored gets it measured here, which
     imports torch.
 
+    An ensemble folder (``ensemble.json``) loads every member with the variant chosen for the
+    first, among those that passed the accuracy tolerance in every member, and averages them
+    (:class:`~edgepanc.inferers.ensemble.EnsemblePredictor`).
+
     Example: ``load_model(Path("bundles/pancreas"), backend="onnxruntime").predictor.name`` ->
     ``"onnxruntime"``.
     """
+    if is_ensemble(bundle_path):
+        return _load_ensemble(
+            read_ensemble(bundle_path), backend, device, precision, allow_failed_variant
+        )
     bundle = load_bundle(bundle_path)
     plan = PreprocessingPlan.from_dict(bundle.preprocessing)
     activation = bundle.activation_bytes_per_voxel
@@ -85,6 +106,59 @@ def load_model(
     )
 
 
+def _load_ensemble(
+    ensemble: Ensemble, backend: str, device: str, precision: str, allow_failed: bool
+) -> LoadedModel:
+    first = ensemble.members[0]
+    plan = PreprocessingPlan.from_dict(first.preprocessing)
+    activation = first.activation_bytes_per_voxel
+    if activation is None:
+        from edgepanc.networks.activation import network_activation_bytes_per_voxel
+
+        activation = network_activation_bytes_per_voxel(first.network, plan.patch_size)
+    failed = set().union(*(failed_variants(member) for member in ensemble.members))
+    choice = choose_backend(
+        first, backend, device, precision, allow_failed, AutoTiming(), also_failed=failed
+    )
+    log.log(
+        logging.WARNING if choice.artifact in failed else logging.INFO,
+        "backend: %s; the same for all %d members of the ensemble",
+        choice.describe(),
+        len(ensemble.members),
+    )
+    for member in ensemble.members:
+        if choice.artifact is not None and choice.artifact not in member.artifacts:
+            raise BundleError(
+                member.path,
+                f"has no artifact {choice.artifact!r}, which the other members run; quantize "
+                "the ensemble folder as a whole",
+            )
+    predictor = EnsemblePredictor([build_predictor(choice, m) for m in ensemble.members])
+    return LoadedModel(
+        predictor=predictor,
+        plan=plan,
+        activation_bytes_per_voxel=activation,
+        baseline_rss=current_rss(),
+        artifact=choice.artifact,
+        classifier=first.classifier,
+        model_id=ensemble_identity(ensemble, choice.artifact),
+        members=len(ensemble.members),
+    )
+
+
+def ensemble_identity(ensemble: Ensemble, artifact: str | None) -> str:
+    """What a case JSON records as an ensemble's model: SHA-256 over ``ensemble.json`` and each
+    member's :func:`model_identity`.
+
+    Example: ``ensemble_identity(read_ensemble("run"), "openvino_bf16")`` -> ``"9d01aa..."``.
+    """
+    from edgepanc.runtime.outputs import file_sha256
+
+    parts = [file_sha256(ensemble.manifest_path)]
+    parts += [model_identity(member, artifact) for member in ensemble.members]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def model_identity(bundle: ModelBundle, artifact: str | None) -> str:
     """What a case JSON records as the model that made it: SHA-256 of ``model.json`` and of the
     file the predictor runs (the artifact, else the fp32 weights), so that a retrained or
@@ -100,4 +174,4 @@ def model_identity(bundle: ModelBundle, artifact: str | None) -> str:
     ).hexdigest()
 
 
-__all__ = ["LoadedModel", "load_model", "model_identity"]
+__all__ = ["LoadedModel", "ensemble_identity", "load_model", "model_identity"]

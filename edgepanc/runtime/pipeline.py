@@ -195,6 +195,7 @@ def plan_case_memory(
         config.tile_batch,
         source=str(scan),
         engine=model.predictor.name,
+        members=model.members,
     )
 
 
@@ -371,6 +372,7 @@ class CaseRun:
     nifti: bool = True
     dicom_seg: bool = False
     mirror_axes: tuple[str, ...] = ()
+    ensemble_members: int = 1  # models averaged on each tile
 
 
 def restore_mask(finished: FinishedPrediction, grid: GridRecord) -> sitk.Image:
@@ -494,6 +496,7 @@ def _case_report(
         tile_count=run.tile_count,
         roi=run.roi,
         mirror_axes=list(run.mirror_axes),
+        ensemble_members=run.ensemble_members,
         throttle_events=run.throttle_events,
         memory_plan=run.memory_plan,
         notes=run.notes,
@@ -556,6 +559,7 @@ def run_case(
             nifti=config.nifti,
             dicom_seg=config.kinds.seg_for(scan),
             mirror_axes=config.mirror_axes,
+            ensemble_members=model.members,
         )
         with timer("restore"):
             restored = restore_mask(finished, source.grid)

@@ -51,7 +51,9 @@ def describe_bundle(summary: dict[str, Any]) -> str:
         what = f"trained on {data.get('path')}"
     made = summary.get("made_with_edgepanc") or "unknown"
     ident = (summary.get("id") or "none")[:12]
-    return f"model: {summary['path']} (id {ident}, made by edgepanc {made}, {what})"
+    members = summary.get("ensemble_members")
+    kind = f"ensemble of {members} models, " if members else ""
+    return f"model: {summary['path']} ({kind}id {ident}, made by edgepanc {made}, {what})"
 
 
 def phantom_warning(summary: dict[str, Any], scans: Sequence[Path]) -> str | None:

@@ -50,6 +50,8 @@ class CaseReport:
     tile_count: int
     roi: dict[str, Any]
     mirror_axes: list[str] = field(default_factory=list)  # test-time mirroring (--tta); []: none
+    # the models averaged on each tile (an ensemble's); the network time in timings_s is theirs
+    ensemble_members: int = 1
     throttle_events: list[dict[str, Any]] = field(default_factory=list)
     memory_plan: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)

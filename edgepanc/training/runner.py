@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgepanc.ensemble import write_ensemble
 from edgepanc.errors import InputError
 from edgepanc.io.atomic import write_json_atomic
 from edgepanc.training.augmentation import AugmentationConfig
@@ -203,8 +204,15 @@ def _read_split(path: Path, known: set[str]) -> dict[str, Any]:
     return {**drawn, "validation": validation, "train": sorted(known - set(validation))}
 
 
-def choose_plan(config: TrainConfig, cases: list[Any], run_dir: Path, init: InitFrom | None) -> Any:
-    """A resumed run's own plan, the ``--init-from`` bundle's, or one planned from the cases."""
+def choose_plan(
+    config: TrainConfig,
+    cases: list[Any],
+    run_dir: Path,
+    init: InitFrom | None,
+    shared: Any | None = None,
+) -> Any:
+    """A resumed run's own plan, the ``--init-from`` bundle's, ``shared`` (the one plan of all
+    folds of a cross-validation), or one planned from the cases."""
     from edgepanc.preprocessing import PreprocessingPlan, plan_from_cases
 
     plan_path = run_dir / "plan.json"
@@ -218,7 +226,19 @@ def choose_plan(config: TrainConfig, cases: list[Any], run_dir: Path, init: Init
     if init is not None:
         # The weights expect the bundle's spacing and intensity normalisation.
         return dataclasses.replace(init.bundle.plan, patch_size=tuple(config.patch_size))
+    if shared is not None:
+        return shared
     return plan_from_cases(cases, config.patch_size, config.target_spacing, seed=config.seed)
+
+
+def cross_validation_plan(config: TrainConfig, cases: list[Any]) -> Any:
+    """One preprocessing plan for every fold, fitted on all the cases the folds draw from, so
+    that the fold models see the same input and ``run`` can average them as an ensemble (as
+    nnU-Net plans once per data set)."""
+    from edgepanc.preprocessing import plan_from_cases
+
+    every = assign_split(cases, {"validation": []})
+    return plan_from_cases(every, config.patch_size, config.target_spacing, seed=config.seed)
 
 
 def plan_run(
@@ -253,11 +273,13 @@ def train_one(
     drawn_split: dict[str, Any] | None = None,
     planning: dict[str, Any] | None = None,
     budget: TimeBudget | None = None,
+    shared_plan: Any | None = None,
 ) -> dict[str, Any]:
     """Train on ``cases`` (split "train"; validate on "validation") into ``run_dir``;
     ``drawn_split``, a validation split drawn for the run, is written there as ``split.json``;
     ``planning``, how the planner chose the step (:func:`plan_run`), goes into ``plan.json``;
-    ``budget``, the wall time left to the run, plans its epoch count.
+    ``budget``, the wall time left to the run, plans its epoch count; ``shared_plan``, the
+    preprocessing of every fold of a cross-validation (None: planned from ``cases``).
 
     Example::
 
@@ -273,7 +295,7 @@ def train_one(
     init = load_init_bundle(config)
     network = network_config_for(config, init.bundle if init is not None else None)
     checkpoint = load_checkpoint(run_dir / "last.pt") if config.resume else None
-    plan = choose_plan(config, cases, run_dir, init)
+    plan = choose_plan(config, cases, run_dir, init, shared_plan)
     cases, held_out, selection = hold_out_selection(cases, config.selection_share)
     log.info(
         "plan: target spacing %s mm, patch %s, intensity clip [%.0f, %.0f] HU",
@@ -425,6 +447,7 @@ def _train_folds(
                 out / "splits.json", {"folds": config.folds, "seed": config.seed, "splits": splits}
             )
         results = []
+        shared_plan = cross_validation_plan(config, cases)
         for fold in folds:
             log.info("fold %d of %d", fold, config.folds)
             fold_dir = out / f"fold_{fold}"
@@ -443,10 +466,17 @@ def _train_folds(
                     planning=planning,
                     # each fold gets an equal share of what is left of the budget
                     budget=None if budget is None else budget.share(len(folds) - len(results)),
+                    shared_plan=shared_plan,
                 )
             )
         if config.fold is None and context.is_main:
             summary = summarize_folds(results)
             write_json_atomic(out / "cv_summary.json", summary)
+            # last: a run folder with ensemble.json is complete, and `run` averages its folds
+            write_ensemble(
+                out,
+                [f"fold_{fold}" for fold in folds],
+                {"cross_validation": {"folds": config.folds, "seed": config.seed}},
+            )
             return summary
         return results[0]
