@@ -76,7 +76,8 @@ def run_quantize_ensemble(
         for name, member, inputs in zip(names, ensemble.members, checked, strict=True):
             if on_member is not None:
                 on_member(name)
-            member_config = dataclasses.replace(config, model=member.path, out=staging / name)
+            # the member's record names where it will live; its files go to the staging folder
+            member_config = dataclasses.replace(config, model=member.path, out=config.out / name)
             (staging / name).mkdir()
             torch.manual_seed(config.seed)
             bundles.append(compress(make_context(member_config, inputs, staging / name)))

@@ -2,7 +2,8 @@
 
 :func:`load_model` reads the bundle, picks its backend (:func:`edgepanc.backends.select_predictor`),
 and records the preprocessing plan, the network's activation footprint and the process's
-resident memory once all of it is loaded. On a bundle whose chosen artifact runs in ONNX Runtime
+resident memory once all of it is loaded. An ensemble folder (:mod:`edgepanc.ensemble`) gives
+one predictor that averages its members, each run with the same variant. On a bundle whose chosen artifact runs in ONNX Runtime
 nothing here imports torch.
 """
 
