@@ -17,7 +17,7 @@ label and subtype names) and what is known about them (metrics, provenance, arti
 
 Where bundles live by default: ``$EDGEPANC_HOME/bundles``, with ``EDGEPANC_HOME`` defaulting to
 ``$XDG_CACHE_HOME/edgepanc`` and then ``~/.cache/edgepanc`` (the layout ``TORCH_HOME`` uses).
-``edgepanc run`` without ``--model`` takes the newest bundle found there.
+``edgepanc run`` without ``--model`` takes the newest bundle (or ensemble) found there.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 BUNDLE_FORMAT = "edgepanc-bundle"
 BUNDLE_VERSION = 1
 METADATA_FILE = "model.json"
+ENSEMBLE_FILE = "ensemble.json"  # an ensemble's manifest (edgepanc.ensemble)
 WEIGHTS_FILE = "weights.pt"
 BUNDLE_KINDS = ("trained", "quantized")
 DEFAULT_LABELS = {"0": "background", "1": "pancreas", "2": "lesion"}
@@ -318,7 +319,8 @@ def default_bundle_root() -> Path:
 
 
 def find_latest_bundle(root: str | Path | None = None) -> Path | None:
-    """The folder of the most recently written ``model.json`` under ``root`` (any depth).
+    """The folder of the most recently written ``model.json`` or ``ensemble.json`` under
+    ``root`` (any depth); a member of an ensemble is never taken alone.
 
     ``root`` defaults to :func:`default_bundle_root`. Returns None if nothing is found; the
     folder is not validated here: :func:`load_bundle` does that with a clear message.
@@ -326,7 +328,13 @@ def find_latest_bundle(root: str | Path | None = None) -> Path | None:
     root = Path(root) if root is not None else default_bundle_root()
     if not root.is_dir():
         return None
-    candidates = [p for p in root.rglob(METADATA_FILE) if p.is_file()]
+    manifests = [p for p in root.rglob(ENSEMBLE_FILE) if p.is_file()]
+    ensembles = {p.parent for p in manifests}
+    candidates = manifests + [
+        p
+        for p in root.rglob(METADATA_FILE)
+        if p.is_file() and not ensembles.intersection(p.parents)
+    ]
     if not candidates:
         return None
     # Ties (same mtime) are broken by path so the choice is deterministic.

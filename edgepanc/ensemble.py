@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepanc.bundle import ModelBundle, load_bundle
+from edgepanc.bundle import ENSEMBLE_FILE, ModelBundle, load_bundle
 from edgepanc.errors import BundleError
 from edgepanc.io.atomic import write_json_atomic
 
 ENSEMBLE_FORMAT = "edgepanc-ensemble"
 ENSEMBLE_VERSION = 1
-ENSEMBLE_FILE = "ensemble.json"
 
 
 @dataclass(frozen=True)

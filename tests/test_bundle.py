@@ -184,6 +184,24 @@ def test_find_latest_bundle_picks_newest_model_json(tmp_path):
     assert find_latest_bundle(tmp_path) == older
 
 
+def test_find_latest_bundle_takes_an_ensemble_whole_never_one_member(tmp_path):
+    from edgepanc.ensemble import write_ensemble
+
+    model = build_network("tiny")
+    single = write_bundle(tmp_path / "a", model, PLAN).path
+    folds = tmp_path / "cv"
+    for name in ("fold_0", "fold_1"):
+        write_bundle(folds / name, model, PLAN)
+    os.utime(single / "model.json", (1_000, 1_000))
+    assert find_latest_bundle(tmp_path) == folds / "fold_1"  # not an ensemble yet
+    manifest = write_ensemble(folds, ["fold_0", "fold_1"])
+    os.utime(manifest, (2_000, 2_000))
+    os.utime(folds / "fold_1" / "model.json", (5_000, 5_000))  # a member newer than its manifest
+    assert find_latest_bundle(tmp_path) == folds
+    os.utime(single / "model.json", (3_000, 3_000))
+    assert find_latest_bundle(tmp_path) == single
+
+
 def test_find_latest_bundle_without_bundles(tmp_path):
     assert find_latest_bundle(tmp_path) is None
     assert find_latest_bundle(tmp_path / "absent") is None
