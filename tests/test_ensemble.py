@@ -179,3 +179,20 @@ def test_a_run_of_an_ensemble_stays_in_its_budget_and_records_the_members(member
         for k in (1, 2)
     ]
     assert plan["tile_batch_bytes"] == planned[1] > planned[0]
+
+
+def test_the_python_api_segments_with_an_ensemble_as_run_does(members, tmp_path):
+    import edgepanc
+
+    scan = write_image(phantom(), tmp_path / "scans" / "ct.nii.gz")
+    model = edgepanc.load_bundle(members, backend="onnxruntime")
+    assert model.members == 2 and isinstance(model.predictor, EnsemblePredictor)
+    result = edgepanc.segment(scan, model=model)
+    out = tmp_path / "out"
+    assert (
+        run_cli("run", scan, "--model", members, "--out", out, "--backend", "onnxruntime").exit_code
+        == 0
+    )
+    report = json.loads((out / "ct.json").read_text())
+    np.testing.assert_allclose(result.probabilities, report["probabilities"], atol=1e-5)
+    assert result.lesion_volume_ml == pytest.approx(report["lesion_volume_ml"], abs=1e-3)
