@@ -2,7 +2,7 @@
 """The OpenVINO engine's own memory per input voxel, for the run's memory planner.
 
 Usage: python scripts/openvino_memory.py [--preset cpu] [--patch 32x64x64] [--batches 1 2 4]
-       [--json out.json]
+       [--members 1 2 3] [--json out.json]
 
 The network (``build_network(preset)``, fixed seed) is exported by the compression stage's
 ``export_onnx`` and quantized to an NNCF INT8 IR. Then, for each precision (fp32; bf16 where the
@@ -10,8 +10,9 @@ CPU has it natively; INT8) and tile batch, a fresh process (torch never loaded) 
 OpenVINO, reads its resident memory, compiles the model, runs one batch and reads it again: the
 difference is what the engine holds (weights, compiled kernels, intermediate buffers). Printed
 per input voxel of the batch beside the torch-measured activation footprint the planner uses
-(``activation_bytes_per_voxel`` x ``ACTIVATION_SAFETY``). Results:
-docs/measurements/openvino_quantize.md.
+(``activation_bytes_per_voxel`` x ``ACTIVATION_SAFETY``). With ``--members``, the same for an
+ensemble of that many networks (other seeds, other files) averaged by ``EnsemblePredictor``.
+Results: docs/measurements/openvino_quantize.md, docs/measurements/ensemble_cpu.md.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ CHILD = """
 import sys, numpy as np, psutil
 import openvino
 from edgepanc.backends.openvino_backend import OpenVinoPredictor
-path, precision, batch, patch = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+from edgepanc.inferers.ensemble import EnsemblePredictor
+precision, batch, patch, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 shape = (batch, 1, *map(int, patch.split("x")))
 tile = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 process = psutil.Process()
 before = process.memory_info().rss
-predictor = OpenVinoPredictor(path, precision)
+members = [OpenVinoPredictor(path, precision) for path in paths]
+predictor = members[0] if len(members) == 1 else EnsemblePredictor(members)
 compiled = process.memory_info().rss
 predictor(tile)
 after = process.memory_info().rss
@@ -51,9 +54,9 @@ print(before, compiled, after, "torch" in sys.modules)
 """
 
 
-def measure(path: Path, precision: str, batch: int, patch: str) -> dict[str, int]:
+def measure(paths: list[Path], precision: str, batch: int, patch: str) -> dict[str, int]:
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), precision, str(batch), patch],
+        [sys.executable, "-c", CHILD, precision, str(batch), patch, *map(str, paths)],
         capture_output=True,
         text=True,
         check=True,
@@ -71,47 +74,61 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--patch", default="32x64x64")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--members", type=int, nargs="+", default=[1])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     patch = tuple(int(p) for p in args.patch.split("x"))
-    torch.manual_seed(0)
-    model = build_network(args.preset).eval()
-    activation = network_activation_bytes_per_voxel(model.config, patch)
+    models = []
+    for seed in range(max(args.members)):
+        torch.manual_seed(seed)
+        models.append(build_network(args.preset).eval())
+    activation = network_activation_bytes_per_voxel(models[0].config, patch)
     precisions = ["fp32", "int8"]
     if native_bf16_problem(machine_cpu_flags()) is None:
         precisions.insert(1, "bf16")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        onnx = export_onnx(model, Path(folder) / "model.onnx", patch)
+        files: dict[str, list[Path]] = {"fp32": [], "int8": []}
         calibration = np.random.default_rng(0).standard_normal((8, 1, *patch), dtype=np.float32)
-        int8 = quantize_openvino_int8(
-            onnx, Path(folder) / "int8.xml", calibration, OpenVinoInt8Config(subset_size=8)
-        )
+        for index, model in enumerate(models):
+            onnx = export_onnx(model, Path(folder) / f"model{index}.onnx", patch)
+            files["fp32"].append(onnx)
+            files["int8"].append(
+                quantize_openvino_int8(
+                    onnx,
+                    Path(folder) / f"int8_{index}.xml",
+                    calibration,
+                    OpenVinoInt8Config(subset_size=8),
+                )
+            )
         for precision in precisions:
-            for batch in args.batches:
-                figures = measure(
-                    int8 if precision == "int8" else onnx, precision, batch, args.patch
-                )
-                voxels = batch * math.prod(patch)
-                rows.append(
-                    {
-                        "precision": precision,
-                        "batch": batch,
-                        **figures,
-                        "engine_bytes_per_voxel": figures["engine_bytes"] / voxels,
-                        "planned_bytes_per_voxel": ACTIVATION_SAFETY * activation,
-                    }
-                )
+            for members in args.members:
+                for batch in args.batches:
+                    paths = files["int8" if precision == "int8" else "fp32"][:members]
+                    figures = measure(paths, precision, batch, args.patch)
+                    voxels = batch * math.prod(patch)
+                    rows.append(
+                        {
+                            "precision": precision,
+                            "members": members,
+                            "batch": batch,
+                            **figures,
+                            "engine_bytes_per_voxel": figures["engine_bytes"] / voxels,
+                            "planned_bytes_per_voxel": ACTIVATION_SAFETY * activation,
+                        }
+                    )
     print(
         f"{args.preset} preset, patch {args.patch}; torch-measured activations {activation:.1f} B/voxel"
     )
     print(
-        "| precision | batch | compile MB | compile + 1 batch MB | engine B/voxel | planned B/voxel |"
+        "| precision | members | batch | compile MB | compile + 1 batch MB | engine B/voxel "
+        "| planned B/voxel |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(
-            f"| {row['precision']} | {row['batch']} | {row['compile_bytes'] / 1e6:.1f} | "
+            f"| {row['precision']} | {row['members']} | {row['batch']} | "
+            f"{row['compile_bytes'] / 1e6:.1f} | "
             f"{row['engine_bytes'] / 1e6:.1f} | {row['engine_bytes_per_voxel']:.1f} | "
             f"{row['planned_bytes_per_voxel']:.1f} |"
         )

@@ -52,18 +52,21 @@ def test_openvino_plans_its_engine_and_the_others_the_safety_factor():
 
 def test_measured_openvino_buffers_stay_within_the_plan(tmp_path):
     """RSS after compiling and one batch minus RSS before, in a fresh process, for every
-    precision: never more than the planner counts for that batch."""
+    precision, one model and an ensemble of two: never more than the planner counts."""
     out = tmp_path / "memory.json"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--preset", "tiny", "--patch", "16x32x32",
-         "--batches", "1", "2", "--json", str(out)],
+         "--batches", "1", "2", "--members", "1", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=600, encoding="utf-8",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     measured = json.loads(out.read_text())
     activation = measured["activation_bytes_per_voxel"]
     assert {row["precision"] for row in measured["rows"]} >= {"fp32", "int8"}
+    assert {row["members"] for row in measured["rows"]} == {1, 2}
     for row in measured["rows"]:
         inference = row["engine_bytes"] - row["compile_bytes"]
-        planned = OPENVINO_ENGINE.batch_bytes(row["batch"], 16 * 32 * 32, activation)
+        planned = OPENVINO_ENGINE.members_bytes(
+            row["members"], row["batch"], 16 * 32 * 32, activation
+        )
         assert 0 < inference <= planned, row

@@ -59,10 +59,23 @@ class EngineMemory:
     fixed_bytes: int = 0
     max_auto_batch: int = MAX_AUTO_TILE_BATCH  # the largest batch ``auto`` plans for it
     unbudgeted_batch: int = 2  # ``auto``'s batch when no memory budget is given
+    # What each member of an ensemble beyond the first holds (None: as much as the first).
+    extra_member: EngineMemory | None = None
 
     def batch_bytes(self, tile_batch: int, tile_voxels: int, activation_per_voxel: float) -> int:
         per_tile = int(self.factor * activation_per_voxel * tile_voxels)
         return per_tile * (tile_batch + self.extra_tiles) + self.fixed_bytes
+
+    def members_bytes(
+        self, members: int, tile_batch: int, tile_voxels: int, activation_per_voxel: float
+    ) -> int:
+        """:meth:`batch_bytes` for the first of ``members`` models and ``extra_member``'s for
+        each other one."""
+        first = self.batch_bytes(tile_batch, tile_voxels, activation_per_voxel)
+        other = (self.extra_member or self).batch_bytes(
+            tile_batch, tile_voxels, activation_per_voxel
+        )
+        return first + (members - 1) * other
 
 
 # Every engine but OpenVINO: the measured activations with the safety factor.
@@ -74,8 +87,18 @@ DEFAULT_ENGINE = EngineMemory(ACTIVATION_SAFETY)
 # CPUs it runs on, so auto plans at most 4.
 # Without a budget it runs one tile at a time: on the 2-core Xeon one and two tiles per call took
 # the same time end to end on the full phantom, and two held 18 MiB more at the coarse pass.
+# Each further member of an ensemble held up to 1.6x the activations per tile plus about 18 MB
+# (its compiled model and scratch), measured for the cpu preset in fp32, bf16 and INT8 with 1-3
+# members at batches 1-4 and on the full phantom (docs/measurements/ensemble_cpu.md); the bound
+# keeps a margin of about a third: 2.5x plus 24 MB.
+OPENVINO_EXTRA_MEMBER = EngineMemory(2.5, fixed_bytes=24_000_000)
 OPENVINO_ENGINE = EngineMemory(
-    3.0, extra_tiles=1, fixed_bytes=16_000_000, max_auto_batch=4, unbudgeted_batch=1
+    3.0,
+    extra_tiles=1,
+    fixed_bytes=16_000_000,
+    max_auto_batch=4,
+    unbudgeted_batch=1,
+    extra_member=OPENVINO_EXTRA_MEMBER,
 )
 ENGINES: dict[str, EngineMemory] = {"openvino": OPENVINO_ENGINE}
 
@@ -179,18 +202,18 @@ def tile_batch_bytes(
     members: int = 1,
 ) -> int:
     """One batch of tiles: the tiler's buffers plus what the ``engine`` (a predictor's name)
-    holds for the network's activations (:data:`ENGINES`, else the safety factor), once per
+    holds for the network's activations (:data:`ENGINES`, else the safety factor), for each
     member of an ensemble (each member's engine keeps its own buffers)."""
     from edgepanc.inferers.streaming import tile_batch_memory_bytes
 
     memory = ENGINES.get(engine or "", DEFAULT_ENGINE)
-    network = memory.batch_bytes(tile_batch, math.prod(patch_size), activation_per_voxel)
+    network = memory.members_bytes(members, tile_batch, math.prod(patch_size), activation_per_voxel)
     # the input batch, the logits and the softmax temporaries
     buffers = tile_batch_memory_bytes(patch_size, tile_batch, NUM_CLASSES, 0)
     if members > 1:
         # the ensemble's running sum of probabilities and one member's softmax beside it
         buffers += 2 * tile_batch * NUM_CLASSES * math.prod(patch_size) * FLOAT32
-    return buffers + network * members
+    return buffers + network
 
 
 def estimate_memory(
