@@ -3,8 +3,8 @@
 :func:`load_model` reads the bundle, picks its backend (:func:`edgepanc.backends.select_predictor`),
 and records the preprocessing plan, the network's activation footprint and the process's
 resident memory once all of it is loaded. An ensemble folder (:mod:`edgepanc.ensemble`) gives
-one predictor that averages its members, each run with the same variant. On a bundle whose chosen artifact runs in ONNX Runtime
-nothing here imports torch.
+one predictor that averages its members, each run with the same variant. On a bundle whose
+chosen artifact runs in ONNX Runtime nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -87,11 +87,7 @@ def load_model(
         )
     bundle = load_bundle(bundle_path)
     plan = PreprocessingPlan.from_dict(bundle.preprocessing)
-    activation = bundle.activation_bytes_per_voxel
-    if activation is None:
-        from edgepanc.networks.activation import network_activation_bytes_per_voxel
-
-        activation = network_activation_bytes_per_voxel(bundle.network, plan.patch_size)
+    activation = _activation_bytes_per_voxel(bundle, plan)
     predictor = select_predictor(
         bundle, backend, device, precision, allow_failed=allow_failed_variant
     )
@@ -112,11 +108,7 @@ def _load_ensemble(
 ) -> LoadedModel:
     first = ensemble.members[0]
     plan = PreprocessingPlan.from_dict(first.preprocessing)
-    activation = first.activation_bytes_per_voxel
-    if activation is None:
-        from edgepanc.networks.activation import network_activation_bytes_per_voxel
-
-        activation = network_activation_bytes_per_voxel(first.network, plan.patch_size)
+    activation = _activation_bytes_per_voxel(first, plan)
     failed = set().union(*(failed_variants(member) for member in ensemble.members))
     choice = choose_backend(
         first, backend, device, precision, allow_failed, AutoTiming(), also_failed=failed
@@ -145,6 +137,16 @@ def _load_ensemble(
         model_id=ensemble_identity(ensemble, choice.artifact),
         members=len(ensemble.members),
     )
+
+
+def _activation_bytes_per_voxel(bundle: ModelBundle, plan: PreprocessingPlan) -> float:
+    """The footprint the bundle records, or, for a bundle written before it was stored, measured
+    here (which imports torch)."""
+    if bundle.activation_bytes_per_voxel is not None:
+        return bundle.activation_bytes_per_voxel
+    from edgepanc.networks.activation import network_activation_bytes_per_voxel
+
+    return network_activation_bytes_per_voxel(bundle.network, plan.patch_size)
 
 
 def ensemble_identity(ensemble: Ensemble, artifact: str | None) -> str:
