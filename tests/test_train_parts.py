@@ -13,7 +13,9 @@ import torch
 from edgepanc.training.augmentation import (
     AugmentationConfig,
     augment_intensity,
+    random_displacement_mm,
     random_spatial_matrix,
+    simulate_low_resolution,
 )
 from edgepanc.training.config import TrainConfig
 from edgepanc.training.dataset import PreparedCase, sample_coordinates
@@ -24,6 +26,8 @@ from edgepanc.training.sampling import (
     SamplingConfig,
     balanced_case_weights,
     extract_patch,
+    lesion_diameters_mm,
+    size_balanced_case_weights,
 )
 from edgepanc.training.schedule import teacher_forcing_share, warmup_cosine_factor
 
@@ -350,3 +354,93 @@ def test_teacher_mask_jitter_is_another_experiment_but_zero_keeps_old_identities
     assert base.identity() != base.replace(teacher_mask_jitter=2).identity()
     with pytest.raises(ValueError, match="teacher_mask_jitter"):
         base.replace(teacher_mask_jitter=-1)
+
+
+def test_size_balance_draws_small_lesions_more_often_but_keeps_each_subtype_s_mass() -> None:
+    subtypes = [0, 0, 0, 1, 1]
+    diameters = [5.0, 10.0, 40.0, 8.0, float("nan")]
+    plain = size_balanced_case_weights(subtypes, diameters, 0.0)
+    np.testing.assert_allclose(plain, balanced_case_weights(subtypes))
+    weights = size_balanced_case_weights(subtypes, diameters, 1.0)
+    assert weights[:3].sum() == pytest.approx(0.5) and weights[3:].sum() == pytest.approx(0.5)
+    # within subtype 0 the draw goes as 1 / diameter: 5 mm twice 10 mm, eight times 40 mm
+    assert weights[0] / weights[1] == pytest.approx(2.0)
+    assert weights[0] / weights[2] == pytest.approx(8.0)
+    # a case without a lesion counts as its subtype's median lesion
+    assert weights[3] == pytest.approx(weights[4])
+
+
+def test_lesion_diameter_is_that_of_a_sphere_of_the_lesion_s_volume() -> None:
+    case = _case(0)
+    volume = 2 * 3 * 3 * 2.0  # 18 voxels of 2 x 1 x 1 mm
+    expected = (6 * volume / math.pi) ** (1 / 3)
+    no_lesion = _case(1, with_lesion=False)
+    diameters = lesion_diameters_mm([case, no_lesion])
+    assert diameters[0] == pytest.approx(expected) and math.isnan(diameters[1])
+
+
+def test_sampler_with_size_balance_draws_the_small_lesion_case_more_often() -> None:
+    small, large = _case(0), _case(0)
+    large.label[large.label == 2] = 1
+    large.label[5:11, 8:16, 8:16] = 2
+    sampling = SamplingConfig((8, 8, 8), 1.0, 0.0, lesion_size_exponent=2.0)
+    sampler = PatchSampler([small, large], sampling, AugmentationConfig.disabled(), seed=1)
+    assert sampler.case_weights[0] > 3 * sampler.case_weights[1]
+    even = PatchSampler([small, large], SamplingConfig((8, 8, 8), 1.0, 0.0), AugmentationConfig())
+    np.testing.assert_allclose(even.case_weights, [0.5, 0.5])
+
+
+def test_elastic_displacement_is_smooth_and_moves_the_patch_without_new_labels() -> None:
+    config = AugmentationConfig(elastic_probability=1.0, elastic_sigma_mm=3.0)
+    field = random_displacement_mm(np.random.default_rng(0), config, (16, 24, 24), (2.0, 1.0, 1.0))
+    assert field is not None and field.shape == (3, 16, 24, 24) and field.dtype == np.float32
+    assert 1.0 < float(field.std()) < 6.0
+    # neighbouring voxels move together: a 24 mm control spacing leaves no jumps between voxels
+    assert float(np.abs(np.diff(field, axis=3)).max()) < 1.0
+    case = _case(0, shape=(32, 48, 48))
+    centre = np.array([15.5, 23.5, 23.5])
+    plain_image, plain = extract_patch(case, centre, (16, 24, 24), np.eye(3))
+    image, label = extract_patch(case, centre, (16, 24, 24), np.eye(3), field)
+    assert set(np.unique(label)) <= {0, 1, 2} and not np.array_equal(image, plain_image)
+    never = AugmentationConfig()
+    assert random_displacement_mm(np.random.default_rng(0), never, (16, 24, 24), (2, 1, 1)) is None
+
+
+def test_low_resolution_simulation_blurs_fine_detail_and_keeps_the_mean() -> None:
+    patch = np.random.default_rng(2).normal(size=(16, 32, 32)).astype(np.float32)
+    config = AugmentationConfig(low_resolution_probability=1.0, low_resolution_zoom=(0.5, 0.5))
+    coarse = simulate_low_resolution(patch, np.random.default_rng(0), config)
+    assert coarse.shape == patch.shape and coarse.dtype == np.float32
+    # white noise loses most of its voxel-to-voxel variation on a grid twice as coarse
+    assert np.abs(np.diff(coarse, axis=2)).mean() < 0.6 * np.abs(np.diff(patch, axis=2)).mean()
+    assert abs(float(coarse.mean()) - float(patch.mean())) < 0.05
+    assert simulate_low_resolution(patch, np.random.default_rng(0), AugmentationConfig()) is patch
+
+
+def test_options_that_are_off_draw_nothing_so_old_runs_replay_the_same_patches() -> None:
+    cases = [_case(0), _case(1)]
+    sampling = SamplingConfig((8, 8, 8))
+    before = PatchSampler(cases, sampling, AugmentationConfig(), seed=4)
+    now = PatchSampler(cases, sampling, AugmentationConfig(), seed=4)
+    with_options = PatchSampler(
+        cases,
+        sampling,
+        AugmentationConfig(elastic_probability=1.0, low_resolution_probability=1.0),
+        seed=4,
+    )
+    for sampler in (before, now, with_options):
+        sampler.start_epoch(1)
+    first = before.sample_batch(4)["image"]
+    np.testing.assert_array_equal(first, now.sample_batch(4)["image"])
+    assert not np.array_equal(first, with_options.sample_batch(4)["image"])
+
+
+def test_sampling_and_augmentation_options_are_other_experiments_but_off_keeps_identities() -> None:
+    base = TrainConfig(data="d", out="o")
+    assert base.identity() == "f6cf5c32da60ae98"  # as before these options existed
+    for name in ("lesion_size_balance", "elastic_probability", "low_resolution_probability"):
+        assert base.replace(**{name: 0.5}).identity() != base.identity()
+    with pytest.raises(ValueError, match="lesion_size_balance"):
+        base.replace(lesion_size_balance=-1.0)
+    with pytest.raises(ValueError, match="elastic_probability"):
+        base.replace(elastic_probability=1.5)

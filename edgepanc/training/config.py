@@ -37,6 +37,9 @@ _AT_LEAST = {
     "cls_weight": 0.0,
     "lesion_fraction": 0.0,
     "pancreas_fraction": 0.0,
+    "lesion_size_balance": 0.0,
+    "elastic_probability": 0.0,
+    "low_resolution_probability": 0.0,
     "selection_share": 0.0,
     "cpu_max_temp": 20.0,
     "gpu_max_temp": 20.0,
@@ -50,6 +53,9 @@ _AT_MOST = {
     "cls_weight": 100.0,
     "lesion_fraction": 1.0,
     "pancreas_fraction": 1.0,
+    "lesion_size_balance": 3.0,
+    "elastic_probability": 1.0,
+    "low_resolution_probability": 1.0,
     "selection_share": 0.5,
     "cpu_max_temp": 120.0,
     "gpu_max_temp": 120.0,
@@ -132,8 +138,15 @@ class TrainConfig:
     selection_share: float = 0.0
     lesion_fraction: float = 0.6  # share of patches centred on a lesion voxel
     pancreas_fraction: float = 0.25  # share centred on a pancreas voxel; the rest random
+    # Cases of a subtype drawn in proportion to (lesion diameter)^-this: small lesions more often
+    # (edgepanc.training.sampling); 0: every case of a subtype alike.
+    lesion_size_balance: float = 0.0
     lesion_dice: str = "batch"  # "sample": per-patch lesion Dice (edgepanc.training.losses)
     zoom_out_probability: float = 0.15  # patches seen at half scale (the runtime's coarse pass)
+    # Share of patches elastically deformed / taken to a coarser grid and back
+    # (edgepanc.training.augmentation); 0: off.
+    elastic_probability: float = 0.0
+    low_resolution_probability: float = 0.0
     deep_supervision: bool = False
     # A trained bundle to start from: its weights, network and preprocessing plan (fine-tuning,
     # e.g. a model trained on pancreas crops continued on whole CTs). None: random weights.
@@ -239,4 +252,7 @@ class TrainConfig:
             del data["teacher_mask_jitter"]
         if data.get("selection_share") == 0.0:
             del data["selection_share"]
+        for name in ("lesion_size_balance", "elastic_probability", "low_resolution_probability"):
+            if data.get(name) == 0.0:
+                del data[name]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

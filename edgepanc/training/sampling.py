@@ -2,7 +2,9 @@
 
 Case choice: each case is drawn with probability proportional to 1 / (cases of its subtype), so
 every subtype is seen equally often (the data set is 62/106/84); the subtype loss is therefore
-unweighted.
+unweighted. With ``lesion_size_exponent`` > 0 the cases of a subtype share its mass in proportion
+to (lesion diameter)^-exponent, so small lesions, the ones the segmentation misses, are drawn
+more often without changing how often each subtype is seen.
 
 Patch centre: a share ``lesion_fraction`` (default 0.6) of patches is centred on a lesion voxel,
 ``pancreas_fraction`` (0.25) on a pancreas voxel, the rest anywhere in the volume; centres get a
@@ -25,9 +27,12 @@ from scipy import ndimage
 from edgepanc.training.augmentation import (
     AugmentationConfig,
     augment_intensity,
+    random_displacement_mm,
     random_spatial_matrix,
 )
 from edgepanc.training.dataset import PreparedCase
+
+LESION_LABEL = 2
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class SamplingConfig:
     patch_size: tuple[int, int, int]
     lesion_fraction: float = 0.6
     pancreas_fraction: float = 0.25
+    lesion_size_exponent: float = 0.0  # 0: every case of a subtype alike
 
 
 def balanced_case_weights(subtypes: Sequence[int | None]) -> np.ndarray:
@@ -43,6 +49,41 @@ def balanced_case_weights(subtypes: Sequence[int | None]) -> np.ndarray:
     counts = {k: keys.count(k) for k in set(keys)}
     weights = np.array([1.0 / counts[k] for k in keys])
     return weights / weights.sum()
+
+
+def lesion_diameters_mm(cases: Sequence[PreparedCase]) -> np.ndarray:
+    """Each case's lesion as the diameter (mm) of a sphere of its volume; NaN where none.
+
+    Example: a case with 523 lesion voxels of 1 mm^3 -> ``array([10.0])`` (to 0.1 mm).
+    """
+    diameters = []
+    for case in cases:
+        volume = np.count_nonzero(case.label == LESION_LABEL) * float(np.prod(case.spacing))
+        diameters.append((6.0 * volume / np.pi) ** (1.0 / 3.0) if volume > 0 else np.nan)
+    return np.array(diameters)
+
+
+def size_balanced_case_weights(
+    subtypes: Sequence[int | None], diameters_mm: Sequence[float], exponent: float
+) -> np.ndarray:
+    """:func:`balanced_case_weights`, with each subtype's mass shared among its cases in
+    proportion to ``diameter ** -exponent`` (cases without a lesion count as the subtype's median).
+
+    Example: one subtype, lesions of 5 and 20 mm, ``exponent=1`` -> ``array([0.8, 0.2])``.
+    """
+    weights = balanced_case_weights(subtypes)
+    if exponent <= 0:
+        return weights
+    keys = np.array([-1 if s is None else int(s) for s in subtypes])
+    diameters = np.asarray(diameters_mm, dtype=np.float64)
+    for key in np.unique(keys):
+        members = keys == key
+        size = diameters[members]
+        known = np.isfinite(size)
+        fill = float(np.median(size[known])) if known.any() else 1.0
+        share = np.where(known, size, fill) ** -exponent
+        weights[members] = weights[members].sum() * share / share.sum()
+    return weights
 
 
 def choose_centre(
@@ -71,23 +112,31 @@ def patch_coordinates(
     patch_size: Sequence[int],
     spacing: Sequence[float],
     matrix: np.ndarray,
+    displacement_mm: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Voxel coordinates [3, D, H, W] of a patch whose mm offsets are mapped by ``matrix``."""
+    """Voxel coordinates [3, D, H, W] of a patch whose mm offsets are mapped by ``matrix``, then
+    moved by ``displacement_mm`` ([3, D, H, W], volume axes) where given."""
     spacing_arr = np.asarray(spacing, dtype=np.float64)
     axes = [np.arange(n, dtype=np.float64) - (n - 1) / 2.0 for n in patch_size]
     grid = np.stack(np.meshgrid(*axes, indexing="ij")).reshape(3, -1)
     offsets_mm = matrix @ (grid * spacing_arr[:, None])
+    if displacement_mm is not None:
+        offsets_mm += displacement_mm.reshape(3, -1)
     coords = offsets_mm / spacing_arr[:, None] + centre[:, None]
     return coords.reshape(3, *patch_size)
 
 
 def extract_patch(
-    case: PreparedCase, centre: np.ndarray, patch_size: Sequence[int], matrix: np.ndarray
+    case: PreparedCase,
+    centre: np.ndarray,
+    patch_size: Sequence[int],
+    matrix: np.ndarray,
+    displacement_mm: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image (linear) and label (nearest) patches; outside the volume: background."""
-    if np.allclose(matrix, np.eye(3)):
+    if displacement_mm is None and np.allclose(matrix, np.eye(3)):
         return _crop(case, centre, patch_size)
-    coords = patch_coordinates(centre, patch_size, case.spacing, matrix)
+    coords = patch_coordinates(centre, patch_size, case.spacing, matrix, displacement_mm)
     image = ndimage.map_coordinates(
         case.image, coords, order=1, mode="constant", cval=case.background, prefilter=False
     ).astype(np.float32, copy=False)
@@ -142,7 +191,11 @@ class PatchSampler:
         # subtype head's attenuation statistics can then be computed on calibrated HU while the
         # segmentation still learns from augmented intensities (TrainConfig.head_statistics).
         self.keep_clean_image = keep_clean_image
-        self.case_weights = balanced_case_weights([c.subtype for c in self.cases])
+        self.case_weights = size_balanced_case_weights(
+            [c.subtype for c in self.cases],
+            lesion_diameters_mm(self.cases),
+            sampling.lesion_size_exponent,
+        )
         self.rng = np.random.default_rng([seed, 0, rank])
 
     def start_epoch(self, epoch: int, worker: int = 0) -> None:
@@ -154,7 +207,10 @@ class PatchSampler:
         case = self.cases[int(self.rng.choice(len(self.cases), p=self.case_weights))]
         centre = choose_centre(case, self.rng, self.sampling)
         matrix = random_spatial_matrix(self.rng, self.augmentation)
-        clean, label = extract_patch(case, centre, self.sampling.patch_size, matrix)
+        displacement = random_displacement_mm(
+            self.rng, self.augmentation, self.sampling.patch_size, case.spacing
+        )
+        clean, label = extract_patch(case, centre, self.sampling.patch_size, matrix, displacement)
         image = augment_intensity(clean, self.rng, self.augmentation)
         return image, label, -100 if case.subtype is None else int(case.subtype), clean
 

@@ -101,8 +101,18 @@ class StepRunner:
         )
         self.sampler = PatchSampler(
             train_cases,
-            SamplingConfig(config.patch_size, config.lesion_fraction, config.pancreas_fraction),
-            augmentation or AugmentationConfig(zoom_out_probability=config.zoom_out_probability),
+            SamplingConfig(
+                config.patch_size,
+                config.lesion_fraction,
+                config.pancreas_fraction,
+                config.lesion_size_balance,
+            ),
+            augmentation
+            or AugmentationConfig(
+                zoom_out_probability=config.zoom_out_probability,
+                elastic_probability=config.elastic_probability,
+                low_resolution_probability=config.low_resolution_probability,
+            ),
             seed=config.seed,
             rank=self.context.rank,
             keep_clean_image=config.head_statistics == "clean",
