@@ -72,6 +72,7 @@ def test_the_cpu_recipes_are_the_documented_commands() -> None:
     assert (bf16.amp, bf16.epochs, bf16.val_every, bf16.head_refit) == (True, 128, 64, True)
     assert bf16.target_spacing == (2.0, 1.2, 1.2) and bf16.head_statistics == "clean"
     assert (bf16.lesion_fraction, bf16.pancreas_fraction, bf16.teacher_forcing_end) == (0.7, 0.2, 0)
+    assert bf16.lesion_size_balance == 1.0
     fp32 = resolve_train_config("d", "r", {}, recipe="cpu-fp32")
     assert (fp32.amp, fp32.epochs, fp32.val_every, fp32.head_refit) == (False, 88, 44, False)
     gpu = resolve_train_config("d", "r", {}, recipe="gpu")
