@@ -31,8 +31,7 @@ from edgepanc.training.augmentation import (
     random_spatial_matrix,
 )
 from edgepanc.training.dataset import PreparedCase
-
-LESION_LABEL = 2
+from edgepanc.training.losses import LESION_LABEL
 
 
 @dataclass(frozen=True)
