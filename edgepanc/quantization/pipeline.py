@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from edgepanc.blas import blas_on_one_thread
 from edgepanc.bundle import ModelBundle
 from edgepanc.ensemble import read_ensemble, write_ensemble
 from edgepanc.quantization.config import QuantizeConfig
@@ -47,7 +48,7 @@ ALL_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 def run_quantize(config: QuantizeConfig) -> ModelBundle:
     """Build the quantized bundle at ``config.out``; nothing is left there if anything fails."""
     inputs = check_inputs(config)
-    with _staged(config.out) as staging:
+    with _staged(config.out) as staging, blas_on_one_thread():
         torch.manual_seed(config.seed)
         bundle = compress(make_context(config, inputs, staging))
     bundle.path = config.out
@@ -72,7 +73,7 @@ def run_quantize_ensemble(
         for name, member in zip(names, ensemble.members, strict=True)
     ]
     bundles = []
-    with _staged(config.out) as staging:
+    with _staged(config.out) as staging, blas_on_one_thread():
         for name, member, inputs in zip(names, ensemble.members, checked, strict=True):
             if on_member is not None:
                 on_member(name)

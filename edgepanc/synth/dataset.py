@@ -22,6 +22,7 @@ from pathlib import Path
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from edgepanc.blas import blas_on_one_thread
 from edgepanc.errors import InputError
 from edgepanc.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from edgepanc.synth.marker import mark_phantom
@@ -165,12 +166,8 @@ def _generate_and_write(root: Path, case: PlannedCase, layout: str) -> dict:
 
 def _single_threaded_worker() -> None:
     """Cases already run one per process: BLAS threads (the noise fields' matrix products) would
-    only compete for the same cores. threadpoolctl is optional; without it BLAS keeps its threads.
-    """
-    with contextlib.suppress(ImportError):
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
+    only compete for the same cores."""
+    blas_on_one_thread()
 
 
 def _generate_all(root: Path, plan: list[PlannedCase], config: SynthConfig) -> list[dict]:

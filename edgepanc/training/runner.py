@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgepanc.blas import blas_on_one_thread
 from edgepanc.ensemble import write_ensemble
 from edgepanc.errors import InputError
 from edgepanc.io.atomic import write_json_atomic
@@ -384,6 +385,7 @@ def run_training(
     if budget is None and config.time_budget is not None:
         budget = TimeBudget(config.time_budget)
     run_log = RunLog() if context.is_main else None
+    blas = blas_on_one_thread()
     try:
         if config.recipe is not None:
             log.info("recipe %s (%s)", config.recipe, config.recipe_reason)
@@ -420,6 +422,7 @@ def run_training(
         finally:
             shutdown_distributed()
     finally:
+        blas.restore_original_limits()
         if run_log is not None:
             run_log.close()
 
