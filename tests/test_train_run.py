@@ -17,7 +17,7 @@ from edgepanc.thermal import ScriptedSource, ThermalGuard, ThermalLimits, Therma
 from edgepanc.training.config import TrainConfig
 from edgepanc.training.runner import run_training
 
-from train_support import write_tiny_dataset
+from train_support import blas_threads, write_tiny_dataset
 
 METRIC_KEYS = ("whole_dsc", "lesion_dsc", "macro_f1", "accuracy", "confusion", "combined_score")
 
@@ -350,12 +350,6 @@ def test_score_bundle_script_reproduces_the_runs_last_validation(
     assert not (tmp_path / "x.json").exists()
 
 
-def _blas_threads() -> list[int]:
-    from threadpoolctl import threadpool_info
-
-    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
-
-
 def test_training_steps_run_with_numpy_blas_on_one_thread(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -368,13 +362,13 @@ def test_training_steps_run_with_numpy_blas_on_one_thread(
     real_step = StepRunner.train_step
 
     def recording_step(self: StepRunner, *args: object, **kwargs: object) -> object:
-        seen.append(_blas_threads())
+        seen.append(blas_threads())
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(StepRunner, "train_step", recording_step)
     with threadpool_limits(limits=2, user_api="blas"):
-        before = _blas_threads()
+        before = blas_threads()
         assert before and all(n == 2 for n in before)  # numpy's BLAS is controllable here
         run_training(tiny_config(tiny_data, tmp_path / "run", threads=1), guard=ThermalGuard([]))
-        assert _blas_threads() == before  # the caller's limits come back
+        assert blas_threads() == before  # the caller's limits come back
     assert len(seen) == 2 and all(threads == [1] * len(before) for threads in seen)

@@ -93,3 +93,10 @@ def train_tiny_bundle(root: Path, patch: tuple[int, int, int]) -> tuple[Path, Pa
     )
     run_training(config)
     return data, root / "run"
+
+
+def blas_threads() -> list[int]:
+    """Threads of every loaded BLAS library (numpy's OpenBLAS here)."""
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
