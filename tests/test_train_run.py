@@ -372,3 +372,36 @@ def test_training_steps_run_with_numpy_blas_on_one_thread(
         run_training(tiny_config(tiny_data, tmp_path / "run", threads=1), guard=ThermalGuard([]))
         assert blas_threads() == before  # the caller's limits come back
     assert len(seen) == 2 and all(threads == [1] * len(before) for threads in seen)
+
+
+@pytest.mark.parametrize(("amp", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_validation_runs_at_the_precision_the_run_trains_with(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amp: bool, expected: str
+) -> None:
+    # Validating in fp32 after bf16 training cost a CPU run twice the time per validation.
+    from edgepanc.backends.torch_backend import TorchPredictor
+
+    precisions: list[str] = []
+    real_init = TorchPredictor.__init__
+
+    def recording_init(self: TorchPredictor, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)
+        precisions.append(self.precision)
+
+    monkeypatch.setattr(TorchPredictor, "__init__", recording_init)
+    config = tiny_config(tiny_data, tmp_path / "run", device="cpu", amp=amp, head_refit=False)
+    run_training(config, guard=ThermalGuard([]))
+    assert len(precisions) == 3  # the three validation cases, once each
+    assert set(precisions) == {expected}
+    record = read_records(tmp_path / "run")[-1]
+    assert 0.0 <= record["whole_dsc"] <= 1.0 and math.isfinite(record["combined_score"])
+
+
+def test_validation_precision_follows_the_autocast_dtype() -> None:
+    from edgepanc.training.validation import validation_precision
+
+    assert validation_precision(None) == "fp32"
+    assert validation_precision(torch.bfloat16) == "bf16"
+    assert validation_precision(torch.float16) == "fp16"
+    with pytest.raises(ValueError, match="no validation precision"):
+        validation_precision(torch.float64)

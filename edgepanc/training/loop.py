@@ -40,7 +40,11 @@ from edgepanc.training.selection import selection_metrics, who_chose
 from edgepanc.training.steps import StepRunner
 from edgepanc.training.time_budget import TimeBudget
 from edgepanc.training.train_state import TrainState
-from edgepanc.training.validation import summarize_results, validate_cases
+from edgepanc.training.validation import (
+    summarize_results,
+    validate_cases,
+    validation_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +203,7 @@ class Trainer:
             self.config.patch_size,
             self.device.type,
             self.config.val_step_fraction,
+            validation_precision(self.amp_dtype),
         )
         return summarize_results(gather_lists(local, self.context))
 

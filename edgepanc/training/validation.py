@@ -1,8 +1,8 @@
 """Validation exactly as ``edgepanc run`` + ``edgepanc evaluate`` would score the model.
 
 Each whole validation volume (preprocessed once, kept in memory) goes through the runtime's
-sliding-window inference with a :class:`~edgepanc.backends.torch_backend.TorchPredictor` (fp32),
-then through the runtime's own finishing step on the preprocessed grid
+sliding-window inference with a :class:`~edgepanc.backends.torch_backend.TorchPredictor` (fp32,
+or the autocast precision the run trains with: :func:`validation_precision`), then through the runtime's own finishing step on the preprocessed grid
 (:func:`~edgepanc.postprocessing.finish_prediction`: post-processing, the soft maps under the kept
 masks, the subtype weighted by the lesion it kept), and the label map is mapped back onto the
 ORIGINAL image grid with ``restore_label`` (interpolating the network's soft maps, as the
@@ -44,6 +44,20 @@ class CaseResult:
 VALIDATION_TILE_BATCH = 2
 
 
+def validation_precision(amp_dtype: torch.dtype | None) -> str:
+    """The :class:`~edgepanc.backends.torch_backend.TorchPredictor` precision that validates a
+    run trained under ``amp_dtype`` autocast: the same one, so that validating costs what a
+    training step does per voxel (bf16 on a CPU with AMX about halves it) and the weights are
+    scored at the precision ``edgepanc run`` picks there (OpenVINO bf16); fp32 without autocast.
+
+    Example: ``validation_precision(torch.bfloat16)`` -> ``"bf16"``.
+    """
+    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    if amp_dtype not in names:
+        raise ValueError(f"no validation precision for autocast dtype {amp_dtype}")
+    return names[amp_dtype]
+
+
 def predict_case(
     model: torch.nn.Module,
     case: PreparedCase,
@@ -51,14 +65,16 @@ def predict_case(
     device: str,
     step_fraction: float = 0.5,
     postprocess: bool = True,
+    precision: str = "fp32",
 ) -> FinishedPrediction:
-    """:func:`predict_with` through an fp32 PyTorch predictor of ``model``.
+    """:func:`predict_with` through a PyTorch predictor of ``model`` (``precision``: ``"fp32"``,
+    or ``"bf16"`` / ``"fp16"`` autocast).
 
     Example: ``predict_case(model, case, (64, 96, 96), "cpu").labels.shape == case.image.shape``.
     """
     from edgepanc.backends.torch_backend import TorchPredictor
 
-    predictor = TorchPredictor(model, device=device, precision="fp32")
+    predictor = TorchPredictor(model, device=device, precision=precision)
     return predict_with(predictor, case.image, case.spacing, patch_size, step_fraction, postprocess)
 
 
@@ -120,8 +136,10 @@ def validate_cases(
     patch_size: Sequence[int],
     device: str,
     step_fraction: float = 0.5,
+    precision: str = "fp32",
 ) -> list[CaseResult]:
-    """Validate ``cases`` (this rank's share) with ``model`` in eval mode.
+    """Validate ``cases`` (this rank's share) with ``model`` in eval mode, at ``precision``
+    (see :func:`validation_precision`).
 
     Example: ``validate_cases(model, val_cases, (64, 96, 96), "cpu")[0].predicted_subtype``.
     """
@@ -130,7 +148,9 @@ def validate_cases(
     try:
         results = []
         for case in cases:
-            prediction = predict_case(model, case, patch_size, device, step_fraction)
+            prediction = predict_case(
+                model, case, patch_size, device, step_fraction, precision=precision
+            )
             results.append(score_case(case, prediction))
         return results
     finally:
