@@ -35,7 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(args.run)
-    model = bundle.load_network()
+    # Channels-last, as the training loop holds the network on a CPU (steps.py).
+    model = bundle.load_network().to(memory_format=torch.channels_last_3d)
     cases = [c for c in labelled_cases(args.data) if c.split == "validation"]
     prepared = prepare_cases(cases, bundle.plan, "preprocessing")
     print(f"{len(prepared)} validation cases, {torch.get_num_threads()} torch threads")
