@@ -1,6 +1,7 @@
 """Validation of a trained run at fp32 against the autocast precision it trained with.
 
-    python scripts/validation_precision.py RUN DATA [--rounds 2] [--threads 2]
+    python scripts/validation_precision.py RUN DATA [--precision bf16|fp16] [--rounds 2]
+        [--threads 2]
 
 Loads RUN's weights (``weights.pt``, the bundle's network) and plan, prepares DATA's validation
 cases with that plan, and validates them as ``edgepanc train`` does

@@ -4,8 +4,9 @@ Precision: fp16 autocast with ``torch.amp.GradScaler("cuda")`` on CUDA; on CPU, 
 ``--amp`` on CPU switches on bf16 autocast, which halves the step on a CPU with native bf16 and is
 an order of magnitude slower on one without, hence fp32 as the CPU default (timings in
 docs/measurements/cpu_recipe.md). Validation runs at the same precision
-(:func:`~edgepanc.training.validation.validation_precision`). Optimiser: AdamW with linear warm-up then cosine decay per step,
-gradient norm clipped at ``config.grad_clip`` (the steps: :mod:`edgepanc.training.steps`). The
+(:func:`~edgepanc.training.validation.validation_precision`). Optimiser: AdamW with linear
+warm-up then cosine decay per step, gradient norm clipped at ``config.grad_clip`` (the steps:
+:mod:`edgepanc.training.steps`). The
 best checkpoint is chosen by :func:`edgepanc.metrics.combined_score` of the validation metrics
 (of the held-out selection cases', :mod:`~edgepanc.training.selection`, when the run has them);
 ``patience`` validations without improvement stop the run early.

@@ -2,7 +2,8 @@
 
 Each whole validation volume (preprocessed once, kept in memory) goes through the runtime's
 sliding-window inference with a :class:`~edgepanc.backends.torch_backend.TorchPredictor` (fp32,
-or the autocast precision the run trains with: :func:`validation_precision`), then through the runtime's own finishing step on the preprocessed grid
+or the autocast precision the run trains with: :func:`validation_precision`), then through the
+runtime's own finishing step on the preprocessed grid
 (:func:`~edgepanc.postprocessing.finish_prediction`: post-processing, the soft maps under the kept
 masks, the subtype weighted by the lesion it kept), and the label map is mapped back onto the
 ORIGINAL image grid with ``restore_label`` (interpolating the network's soft maps, as the
