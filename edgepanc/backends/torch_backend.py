@@ -9,7 +9,8 @@ from torch import nn
 from edgepanc.backends.base import check_batch
 from edgepanc.backends.devices import torch_device
 
-_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+# Precision name -> torch.amp.autocast dtype (None: plain fp32); validation maps back through it.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
@@ -34,15 +35,15 @@ class TorchPredictor:
         precision: str = "fp32",
         artifact: str | None = None,
     ) -> None:
-        if precision not in _AUTOCAST_DTYPES:
+        if precision not in AUTOCAST_DTYPES:
             raise ValueError(
-                f"torch precision must be one of {sorted(_AUTOCAST_DTYPES)}, got {precision!r}"
+                f"torch precision must be one of {sorted(AUTOCAST_DTYPES)}, got {precision!r}"
             )
         self.device = torch_device(device)
         self.precision = precision
         self.artifact = artifact
         self.model = model.to(self.device)
-        self._autocast_dtype = _AUTOCAST_DTYPES[precision]
+        self._autocast_dtype = AUTOCAST_DTYPES[precision]
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inputs = torch.from_numpy(check_batch(batch)).to(self.device, non_blocking=True)
@@ -71,4 +72,4 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
 
 
-__all__ = ["TorchPredictor"]
+__all__ = ["AUTOCAST_DTYPES", "TorchPredictor"]

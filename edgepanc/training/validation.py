@@ -53,10 +53,12 @@ def validation_precision(amp_dtype: torch.dtype | None) -> str:
 
     Example: ``validation_precision(torch.bfloat16)`` -> ``"bf16"``.
     """
-    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    if amp_dtype not in names:
-        raise ValueError(f"no validation precision for autocast dtype {amp_dtype}")
-    return names[amp_dtype]
+    from edgepanc.backends.torch_backend import AUTOCAST_DTYPES
+
+    for name, dtype in AUTOCAST_DTYPES.items():
+        if dtype == amp_dtype:
+            return name
+    raise ValueError(f"no validation precision for autocast dtype {amp_dtype}")
 
 
 def predict_case(
