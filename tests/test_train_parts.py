@@ -97,6 +97,39 @@ def test_sample_lesion_dice_weighs_a_missed_small_lesion_like_a_large_one() -> N
         soft_dice_loss(logits, target, lesion_dice="mean")
 
 
+def test_lesion_recall_weight_is_a_tversky_index_that_weighs_misses_over_false_voxels() -> None:
+    # Lesion and background only, so the pancreas term is 1 and the whole term is the lesion's
+    # plain Dice; the lesion term is TP / (TP + (1 - b) FP + b FN).
+    target = torch.zeros(2, 4, 6, 6, dtype=torch.long)
+    target[:, 1:3, 1:5, 1:5] = 2  # 32 lesion voxels per patch
+    missed = target.clone()
+    missed[:, 1, 1:5, 1:5] = 0  # half the lesion missed: TP 16, FN 16
+    grown = target.clone()
+    grown[:, 3, 1:5, 1:5] = 2  # all found plus 16 false voxels: TP 32, FP 16
+
+    def expected(tp: int, fp: int, fn: int, beta: float) -> float:
+        tversky = tp / (tp + (1 - beta) * fp + beta * fn)
+        return 1 - (1 + tversky + 2 * tp / (2 * tp + fp + fn)) / 3
+
+    for prediction, (tp, fp, fn) in ((missed, (16, 0, 16)), (grown, (32, 16, 0))):
+        logits = _one_hot_logits(prediction)
+        for beta in (0.3, 0.5, 0.7):
+            for mode in ("batch", "sample"):
+                loss = soft_dice_loss(logits, target, lesion_dice=mode, lesion_recall_weight=beta)
+                assert float(loss) == pytest.approx(expected(tp, fp, fn, beta), abs=1e-4)
+    # beta 0.5 is the Dice term to the last bit; above it a miss costs more than a false voxel.
+    noisy = torch.randn(2, 3, 4, 6, 6)
+    assert torch.equal(
+        soft_dice_loss(noisy, target, lesion_recall_weight=0.5), soft_dice_loss(noisy, target)
+    )
+    miss, grow = _one_hot_logits(missed), _one_hot_logits(grown)
+    assert soft_dice_loss(miss, target, lesion_recall_weight=0.7) > soft_dice_loss(miss, target)
+    assert soft_dice_loss(grow, target, lesion_recall_weight=0.7) < soft_dice_loss(grow, target)
+    for beta in (0.0, 1.0):
+        with pytest.raises(ValueError, match="lesion_recall_weight"):
+            soft_dice_loss(noisy, target, lesion_recall_weight=beta)
+
+
 def test_subtype_loss_counts_only_patches_with_lesion() -> None:
     seg = torch.zeros(2, 3, 4, 4, 4, requires_grad=True)
     cls = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 5.0]], requires_grad=True)
@@ -280,6 +313,15 @@ def test_sample_lesion_dice_is_another_experiment_but_batch_keeps_old_identities
     assert base.identity() != base.replace(lesion_dice="sample").identity()
     with pytest.raises(ValueError, match="lesion_dice"):
         base.replace(lesion_dice="mean")
+
+
+def test_lesion_recall_weight_is_another_experiment_but_dice_keeps_old_identities() -> None:
+    base = TrainConfig(data="d", out="o")
+    assert base.identity() == "f6cf5c32da60ae98"  # as before lesion_recall_weight existed
+    assert base.identity() != base.replace(lesion_recall_weight=0.7).identity()
+    for beta in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="lesion_recall_weight"):
+            base.replace(lesion_recall_weight=beta)
 
 
 def test_sampler_hands_out_the_patch_before_intensity_augmentation_on_request() -> None:

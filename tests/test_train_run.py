@@ -187,6 +187,7 @@ def test_invalid_data_set_stops_before_training(tmp_path: Path) -> None:
         ("--set", "cls_weight=-1", "cls_weight"),
         ("--fold", "3", "--fold"),
         ("--set", "lesion_dice=mean", "lesion_dice"),
+        ("--set", "lesion_recall_weight=1", "lesion_recall_weight"),
         ("--set", "teacher_forcing_end=1.5", "teacher_forcing_end"),
         ("--set", "head_statistics=raw", "head_statistics"),
         ("--set", "teacher_mask_jitter=9", "teacher_mask_jitter"),
@@ -290,6 +291,19 @@ def test_lesion_dice_option_reaches_the_loss(tiny_data: Path, tmp_path: Path) ->
         seg_losses[mode] = read_records(run)[0]["seg_loss"]
     # Same seed, same batches: only the lesion term of the Dice differs.
     assert seg_losses["batch"] != pytest.approx(seg_losses["sample"], rel=1e-6)
+
+
+def test_lesion_recall_weight_reaches_the_loss(tiny_data: Path, tmp_path: Path) -> None:
+    seg_losses = {}
+    for beta in (0.5, 0.8):
+        run = tmp_path / str(beta)
+        cli_train_tiny(
+            tiny_data, run, "--set", "steps_per_epoch=2", "--set", f"lesion_recall_weight={beta}"
+        )
+        assert json.loads((run / "config.json").read_text())["lesion_recall_weight"] == beta
+        seg_losses[beta] = read_records(run)[0]["seg_loss"]
+    # Same seed, same batches: only the lesion term's weighting of misses differs.
+    assert seg_losses[0.5] != pytest.approx(seg_losses[0.8], rel=1e-6)
 
 
 def test_clean_head_statistics_change_only_the_subtype_loss(

@@ -142,6 +142,9 @@ class TrainConfig:
     # (edgepanc.training.sampling); 0: every case of a subtype alike.
     lesion_size_balance: float = 0.0
     lesion_dice: str = "batch"  # "sample": per-patch lesion Dice (edgepanc.training.losses)
+    # Tversky beta of the lesion term: the weight of missed lesion voxels against false ones
+    # (1 - beta); above 0.5 favours recall. 0.5: the Dice term (edgepanc.training.losses).
+    lesion_recall_weight: float = 0.5
     zoom_out_probability: float = 0.15  # patches seen at half scale (the runtime's coarse pass)
     # Share of patches elastically deformed / taken to a coarser grid and back
     # (edgepanc.training.augmentation); 0: off.
@@ -208,6 +211,10 @@ class TrainConfig:
             raise ValueError(f"patch_size must be three positive sizes, got {self.patch_size}")
         if self.lesion_dice not in LESION_DICE_MODES:
             raise ValueError(f"lesion_dice must be one of {LESION_DICE_MODES}")
+        if not 0.0 < self.lesion_recall_weight < 1.0:
+            raise ValueError(
+                f"lesion_recall_weight must be in (0, 1), got {self.lesion_recall_weight}"
+            )
         if self.head_statistics not in HEAD_STATISTICS_MODES:
             raise ValueError(f"head_statistics must be one of {HEAD_STATISTICS_MODES}")
         for name in ("teacher_forcing", "teacher_forcing_end"):
@@ -244,6 +251,8 @@ class TrainConfig:
             del data["workers"]
         if data.get("lesion_dice") == "batch":
             del data["lesion_dice"]
+        if data.get("lesion_recall_weight") == 0.5:
+            del data["lesion_recall_weight"]
         if data.get("teacher_forcing_end") is None:
             data.pop("teacher_forcing_end", None)
         if data.get("head_statistics") == "augmented":

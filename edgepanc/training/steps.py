@@ -152,7 +152,13 @@ class StepRunner:
                 image, reference=self.reference(label, state.step), statistics_image=clean
             )
         total, seg, cls = multitask_loss(
-            seg_output, cls_logits, label, subtype, self.loss_weights, self.config.lesion_dice
+            seg_output,
+            cls_logits,
+            label,
+            subtype,
+            self.loss_weights,
+            self.config.lesion_dice,
+            self.config.lesion_recall_weight,
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()

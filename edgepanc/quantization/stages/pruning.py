@@ -60,10 +60,14 @@ def taylor_batches(data: PreparedData) -> list[tuple[torch.Tensor, ...]]:
 def training_loss(ctx: QuantizeContext) -> Callable[..., torch.Tensor]:
     """The loss the model was trained with: Taylor importance is its first-order change."""
     lesion_dice = ctx.training.get("lesion_dice", "batch")
+    recall_weight = ctx.training.get("lesion_recall_weight", 0.5)
 
     def loss(
         outputs: tuple[torch.Tensor, torch.Tensor], label: torch.Tensor, subtype: torch.Tensor
     ) -> torch.Tensor:
-        return multitask_loss(outputs[0], outputs[1], label, subtype, LossWeights(), lesion_dice)[0]
+        weights = LossWeights()
+        return multitask_loss(
+            outputs[0], outputs[1], label, subtype, weights, lesion_dice, recall_weight
+        )[0]
 
     return loss
