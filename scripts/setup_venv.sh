@@ -2,6 +2,15 @@
 # Sourced by demo.sh and test.sh: a virtual environment in .venv with edgepanc and its dev extras.
 # Reuses .venv when it exists; pip skips what is already installed.
 PY=${PYTHON:-python3}
+# A full disk otherwise surfaces as an opaque ensurepip or pip failure half-way through the set-up.
+need_gb=1
+[ -x .venv/bin/python ] || need_gb=3
+free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt $((need_gb * 1024 * 1024)) ]; then
+  echo "set-up: $PWD: only $((free_kb / 1024)) MiB free on its disk; the virtual environment" \
+    "(torch, OpenVINO, ONNX Runtime) and the tests need about $need_gb GiB" >&2
+  exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

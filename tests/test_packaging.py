@@ -8,6 +8,8 @@ ONNX bundle, and the commands that need an extra stop with one line naming it, e
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,7 +107,9 @@ def test_a_bundle_with_torch_weights_only_names_the_train_extra(tmp_path):
 
 def test_the_library_declares_torch_as_a_range_in_an_extra():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert not any(d.split(">")[0].split("=")[0].strip() == "torch" for d in project["dependencies"])
+    assert not any(
+        d.split(">")[0].split("=")[0].strip() == "torch" for d in project["dependencies"]
+    )
     extras = project["optional-dependencies"]
     assert extras["train"] == ["torch>=2.5", "scikit-learn>=1.4"]
     assert "edgepanc[train]" in extras["quant"] and "edgepanc[quant]" in extras["dev"]
@@ -113,3 +117,42 @@ def test_the_library_declares_torch_as_a_range_in_an_extra():
     # the exact CPU build first, then the package: pip then keeps it instead of fetching another
     assert setup.index('"torch==2.13.0"') < setup.index('-e ".[dev]"')
     assert "Apache License" in (ROOT / "LICENSE").read_text()
+
+
+@pytest.mark.parametrize(
+    ("has_venv", "free_mib", "refused"), [(False, 2048, True), (True, 2048, False)]
+)
+def test_setup_refuses_a_disk_too_full_for_the_environment_in_one_line(
+    tmp_path: Path, has_venv: bool, free_mib: int, refused: bool
+) -> None:
+    # A full disk broke a fresh clone's set-up with an opaque ensurepip error; now it is named.
+    # `df` is scripted to report the free space; `python` stands in for a venv that exists.
+    work = tmp_path / "clone"
+    (work / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "setup_venv.sh", work / "scripts")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    df = tools / "df"
+    df.write_text(f"#!/bin/sh\necho header\necho 'disk 100 0 {free_mib * 1024} 99% /'\n")
+    df.chmod(0o755)
+    if has_venv:
+        python = work / ".venv" / "bin" / "python"
+        python.parent.mkdir(parents=True)
+        python.write_text("#!/bin/sh\nexit 0\n")
+        python.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", "-c", "source scripts/setup_venv.sh && echo set-up-done"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if refused:
+        assert result.returncode == 1
+        assert result.stderr.strip().count("\n") == 0
+        assert f"{work}: only 2048 MiB free" in result.stderr and "about 3 GiB" in result.stderr
+        assert not (work / ".venv").exists()
+    else:
+        assert result.returncode == 0 and "set-up-done" in result.stdout
