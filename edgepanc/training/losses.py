@@ -12,8 +12,8 @@ then lost with them. Patches without lesion still learn its absence from the cro
 
 ``lesion_recall_weight`` makes the lesion term a Tversky index (Salehi et al., 2017): missed
 lesion voxels weigh ``beta`` and false ones ``1 - beta``, so ``beta > 0.5`` trades precision for
-recall. 0.5 is the Dice term exactly. It is there for lesions whose edge looks like the gland
-around it (a rim of pancreas-like attenuation), which a plain Dice leaves to the pancreas.
+recall. 0.5 is the Dice term exactly. No recipe sets it: on the phantoms 0.7 added false-positive
+lesions and not the subtype-2 rims it was tried for (docs/measurements/tversky_and_rims.md).
 
 The subtype is a case-level label about the lesion, so its cross-entropy is averaged only over
 patches that contain lesion voxels: a patch of plain pancreas carries no subtype evidence, and
