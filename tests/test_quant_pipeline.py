@@ -297,8 +297,17 @@ def test_an_ensemble_is_quantized_member_by_member_into_a_new_ensemble(
     ensemble = read_ensemble(out)
     assert [m.path.name for m in ensemble.members] == ["fold_0", "fold_1"]
     for member in ensemble.members:
-        assert member.kind == "quantized" and member.default_artifact == "onnx_fp32"
-        assert (member.path / "quantization.md").is_file()
+        assert member.kind == "quantized" and (member.path / "quantization.md").is_file()
+        # Each member chose its own default: the fastest of its variants within the tolerance
+        # (which one that is depends on the timing of this run, so the rule is what is checked).
+        artifacts = json.loads((member.path / "model.json").read_text())["artifacts"]
+        assert {"torch_fp32", "onnx_fp32"} <= set(artifacts)
+        eligible = {
+            name: a["latency_ms"]
+            for name, a in artifacts.items()
+            if a["within_tolerance"] and a["latency_ms"] is not None
+        }
+        assert member.default_artifact == min(eligible, key=eligible.__getitem__)
     assert ensemble.provenance["quantized_from"] == str(folds)
     assert fingerprint(folds) == before
     # a member that cannot be quantized is found before any work; nothing is left behind
