@@ -159,7 +159,9 @@ def segment(
     backoff = ThermalBackoff(ThermalGuard.discover(limits), BatchPolicy(memory_plan.tile_batch))
     result, _, _ = segment_case(scan, loaded, config, backoff, timer, notes, name)
     with timer("postprocess"):
-        finished = finish_prediction(result, loaded.target_spacing, config.postprocess)
+        finished = finish_prediction(
+            result, loaded.target_spacing, config.postprocess, loaded.lesion_margins_mm
+        )
     del result
     with timer("restore"):
         mask = restore_mask(finished, scan.grid)

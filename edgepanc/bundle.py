@@ -8,10 +8,15 @@ label and subtype names) and what is known about them (metrics, provenance, arti
      "labels": {"0": "background", ...}, "subtypes": {"0": "subtype0", ...},
      "metrics": {...}, "provenance": {...},
      "artifacts": {name: {"file": "model_int8.onnx", "backend": ..., "precision": ..., ...}},
-     "default_artifact": name | null, "classifier": true | false}
+     "default_artifact": name | null, "classifier": true | false,
+     "lesion_margins_mm": [mm per subtype] | []}
 
 ``classifier`` false: the subtype head was never trained (a data set without subtype labels), so
 ``edgepanc run`` reports no subtype.
+
+``lesion_margins_mm``: how far (mm) the finishing step grows a lesion of each predicted subtype
+into the gland, chosen by ``edgepanc train`` on the cases that chose the model
+(:mod:`edgepanc.postprocessing.lesion_margin`); empty (older bundles): no margin.
 
 ``model.json`` is written last (see :func:`write_bundle`), so a folder that has one is complete.
 
@@ -77,6 +82,7 @@ class ModelBundle:
     # needs it; measured when the bundle is written so that the runtime does not import torch).
     activation_bytes_per_voxel: float | None = None
     classifier: bool = True  # False: trained without subtype labels, the head names nothing
+    lesion_margins_mm: tuple[float, ...] = ()  # per subtype; () grows no lesion
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -119,6 +125,7 @@ class ModelBundle:
             "default_artifact": self.default_artifact,
             "activation_bytes_per_voxel": self.activation_bytes_per_voxel,
             "classifier": self.classifier,
+            "lesion_margins_mm": list(self.lesion_margins_mm),
         }
 
     def artifact_path(self, name: str | None = None) -> Path:
@@ -218,6 +225,16 @@ def bundle_from_dict(folder: str | Path, data: Any) -> ModelBundle:
     classifier = data.get("classifier", True)
     if not isinstance(classifier, bool):
         raise fail(f"classifier must be true or false, got {classifier!r}")
+    margins = data.get("lesion_margins_mm", [])
+    if not (
+        isinstance(margins, list)
+        and len(margins) in (0, len(mappings["subtypes"] or DEFAULT_SUBTYPES))
+        and all(_is_margin(m) for m in margins)
+    ):
+        raise fail(
+            "lesion_margins_mm must be empty or one number of mm (0 to 20) per subtype, "
+            f"got {margins!r}"
+        )
     return ModelBundle(
         path=Path(folder),
         network=network,
@@ -231,7 +248,14 @@ def bundle_from_dict(folder: str | Path, data: Any) -> ModelBundle:
         kind=kind,
         activation_bytes_per_voxel=None if activation is None else float(activation),
         classifier=classifier,
+        lesion_margins_mm=tuple(float(m) for m in margins),
     )
+
+
+def _is_margin(value: Any) -> bool:
+    """A lesion margin a bundle may hold: a number of mm from 0 to 20 (NaN fails both bounds)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and 0 <= value <= 20
 
 
 def save_bundle_metadata(bundle: ModelBundle) -> Path:

@@ -272,6 +272,31 @@ def test_invalid_activation_footprint_is_a_bundle_error(bundle_dir, value):
         load_bundle(bundle_dir)
 
 
+def test_lesion_margins_round_trip_and_older_bundles_have_none(bundle_dir):
+    assert load_bundle(bundle_dir).lesion_margins_mm == ()
+    bundle = load_bundle(bundle_dir)
+    bundle.lesion_margins_mm = (0.0, 1.5, 2.5)
+    save_bundle_metadata(bundle)
+    assert _model_json(bundle_dir)["lesion_margins_mm"] == [0.0, 1.5, 2.5]
+    assert load_bundle(bundle_dir).lesion_margins_mm == (0.0, 1.5, 2.5)
+    data = _model_json(bundle_dir)
+    del data["lesion_margins_mm"]  # a bundle written before margins existed
+    (bundle_dir / "model.json").write_text(json.dumps(data))
+    assert load_bundle(bundle_dir).lesion_margins_mm == ()
+
+
+@pytest.mark.parametrize(
+    "value", [[0.0, 1.0], [0.0, -1.0, 2.0], [0, 0, float("nan")], [0, 0, 25], [0, True, 0], 2.0]
+)
+def test_invalid_lesion_margins_are_a_bundle_error(bundle_dir, value):
+    data = _model_json(bundle_dir)
+    data["lesion_margins_mm"] = value
+    (bundle_dir / "model.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="lesion_margins_mm") as error:
+        load_bundle(bundle_dir)
+    assert "\n" not in str(error.value)
+
+
 def test_reading_a_bundle_does_not_import_torch(bundle_dir):
     code = (
         "import sys; from edgepanc.bundle import load_bundle; "

@@ -17,6 +17,7 @@ from edgepanc.training.loop import Trainer
 from edgepanc.training.runner import run_training
 from edgepanc.training.steps import StepRunner
 from edgepanc.training.time_budget import (
+    LESION_MARGIN_VALIDATIONS,
     REFIT_TILES_PER_CASE,
     EpochPlanner,
     Measured,
@@ -51,8 +52,15 @@ def script_times(
     monkeypatch: pytest.MonkeyPatch, clock: ScriptedClock, step_s, validation_s: float
 ) -> None:
     """Each training step takes ``step_s(step)`` scripted seconds, each validation
-    ``validation_s``."""
+    ``validation_s`` and choosing the lesion margins two validations' time."""
+    from edgepanc.training import loop
+
     train_step, validate = StepRunner.train_step, Trainer.validate
+    choose_margins = loop.choose_trainer_margins
+
+    def timed_margins(trainer):
+        clock.now += LESION_MARGIN_VALIDATIONS * validation_s
+        return choose_margins(trainer)
 
     def timed_step(self, batch, state):
         clock.now += step_s(state.step)
@@ -64,6 +72,7 @@ def script_times(
 
     monkeypatch.setattr(StepRunner, "train_step", timed_step)
     monkeypatch.setattr(Trainer, "validate", timed_validation)
+    monkeypatch.setattr(loop, "choose_trainer_margins", timed_margins)
 
 
 def test_durations_parse_as_seconds() -> None:
@@ -91,6 +100,10 @@ def test_the_epoch_count_follows_from_the_measured_times() -> None:
     # without the refit: 26 * 30 + 6 * 12 = 852 s (epoch 28: 882 s)
     assert budget.epochs_that_fit(1, measured, val_every=5, head_refit=False) == 27
     assert seconds_for(1, 23, measured, 5, True) == pytest.approx(852.6)
+    # choosing the lesion margins keeps two validations (24 s) back: epoch 23 no longer fits
+    with_margins = Measured(30.0, 12.0, 12, 88, 100, margin_validations=2.0)
+    assert seconds_for(1, 23, with_margins, 5, True) == pytest.approx(852.6 + 24.0)
+    assert budget.epochs_that_fit(1, with_margins, val_every=5, head_refit=True) == 22
     slower = Measured(60.0, 12.0, 12, 88, 100)
     assert budget.epochs_that_fit(1, slower, val_every=5, head_refit=True) == 10
     clock.now += 10_000.0  # over the budget: no more epochs, and never fewer than one
@@ -201,15 +214,15 @@ def test_a_budgeted_run_plans_its_epochs_and_ends_within_the_budget(
     budget = TimeBudget(40.0, clock=clock)
     run_training(config, guard=ThermalGuard([]), budget=budget)
     summary = json.loads((run / "summary.json").read_text())
-    # an epoch: 2 steps of 1 s and a validation of 3 s; usable 38.8 s: after the first (5 s),
-    # (38.8 - 5 - 3) // 5 = 6 more
-    assert summary["time"]["planned_epochs"] == 7 and summary["epochs"] == 7
+    # an epoch: 2 steps of 1 s and a validation of 3 s; the lesion margins, two validations:
+    # usable 38.8 s: after the first (5 s), (38.8 - 5 - 6) // 5 = 5 more
+    assert summary["time"]["planned_epochs"] == 6 and summary["epochs"] == 6
     assert summary["time"]["budget_s"] == 40.0
-    assert summary["time"]["elapsed_s"] == pytest.approx(35.0)
-    assert summary["time"]["planned_s"] == pytest.approx(35.0)  # 7 epochs of 5 s, as planned
+    assert summary["time"]["elapsed_s"] == pytest.approx(36.0)  # 6 epochs of 5 s, the margins
+    assert summary["time"]["planned_s"] == pytest.approx(36.0)
     assert summary["time"]["within_budget"] is True
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 7 and "whole_dsc" in records[-1]
+    assert len(records) == 6 and "whole_dsc" in records[-1]
     assert clock.now - budget.started <= 40.0
 
 

@@ -405,7 +405,8 @@ def test_validation_runs_at_the_precision_the_run_trains_with(
     monkeypatch.setattr(TorchPredictor, "__init__", recording_init)
     config = tiny_config(tiny_data, tmp_path / "run", device="cpu", amp=amp, head_refit=False)
     run_training(config, guard=ThermalGuard([]))
-    assert len(precisions) == 3  # the three validation cases, once each
+    # the three validation cases, once each, then one predictor for the lesion margins' pass
+    assert len(precisions) == 4
     assert set(precisions) == {expected}
     record = read_records(tmp_path / "run")[-1]
     assert 0.0 <= record["whole_dsc"] <= 1.0 and math.isfinite(record["combined_score"])
@@ -419,3 +420,40 @@ def test_validation_precision_follows_the_autocast_dtype() -> None:
     assert validation_precision(torch.float16) == "fp16"
     with pytest.raises(ValueError, match="no validation precision"):
         validation_precision(torch.float64)
+
+
+def test_training_chooses_lesion_margins_on_the_cases_that_choose_the_model(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """The margins in the bundle are the ones ``choose_margins`` gives on the best weights'
+    trials of the validation cases (no selection cases here), and the log says so; with
+    ``lesion_margins`` off the bundle has none."""
+    from edgepanc.bundle import load_bundle
+    from edgepanc.data.cases import discover_cases
+    from edgepanc.training.dataset import prepare_cases
+    from edgepanc.training.lesion_margins import choose_margins, margin_trials
+
+    run = tmp_path / "run"
+    run_training(tiny_config(tiny_data, run), guard=ThermalGuard([]))
+    bundle = load_bundle(run)
+    record = bundle.metrics["lesion_margins"]
+    assert record["chosen_on"] == "validation"
+    assert list(bundle.lesion_margins_mm) == record["margins_mm"]
+    assert len(bundle.lesion_margins_mm) == 3
+    validation = [c for c in discover_cases(tiny_data) if c.split == "validation"]
+    assert sum(record["cases"]) == len(validation)
+    from edgepanc.backends.torch_backend import TorchPredictor
+
+    predictor = TorchPredictor(bundle.load_network(), device="cpu")
+    dice, predicted = margin_trials(
+        predictor, prepare_cases(validation, bundle.plan), bundle.plan.patch_size, 3
+    )
+    again = choose_margins(dice, predicted, 3)
+    assert again.margins_mm == bundle.lesion_margins_mm
+    assert again.lesion_dsc_without == pytest.approx(record["lesion_dsc_without"])
+    assert "lesion margins chosen on" in (run / "train.log").read_text()
+
+    off = tmp_path / "off"
+    run_training(tiny_config(tiny_data, off, lesion_margins=False), guard=ThermalGuard([]))
+    assert load_bundle(off).lesion_margins_mm == ()
+    assert "lesion_margins" not in load_bundle(off).metrics

@@ -115,7 +115,7 @@ def run_baseline(
         )
     del volume
     with timer("postprocess"):
-        finished = finish_prediction(result, spacing)
+        finished = finish_prediction(result, spacing, lesion_margins_mm=bundle.lesion_margins_mm)
     tile_count = len(result.tiles)
     del result
     with all_or_none() as written:

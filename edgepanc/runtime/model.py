@@ -50,6 +50,8 @@ class LoadedModel:
     classifier: bool = True  # False: the bundle's subtype head was never trained
     model_id: str | None = None  # see model_identity; None for a model not read from a bundle
     members: int = 1  # the models averaged on each tile (an ensemble's); each holds its engine
+    # How far the finishing step grows a lesion of each subtype (the bundle's; () none).
+    lesion_margins_mm: tuple[float, ...] = ()
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -100,6 +102,7 @@ def load_model(
         artifact=artifact,
         classifier=bundle.classifier,
         model_id=model_identity(bundle, artifact),
+        lesion_margins_mm=bundle.lesion_margins_mm,
     )
 
 

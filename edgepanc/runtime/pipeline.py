@@ -373,6 +373,7 @@ class CaseRun:
     dicom_seg: bool = False
     mirror_axes: tuple[str, ...] = ()
     ensemble_members: int = 1  # models averaged on each tile
+    lesion_margin_mm: float = 0.0  # how far the finishing step grew the lesion
 
 
 def restore_mask(finished: FinishedPrediction, grid: GridRecord) -> sitk.Image:
@@ -497,6 +498,7 @@ def _case_report(
         roi=run.roi,
         mirror_axes=list(run.mirror_axes),
         ensemble_members=run.ensemble_members,
+        lesion_margin_mm=run.lesion_margin_mm,
         throttle_events=run.throttle_events,
         memory_plan=run.memory_plan,
         notes=run.notes,
@@ -535,7 +537,9 @@ def run_case(
     result, roi, fine_plan = segment_case(source, model, config, backoff, timer, notes, scan)
     memory_plan = fine_plan or memory_plan
     with timer("postprocess"):
-        finished = finish_prediction(result, model.target_spacing, config.postprocess)
+        finished = finish_prediction(
+            result, model.target_spacing, config.postprocess, model.lesion_margins_mm
+        )
     tile_count = len(result.tiles)
     del result  # the raw labels and soft maps: the restore phase is planned without them
     panels = None
@@ -560,6 +564,7 @@ def run_case(
             dicom_seg=config.kinds.seg_for(scan),
             mirror_axes=config.mirror_axes,
             ensemble_members=model.members,
+            lesion_margin_mm=finished.lesion_margin_mm,
         )
         with timer("restore"):
             restored = restore_mask(finished, source.grid)

@@ -52,6 +52,8 @@ class CaseReport:
     mirror_axes: list[str] = field(default_factory=list)  # test-time mirroring (--tta); []: none
     # the models averaged on each tile (an ensemble's); the network time in timings_s is theirs
     ensemble_members: int = 1
+    # how far (mm) the lesion was grown into the gland: the bundle's margin for the subtype read
+    lesion_margin_mm: float = 0.0
     throttle_events: list[dict[str, Any]] = field(default_factory=list)
     memory_plan: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)

@@ -136,6 +136,9 @@ class TrainConfig:
     # checkpoint and whether the refitted head is kept (edgepanc.training.selection); 0: the
     # validation cases choose, so the figures they report are optimistic (the report says so).
     selection_share: float = 0.0
+    # After training, choose how far to grow a lesion of each predicted subtype into the gland
+    # on the cases that chose the model (edgepanc.training.lesion_margins); False: no margins.
+    lesion_margins: bool = True
     lesion_fraction: float = 0.6  # share of patches centred on a lesion voxel
     pancreas_fraction: float = 0.25  # share centred on a pancreas voxel; the rest random
     # Cases of a subtype drawn in proportion to (lesion diameter)^-this: small lesions more often
@@ -261,6 +264,8 @@ class TrainConfig:
             del data["teacher_mask_jitter"]
         if data.get("selection_share") == 0.0:
             del data["selection_share"]
+        if data.get("lesion_margins") is True:  # runs from before margins keep their identity
+            del data["lesion_margins"]
         for name in ("lesion_size_balance", "elastic_probability", "low_resolution_probability"):
             if data.get(name) == 0.0:
                 del data[name]

@@ -7,7 +7,7 @@ from typing import Any
 
 from edgepanc.training.config import TrainConfig
 from edgepanc.training.distributed import DistContext, mean_across_ranks
-from edgepanc.training.time_budget import EpochPlanner, TimeBudget
+from edgepanc.training.time_budget import LESION_MARGIN_VALIDATIONS, EpochPlanner, TimeBudget
 from edgepanc.training.train_state import TrainState
 
 
@@ -49,6 +49,7 @@ class EpochPlan:
                 config.steps_per_epoch * config.batch_size,
                 agree=lambda value: mean_across_ranks([value], context)[0],
                 refit_tiles=refit_tiles,
+                margin_validations=LESION_MARGIN_VALIDATIONS if config.lesion_margins else 0.0,
             )
 
     @classmethod

@@ -35,6 +35,7 @@ from edgepanc.training.config import TrainConfig
 from edgepanc.training.dataset import PreparedCase
 from edgepanc.training.distributed import DistContext, barrier, gather_lists, shard
 from edgepanc.training.epoch_plan import EpochPlan
+from edgepanc.training.lesion_margins import choose_trainer_margins
 from edgepanc.training.logs import epoch_line, plot_curves, refit_line, write_metrics
 from edgepanc.training.outputs import write_run_summary
 from edgepanc.training.run_checkpoints import RunCheckpoints
@@ -231,6 +232,8 @@ class Trainer:
                 log.warning("--head-refit skipped: no training case has a subtype label")
             elif refit:
                 self.run_head_refit()
+            if self.config.lesion_margins and self.context.is_main:
+                choose_trainer_margins(self)
         except ThermalTimeout as exc:
             raise ThermalTimeout(
                 f"{exc}; training stopped, {self.checkpoints.last_path} holds epoch "

@@ -2,9 +2,10 @@
 
 The first epoch is measured (its training steps, checkpoint and logs, and a validation run for
 the purpose); from then on, before every epoch, the epochs that still fit are reckoned from the
-measured times, keeping back the time of the final validation and of the head refit
+measured times, keeping back the time of the final validation, of the head refit
 (estimated from the training step's seconds per sample: the refit passes at most a few tiles of
-each training case forward once, then fits the small head on what it kept) and a safety margin. After the
+each training case forward once, then fits the small head on what it kept), of choosing the
+lesion margins (:data:`LESION_MARGIN_VALIDATIONS` validations) and a safety margin. After the
 first few epochs the count never grows past the settled plan: it shrinks while the machine runs
 slow and grows back (up to that plan) when the pace returns, so the learning-rate schedule ends
 where it was planned and a passing slowdown does not cut the run short.
@@ -35,6 +36,10 @@ REFIT_FIT_S = 15.0  # the head's own fit on the kept features: 1,000 small steps
 # warming up then); after them it never exceeds the highest plan made by then.
 SETTLING_EPOCHS = 3
 GROW_BACK_EPOCHS = 2  # the least a settled plan grows back by (or 2% of it, if more)
+# Choosing the lesion margins segments the choosing cases once and restores each with every
+# candidate margin: 125 s against a 66 s validation of D1's 36 cases (tversky_and_rims.md's
+# machine), so two validations' time is kept back for it.
+LESION_MARGIN_VALIDATIONS = 2.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Measured:
     train_cases: int
     samples_per_epoch: int
     refit_tiles: int | None = None  # None: at most REFIT_TILES_PER_CASE per training case
+    margin_validations: float = 0.0  # what choosing the lesion margins costs, in validations
 
     def refit_s(self) -> float:
         """The head refit's estimate: one forward pass of its tiles at the training step's pace
@@ -82,6 +88,7 @@ def seconds_for(
         return 0.0
     every = max(val_every, 1)
     validations = total // every - done // every + (1 if total % every else 0)
+    validations += measured.margin_validations
     refit = measured.refit_s() if head_refit else 0.0
     return (total - done) * measured.epoch_s + validations * measured.validation_s + refit
 
@@ -174,6 +181,7 @@ class EpochPlanner:
         samples_per_epoch: int,
         agree: Callable[[float], float] = float,
         refit_tiles: int | None = None,
+        margin_validations: float = 0.0,
     ) -> None:
         self.budget = budget
         self.val_every = val_every
@@ -183,6 +191,7 @@ class EpochPlanner:
         self.samples_per_epoch = samples_per_epoch
         self.agree = agree
         self.refit_tiles = refit_tiles
+        self.margin_validations = margin_validations
         self.epoch_seconds: list[float] = []
         self.validation_s = 0.0
         self.planned_s: float | None = None  # when the latest plan expects the run to end
@@ -209,6 +218,7 @@ class EpochPlanner:
             self.train_cases,
             self.samples_per_epoch,
             self.refit_tiles,
+            self.margin_validations,
         )
 
     def plan(self, done: int, planned: int | None) -> int:
