@@ -208,3 +208,20 @@ def test_the_python_api_segments_with_an_ensemble_as_run_does(members, tmp_path)
     report = json.loads((out / "ct.json").read_text())
     np.testing.assert_allclose(result.probabilities, report["probabilities"], atol=1e-5)
     assert result.lesion_volume_ml == pytest.approx(report["lesion_volume_ml"], abs=1e-3)
+
+
+def test_an_ensemble_grows_no_lesion_though_its_members_have_margins(members, tmp_path):
+    import shutil
+
+    from edgepanc.bundle import load_bundle, save_bundle_metadata
+    from edgepanc.runtime.model import load_model
+
+    folder = tmp_path / "ensemble"
+    shutil.copytree(members, folder)
+    for k in (0, 1):
+        bundle = load_bundle(folder / f"fold_{k}")
+        bundle.lesion_margins_mm = (0.0, 0.0, 1.5 + k)
+        save_bundle_metadata(bundle)
+    member = load_model(folder / "fold_1", backend="onnxruntime")
+    assert member.lesion_margins_mm == (0.0, 0.0, 2.5)
+    assert load_model(folder, backend="onnxruntime").lesion_margins_mm == ()

@@ -3,6 +3,8 @@ the one finishing step, and chosen per predicted subtype on the cases that choos
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -107,6 +109,8 @@ def test_choose_margins_keeps_the_best_margin_per_predicted_subtype():
     choice = choose_margins(dice, predicted, 3, candidates, min_cases=3)
     assert choice.margins_mm == (0.0, 0.0, 2.0)
     assert choice.cases == (3, 2, 3)
+    np.testing.assert_allclose(choice.curves[2], dice[3:6].mean(axis=0))
+    assert choice.candidates_mm == candidates
     assert choice.lesion_dsc_without == pytest.approx(dice[:, 0].mean())
     expected = np.r_[dice[:3, 0], dice[3:6, 2], dice[6:, 0]].mean()
     assert choice.lesion_dsc_with == pytest.approx(expected)
@@ -119,14 +123,19 @@ def test_choose_margins_keeps_the_best_margin_per_predicted_subtype():
         choose_margins(dice, predicted, 3, (1.0, 2.0, 3.0))
 
 
-def test_margin_choice_record_is_plain_data():
-    record = MarginChoice((0.0, 0.0, 2.5), (4, 5, 3), 0.4, 0.45).to_dict()
+def test_margin_choice_record_is_plain_data_with_the_curve_it_chose_from():
+    record = MarginChoice(
+        (0.0, 0.0, 2.5), (4, 5, 3), 0.4, 0.45, (0.0, 2.5), ((0.5, 0.4), (), (0.3, 0.41234))
+    ).to_dict()
     assert record == {
         "margins_mm": [0.0, 0.0, 2.5],
         "cases": [4, 5, 3],
         "lesion_dsc_without": 0.4,
         "lesion_dsc_with": 0.45,
+        "candidates_mm": [0.0, 2.5],
+        "curves": [[0.5, 0.4], [], [0.3, 0.4123]],
     }
+    json.dumps(record)
 
 
 def test_run_and_baseline_grow_the_lesion_by_the_bundles_margin_alike(tmp_path, monkeypatch):

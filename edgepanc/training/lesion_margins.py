@@ -37,7 +37,9 @@ MIN_CASES = 3  # fewer cases of a predicted subtype than this say too little to 
 @dataclass(frozen=True)
 class MarginChoice:
     """The chosen margin (mm) per subtype and the choosing cases' mean lesion Dice without and
-    with them; ``cases[s]``: how many choosing cases were predicted as subtype ``s``.
+    with them; ``cases[s]``: how many choosing cases were predicted as subtype ``s``;
+    ``curves[s][j]``: their mean lesion Dice with margin ``candidates_mm[j]`` (empty without
+    cases), so that a person can see how sharp the choice was.
 
     Example: ``MarginChoice((0.0, 0.0, 2.5), (4, 5, 3), 0.41, 0.45).gain`` -> ``0.04`` (about).
     """
@@ -46,6 +48,8 @@ class MarginChoice:
     cases: tuple[int, ...]
     lesion_dsc_without: float
     lesion_dsc_with: float
+    candidates_mm: tuple[float, ...] = MARGIN_CANDIDATES_MM
+    curves: tuple[tuple[float, ...], ...] = ()
 
     @property
     def gain(self) -> float:
@@ -54,7 +58,11 @@ class MarginChoice:
 
     def to_dict(self) -> dict[str, Any]:
         """The record kept in the bundle's metrics."""
-        return {**asdict(self), "margins_mm": list(self.margins_mm), "cases": list(self.cases)}
+        record = asdict(self)
+        for key in ("margins_mm", "cases", "candidates_mm"):
+            record[key] = list(record[key])
+        record["curves"] = [[round(d, 4) for d in curve] for curve in self.curves]
+        return record
 
     def line(self, source: str) -> str:
         """One log line, e.g. ``lesion margins chosen on 36 validation cases: ...``."""
@@ -87,11 +95,14 @@ def choose_margins(
     predicted = np.asarray(predicted, dtype=np.int64)
     if candidates[0] != 0 or dice.shape != (len(predicted), len(candidates)):
         raise ValueError("dice must be [cases, candidates] with candidates[0] == 0 (no margin)")
-    margins, counts, chosen = [], [], np.zeros(len(predicted), dtype=np.int64)
+    margins, counts, curves = [], [], []
+    chosen = np.zeros(len(predicted), dtype=np.int64)
     for subtype in range(subtypes):
         rows = predicted == subtype
         counts.append(int(rows.sum()))
-        best = int(np.argmax(dice[rows].mean(axis=0))) if counts[-1] >= min_cases else 0
+        curve = dice[rows].mean(axis=0) if counts[-1] else np.zeros(0)
+        curves.append(tuple(float(d) for d in curve))
+        best = int(np.argmax(curve)) if counts[-1] >= min_cases else 0
         margins.append(float(candidates[best]))  # argmax takes the first, the smaller, on ties
         chosen[rows] = best
     with_margins = dice[np.arange(len(predicted)), chosen]
@@ -100,6 +111,8 @@ def choose_margins(
         tuple(counts),
         float(dice[:, 0].mean()) if len(dice) else 0.0,
         float(with_margins.mean()) if len(dice) else 0.0,
+        tuple(float(c) for c in candidates),
+        tuple(curves),
     )
 
 
