@@ -168,7 +168,7 @@ def choose_run_lesion_margins(
     them into its ``model.json``, with the choice under ``metrics["lesion_margins"]``. Nothing
     happens (None) without cases or for a bundle without a subtype head.
 
-    Example: ``choose_run_lesion_margins(Path("runs/a"), val_cases, "validation", "cpu", "bf16")``.
+    Example: ``choose_run_lesion_margins(Path("model"), val_cases, "validation", "cpu", "bf16")``.
     """
     from edgepanc.backends.torch_backend import TorchPredictor
     from edgepanc.bundle import load_bundle, save_bundle_metadata

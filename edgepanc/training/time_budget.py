@@ -37,8 +37,7 @@ REFIT_FIT_S = 15.0  # the head's own fit on the kept features: 1,000 small steps
 SETTLING_EPOCHS = 3
 GROW_BACK_EPOCHS = 2  # the least a settled plan grows back by (or 2% of it, if more)
 # Choosing the lesion margins segments the choosing cases once and restores each with every
-# candidate margin: 125 s against a 66 s validation of D1's 36 cases (tversky_and_rims.md's
-# machine), so two validations' time is kept back for it.
+# candidate margin: 1.3-1.9 validations' time on the CPU recipe (docs/measurements/lesion_margins.md).
 LESION_MARGIN_VALIDATIONS = 2.0
 
 
