@@ -131,22 +131,14 @@ def margin_trials(
     """
     from tqdm import tqdm
 
-    from edgepanc.inferers.sliding_window import sliding_window_inference
     from edgepanc.postprocessing import DEFAULT_POSTPROCESS, finish_prediction
-    from edgepanc.training.validation import VALIDATION_TILE_BATCH, score_case
+    from edgepanc.training.validation import infer_volume, score_case
 
     dice = np.zeros((len(cases), len(candidates)))
     predicted = []
     bar = tqdm(cases, desc="lesion margins", unit="case", leave=False, disable=not cases)
     for i, case in enumerate(bar):
-        result = sliding_window_inference(
-            case.image,
-            predictor,
-            patch_size,
-            step_fraction=step_fraction,
-            tile_batch=VALIDATION_TILE_BATCH,
-            keep_probabilities=True,
-        )
+        result = infer_volume(predictor, case.image, patch_size, step_fraction)
         for j, margin in enumerate(candidates):
             finished = finish_prediction(
                 result, case.spacing, DEFAULT_POSTPROCESS, (margin,) * subtypes

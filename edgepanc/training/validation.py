@@ -23,7 +23,7 @@ import SimpleITK as sitk
 import torch
 
 from edgepanc.backends.base import Predictor
-from edgepanc.inferers.sliding_window import sliding_window_inference
+from edgepanc.inferers.sliding_window import SlidingWindowResult, sliding_window_inference
 from edgepanc.postprocessing import DEFAULT_POSTPROCESS, FinishedPrediction, finish_prediction
 from edgepanc.training.dataset import PreparedCase
 
@@ -94,7 +94,22 @@ def predict_with(
 
     Example: ``predict_with(predictor, case.image, case.spacing, (64, 96, 96)).subtype`` -> ``0``.
     """
-    result = sliding_window_inference(
+    result = infer_volume(predictor, image, patch_size, step_fraction)
+    return finish_prediction(result, spacing, DEFAULT_POSTPROCESS if postprocess else None)
+
+
+def infer_volume(
+    predictor: Predictor,
+    image: np.ndarray,
+    patch_size: Sequence[int],
+    step_fraction: float = 0.5,
+) -> SlidingWindowResult:
+    """The runtime's tiling and stitching of one preprocessed volume at validation's tile batch,
+    with the soft maps the finishing step needs.
+
+    Example: ``finish_prediction(infer_volume(predictor, case.image, (64, 96, 96)), case.spacing)``.
+    """
+    return sliding_window_inference(
         image,
         predictor,
         patch_size,
@@ -102,7 +117,6 @@ def predict_with(
         tile_batch=VALIDATION_TILE_BATCH,
         keep_probabilities=True,
     )
-    return finish_prediction(result, spacing, DEFAULT_POSTPROCESS if postprocess else None)
 
 
 def score_case(case: PreparedCase, prediction: FinishedPrediction) -> CaseResult:
