@@ -14,7 +14,7 @@ from test_train_run import tiny_config
 
 from edgepanc.thermal import ThermalGuard
 from edgepanc.training.config import TrainConfig
-from edgepanc.training.loop import Trainer
+from edgepanc.training.run_validation import RunValidation
 from edgepanc.training.runner import run_training
 from edgepanc.training.selection import (
     SELECTION_FILE,
@@ -22,6 +22,7 @@ from edgepanc.training.selection import (
     hold_out_selection,
     who_chose,
 )
+from edgepanc.training.steps import StepRunner
 from edgepanc.training.train_state import TrainState
 
 from train_support import write_tiny_dataset
@@ -78,13 +79,19 @@ def test_a_run_chooses_its_best_epoch_on_the_selection_cases_only(
 ) -> None:
     data = write_tiny_dataset(tmp_path / "data", train_per_subtype=3)
     seen: dict[str, set] = {}
+    validations = Counter()
+    steps_init = StepRunner.__init__
 
-    def scripted_summary(self, cases):
+    def recording_init(self, config, network, device, amp, train_cases, *args, **kwargs):
+        seen["train"] = {c.case_id for c in train_cases}
+        steps_init(self, config, network, device, amp, train_cases, *args, **kwargs)
+
+    def scripted_summary(self, cases, margins=False):
         """Validation improves every epoch; the selection cases peak at epoch 2."""
-        epoch = self.state.epoch + 1
         kind = "selection" if cases is self.select_cases else "validation"
+        validations[kind] += 1
+        epoch = validations[kind]  # one validation per epoch
         seen.setdefault(kind, set()).update(c.case_id for c in cases)
-        seen["train"] = {c.case_id for c in self.train_cases}
         score = epoch / 10 if kind == "validation" else 1.0 - abs(epoch - 2) / 10
         return {
             "whole_dsc": score,
@@ -95,7 +102,8 @@ def test_a_run_chooses_its_best_epoch_on_the_selection_cases_only(
             "n_cases": len(cases),
         }
 
-    monkeypatch.setattr(Trainer, "summarize", scripted_summary)
+    monkeypatch.setattr(StepRunner, "__init__", recording_init)
+    monkeypatch.setattr(RunValidation, "summarize", scripted_summary)
     run = tmp_path / "run"
     config: TrainConfig = tiny_config(data, run, epochs=4, selection_share=0.34, threads=1)
     run_training(config, guard=ThermalGuard([]))
@@ -117,15 +125,19 @@ def test_the_refitted_head_is_kept_unless_selection_cases_score_it_worse(
 ) -> None:
     data = write_tiny_dataset(tmp_path / "data", train_per_subtype=3)
 
-    def falling_summary(self, cases):
+    validations = Counter()
+
+    def falling_summary(self, cases, margins=False):
         """Every validation scores worse than the one before, the refit's too."""
-        done = len([r for r in self.state.history if "phase" not in r]) + 1
-        phase = self.state.epoch >= 2  # the refit validates after the last (second) epoch
-        score = 0.5 - 0.1 * (done + phase)
+        if cases is self.val_cases:
+            validations["done"] += 1  # the selection cases are scored after them, alike
+        done = validations["done"]
+        refit = done >= 3  # the refit validates after the last (second) epoch
+        score = 0.5 - 0.1 * (done + refit)
         keys = ("whole_dsc", "lesion_dsc", "macro_f1", "accuracy", "combined_score")
         return {**dict.fromkeys(keys, score), "n_cases": len(cases)}
 
-    monkeypatch.setattr(Trainer, "summarize", falling_summary)
+    monkeypatch.setattr(RunValidation, "summarize", falling_summary)
     run = tmp_path / "run"
     config = tiny_config(data, run, epochs=2, head_refit=True, selection_share=share, threads=1)
     run_training(config, guard=ThermalGuard([]))

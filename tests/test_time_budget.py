@@ -13,11 +13,12 @@ from edgepanc.commands.train import Duration
 from edgepanc.thermal import ThermalGuard
 from edgepanc.training.config import TrainConfig
 from edgepanc.training.head_refit import HeadRefitConfig
-from edgepanc.training.loop import Trainer
+from edgepanc.training.run_validation import PROBE_CASES, RunValidation
 from edgepanc.training.runner import run_training
 from edgepanc.training.steps import StepRunner
 from edgepanc.training.time_budget import (
     LESION_MARGIN_VALIDATIONS,
+    MARGIN_FINISH_VALIDATIONS,
     REFIT_TILES_PER_CASE,
     EpochPlanner,
     Measured,
@@ -52,26 +53,36 @@ def script_times(
     monkeypatch: pytest.MonkeyPatch, clock: ScriptedClock, step_s, validation_s: float
 ) -> None:
     """Each training step takes ``step_s(step)`` scripted seconds, each validation
-    ``validation_s`` and choosing the lesion margins two validations' time."""
+    ``validation_s`` and choosing the lesion margins two validations' time (a share of one when
+    the final validation scored them)."""
     from edgepanc.training import loop
 
-    train_step, validate = StepRunner.train_step, Trainer.validate
+    train_step, validate, probe = StepRunner.train_step, RunValidation.validate, RunValidation.probe
     choose_margins = loop.choose_trainer_margins
 
     def timed_margins(trainer):
-        clock.now += LESION_MARGIN_VALIDATIONS * validation_s
+        # From the final validation's own pass, only the extra finishing steps remain.
+        reused = trainer.validation.best_margin_trials is not None
+        share = MARGIN_FINISH_VALIDATIONS if reused else LESION_MARGIN_VALIDATIONS
+        clock.now += share * validation_s
         return choose_margins(trainer)
 
     def timed_step(self, batch, state):
         clock.now += step_s(state.step)
         return train_step(self, batch, state)
 
-    def timed_validation(self):
+    def timed_validation(self, margins=False):
         clock.now += validation_s
-        return validate(self)
+        return validate(self, margins)
+
+    def timed_probe(self, count=PROBE_CASES):
+        share = probe(self, count)
+        clock.now += validation_s * share  # the probed cases' part of a validation
+        return share
 
     monkeypatch.setattr(StepRunner, "train_step", timed_step)
-    monkeypatch.setattr(Trainer, "validate", timed_validation)
+    monkeypatch.setattr(RunValidation, "validate", timed_validation)
+    monkeypatch.setattr(RunValidation, "probe", timed_probe)
     monkeypatch.setattr(loop, "choose_trainer_margins", timed_margins)
 
 
@@ -214,12 +225,14 @@ def test_a_budgeted_run_plans_its_epochs_and_ends_within_the_budget(
     budget = TimeBudget(40.0, clock=clock)
     run_training(config, guard=ThermalGuard([]), budget=budget)
     summary = json.loads((run / "summary.json").read_text())
-    # an epoch: 2 steps of 1 s and a validation of 3 s; the lesion margins, two validations:
-    # usable 38.8 s: after the first (5 s), (38.8 - 5 - 6) // 5 = 5 more
+    # an epoch: 2 steps of 1 s and a validation of 3 s; without a refit the last validation
+    # may not keep the final weights, so a pass of their own (two validations) is kept back
+    # for the lesion margins: usable 38.8 s: after the first (5 s), (38.8 - 5 - 6) // 5 = 5 more
     assert summary["time"]["planned_epochs"] == 6 and summary["epochs"] == 6
     assert summary["time"]["budget_s"] == 40.0
-    assert summary["time"]["elapsed_s"] == pytest.approx(36.0)  # 6 epochs of 5 s, the margins
     assert summary["time"]["planned_s"] == pytest.approx(36.0)
+    # the last epoch's validation was the best and scored the margins: 0.4 of a validation
+    assert summary["time"]["elapsed_s"] == pytest.approx(30.0 + MARGIN_FINISH_VALIDATIONS * 3.0)
     assert summary["time"]["within_budget"] is True
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 6 and "whole_dsc" in records[-1]
@@ -256,3 +269,47 @@ def test_a_budget_counts_from_the_runs_start_and_is_recorded_without_one(
     timing = json.loads((run / "summary.json").read_text())["time"]
     assert timing["budget_s"] is None and timing["planned_epochs"] is None
     assert timing["elapsed_s"] > 0
+
+
+def test_a_validation_probe_times_a_few_cases_and_scales_by_their_tiles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Twelve cases of 1 to 12 tiles along z; a case's validation takes 0.5 s per tile.
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edgepanc.training import run_validation
+    from edgepanc.training.distributed import DistContext
+
+    clock = ScriptedClock()
+    validated: list[int] = []
+
+    def scripted_validate_cases(model, cases, patch_size, device, step, precision, margins=()):
+        for case in cases:
+            validated.append(case.image.shape[0] // 16)
+            clock.now += 0.5 * (case.image.shape[0] // 16)
+        return []
+
+    monkeypatch.setattr(run_validation, "validate_cases", scripted_validate_cases)
+    config = SimpleNamespace(patch_size=(16, 16, 16), val_step_fraction=1.0)
+    cases = [SimpleNamespace(image=np.zeros((16 * n, 16, 16))) for n in (7, 1, 12, 3, 9, 5)]
+    select = [SimpleNamespace(image=np.zeros((16 * n, 16, 16))) for n in (2, 4, 6, 8, 10, 11)]
+    validation = RunValidation(None, config, (torch_cpu(), None), cases, select, DistContext())
+    start = clock.now
+    share = validation.probe()
+    assert len(validated) == PROBE_CASES
+    assert min(validated) == 1 and max(validated) == 12  # spread from the smallest to the largest
+    assert share == pytest.approx(sum(validated) / 78)
+    # the probe's time over its share is a whole validation's: 78 tiles at 0.5 s
+    assert (clock.now - start) / share == pytest.approx(39.0)
+    # with no more cases than the probe takes, it validates them all
+    validated.clear()
+    small = RunValidation(None, config, (torch_cpu(), None), cases[:3], [], DistContext())
+    assert small.probe() == 1.0 and sorted(validated) == [1, 7, 12]
+
+
+def torch_cpu():
+    import torch
+
+    return torch.device("cpu")

@@ -405,8 +405,8 @@ def test_validation_runs_at_the_precision_the_run_trains_with(
     monkeypatch.setattr(TorchPredictor, "__init__", recording_init)
     config = tiny_config(tiny_data, tmp_path / "run", device="cpu", amp=amp, head_refit=False)
     run_training(config, guard=ThermalGuard([]))
-    # the three validation cases, once each, then one predictor for the lesion margins' pass
-    assert len(precisions) == 4
+    # one predictor for the validation, which also scores the lesion margins (no pass of theirs)
+    assert len(precisions) == 1
     assert set(precisions) == {expected}
     record = read_records(tmp_path / "run")[-1]
     assert 0.0 <= record["whole_dsc"] <= 1.0 and math.isfinite(record["combined_score"])
@@ -457,3 +457,45 @@ def test_training_chooses_lesion_margins_on_the_cases_that_choose_the_model(
     run_training(tiny_config(tiny_data, off, lesion_margins=False), guard=ThermalGuard([]))
     assert load_bundle(off).lesion_margins_mm == ()
     assert "lesion_margins" not in load_bundle(off).metrics
+
+
+@pytest.mark.parametrize("in_validation", [True, False], ids=["from_validation", "own_pass"])
+def test_the_margins_come_from_the_final_validation_or_else_a_pass_of_their_own(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_validation: bool
+) -> None:
+    """The validation that keeps the final weights (the last epoch's, or the refitted head's)
+    scores the margin candidates from its own network pass, and the margins equal those of a
+    separate pass over the best weights; when it did not score them, that pass runs."""
+    from edgepanc.backends.torch_backend import TorchPredictor
+    from edgepanc.bundle import load_bundle
+    from edgepanc.data.cases import discover_cases
+    from edgepanc.training import lesion_margins
+    from edgepanc.training.dataset import prepare_cases
+    from edgepanc.training.run_validation import RunValidation
+
+    own_passes = []
+    real_pass = lesion_margins.choose_run_lesion_margins
+
+    def counted_pass(*args: object, **kwargs: object) -> object:
+        own_passes.append(args)
+        return real_pass(*args, **kwargs)
+
+    monkeypatch.setattr(lesion_margins, "choose_run_lesion_margins", counted_pass)
+    if not in_validation:
+        monkeypatch.setattr(RunValidation, "margins_due", lambda self, refit=False: False)
+    validation = [c for c in discover_cases(tiny_data) if c.split == "validation"]
+    for name, changes in (("last_epoch", {}), ("refit", {"head_refit": True})):
+        run = tmp_path / name
+        run_training(tiny_config(tiny_data, run, **changes), guard=ThermalGuard([]))
+        bundle = load_bundle(run)
+        record = bundle.metrics["lesion_margins"]
+        predictor = TorchPredictor(bundle.load_network(), device="cpu")
+        dice, predicted = lesion_margins.margin_trials(
+            predictor, prepare_cases(validation, bundle.plan), bundle.plan.patch_size, 3
+        )
+        again = lesion_margins.choose_margins(dice, predicted, 3)
+        assert bundle.lesion_margins_mm == again.margins_mm
+        assert record["cases"] == list(again.cases)
+        for curve, expected in zip(record["curves"], again.curves, strict=True):
+            assert curve == pytest.approx(expected, abs=1e-4)
+    assert len(own_passes) == (0 if in_validation else 2)

@@ -7,15 +7,20 @@ from typing import Any
 
 from edgepanc.training.config import TrainConfig
 from edgepanc.training.distributed import DistContext, mean_across_ranks
-from edgepanc.training.time_budget import LESION_MARGIN_VALIDATIONS, EpochPlanner, TimeBudget
+from edgepanc.training.time_budget import (
+    LESION_MARGIN_VALIDATIONS,
+    MARGIN_FINISH_VALIDATIONS,
+    EpochPlanner,
+    TimeBudget,
+)
 from edgepanc.training.train_state import TrainState
 
 
 class EpochPlan:
     """The run's schedule: ``config.epochs`` or, under a :class:`TimeBudget`, the count its
     :class:`EpochPlanner` reckons before each epoch; every ``val_every``-th epoch and the last
-    validate (and, under a budget, the measured first); ``patience`` validations without a better
-    score stop the run early.
+    validate (under a budget the measured first times a probe of a few cases instead);
+    ``patience`` validations without a better score stop the run early.
 
     Example::
 
@@ -35,6 +40,7 @@ class EpochPlan:
         val_cases: int = 0,
         context: DistContext | None = None,
         refit_tiles: int | None = None,
+        margins_in_validation: bool = False,
     ) -> None:
         self.config = config
         self.planner: EpochPlanner | None = None
@@ -49,7 +55,7 @@ class EpochPlan:
                 config.steps_per_epoch * config.batch_size,
                 agree=lambda value: mean_across_ranks([value], context)[0],
                 refit_tiles=refit_tiles,
-                margin_validations=LESION_MARGIN_VALIDATIONS if config.lesion_margins else 0.0,
+                margin_validations=margin_validations(config, margins_in_validation),
             )
 
     @classmethod
@@ -61,16 +67,28 @@ class EpochPlan:
         train_cases: Sequence[Any],
         validated_cases: int,
         context: DistContext | None = None,
+        margins_in_validation: bool = False,
     ) -> EpochPlan:
         """The plan of a run over prepared ``train_cases``: under a budget the head refit's time
-        is kept back from the tiles it will read, counted from the labels (no network needed).
+        is kept back from the tiles it will read, counted from the labels (no network needed);
+        ``margins_in_validation``: the validation that keeps the final weights scores the lesion
+        margins (a refit kept whatever it scores), so no pass of their own is kept back.
 
         Example: ``EpochPlan.for_run(config, TimeBudget(1800.0), True, train_cases, 12)``.
         """
         from edgepanc.training.head_refit import count_refit_tiles
 
         tiles = count_refit_tiles(train_cases, config) if head_refit and budget else None
-        return cls(config, budget, head_refit, len(train_cases), validated_cases, context, tiles)
+        return cls(
+            config,
+            budget,
+            head_refit,
+            len(train_cases),
+            validated_cases,
+            context,
+            tiles,
+            margins_in_validation,
+        )
 
     def total(self, state: TrainState) -> int:
         """The epochs this run trains: the time budget's plan, or ``config.epochs``."""
@@ -85,17 +103,27 @@ class EpochPlan:
         return self.planner is None or self.planner.before_epoch(state, set_total_epochs)
 
     def validates(self, epoch: int, state: TrainState) -> bool:
-        """Whether (0-based) ``epoch`` ends with a validation: each ``val_every``-th, the last,
-        and the one a time budget measures."""
+        """Whether (0-based) ``epoch`` ends with a validation: each ``val_every``-th and the
+        last."""
         done = epoch + 1
-        due = done % self.config.val_every == 0 or done == self.total(state)
-        return due or (self.planner is not None and self.planner.measuring)
+        return done % self.config.val_every == 0 or done == self.total(state)
 
-    def record_epoch(self, seconds: float, validation_s: float | None) -> None:
-        """A whole epoch's seconds as a time budget sees them (steps, validation when one ran,
-        checkpoint, metrics and curves)."""
-        if self.planner is not None:
-            self.planner.record_epoch(seconds - (validation_s or 0.0), validation_s)
+    def probes_validation(self, epoch: int, state: TrainState) -> bool:
+        """Whether ``epoch``, the one a time budget measures, times a validation probe
+        (:meth:`~edgepanc.training.run_validation.RunValidation.probe`): when it does not
+        validate anyway."""
+        measuring = self.planner is not None and self.planner.measuring
+        return measuring and not self.validates(epoch, state)
+
+    def record_epoch(self, seconds: float, record: dict[str, Any]) -> None:
+        """A whole epoch's seconds as a time budget sees them (steps, checkpoint, metrics and
+        curves, and a validation or a probe, whose time ``record`` holds): the validation's
+        time is its own (``val_s``) or the probe's estimate (``val_s_estimated``)."""
+        if self.planner is None:
+            return
+        spent = record.get("val_s", record.get("val_probe_s", 0.0))
+        validation_s = record.get("val_s", record.get("val_s_estimated"))
+        self.planner.record_epoch(seconds - spent, validation_s)
 
     def validates_at_the_end(self, state: TrainState, trained: bool) -> bool:
         """Whether the last epoch's weights still need a validation: the budget ended training
@@ -111,4 +139,15 @@ class EpochPlan:
         return self.planner.report(state, elapsed_s)
 
 
-__all__ = ["EpochPlan"]
+def margin_validations(config: TrainConfig, in_validation: bool) -> float:
+    """What choosing the lesion margins costs, in validations: none without margins, the extra
+    finishing steps when the final weights' validation scores them, else a pass of their own.
+
+    Example: ``margin_validations(TrainConfig(data=d, out=o), in_validation=True)`` -> ``0.4``.
+    """
+    if not config.lesion_margins:
+        return 0.0
+    return MARGIN_FINISH_VALIDATIONS if in_validation else LESION_MARGIN_VALIDATIONS
+
+
+__all__ = ["EpochPlan", "margin_validations"]

@@ -1,7 +1,9 @@
 """Choosing the lesion margin of each subtype on the cases that choose the model.
 
 After training, the best weights segment the choosing cases (the held-out selection cases when
-the run has them, else the validation cases, as for the best checkpoint) once; each case is then
+the run has them, else the validation cases, as for the best checkpoint) once: in the validation
+that made them the best, when that validation was asked to (the trainer asks the validations
+whose weights can end as the bundle's), else in a pass of their own. Each case is then
 finished with every candidate margin (:data:`~edgepanc.postprocessing.lesion_margin.MARGIN_CANDIDATES_MM`)
 and scored on its original grid as ``edgepanc evaluate`` would. For each predicted subtype the
 margin with the highest mean lesion Dice over the cases predicted as that subtype is kept (the
@@ -132,20 +134,31 @@ def margin_trials(
     from tqdm import tqdm
 
     from edgepanc.postprocessing import DEFAULT_POSTPROCESS, finish_prediction
-    from edgepanc.training.validation import infer_volume, score_case
+    from edgepanc.training.validation import infer_volume, margin_lesion_dsc, score_case
 
     dice = np.zeros((len(cases), len(candidates)))
     predicted = []
     bar = tqdm(cases, desc="lesion margins", unit="case", leave=False, disable=not cases)
     for i, case in enumerate(bar):
         result = infer_volume(predictor, case.image, patch_size, step_fraction)
-        for j, margin in enumerate(candidates):
-            finished = finish_prediction(
-                result, case.spacing, DEFAULT_POSTPROCESS, (margin,) * subtypes
-            )
-            dice[i, j] = score_case(case, finished).lesion_dsc
+        finished = finish_prediction(result, case.spacing, DEFAULT_POSTPROCESS)
+        unmargined = score_case(case, finished).lesion_dsc
+        dice[i] = margin_lesion_dsc(result, case, candidates, unmargined)
         predicted.append(finished.subtype)
     return dice, predicted
+
+
+def trials_from_results(results: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
+    """The ``[cases, candidates]`` lesion Dice and predicted subtypes of validation results
+    that scored the margin candidates
+    (:func:`~edgepanc.training.validation.validate_cases` with ``margin_candidates``).
+
+    Example: ``dice, predicted = trials_from_results(results)``.
+    """
+    if any(not r.margin_lesion_dsc for r in results):
+        raise ValueError("these validation results did not score the lesion-margin candidates")
+    dice = np.array([r.margin_lesion_dsc for r in results], dtype=np.float64)
+    return dice.reshape(len(results), -1), [int(r.predicted_subtype) for r in results]
 
 
 def choose_run_lesion_margins(
@@ -163,7 +176,7 @@ def choose_run_lesion_margins(
     Example: ``choose_run_lesion_margins(Path("model"), val_cases, "validation", "cpu", "bf16")``.
     """
     from edgepanc.backends.torch_backend import TorchPredictor
-    from edgepanc.bundle import load_bundle, save_bundle_metadata
+    from edgepanc.bundle import load_bundle
 
     bundle = load_bundle(run_dir)
     if not cases or not bundle.classifier:
@@ -173,7 +186,23 @@ def choose_run_lesion_margins(
     dice, predicted = margin_trials(
         predictor, cases, bundle.plan.patch_size, subtypes, step_fraction
     )
-    choice = choose_margins(dice, predicted, subtypes)
+    return record_margin_choice(run_dir, dice, predicted, source)
+
+
+def record_margin_choice(
+    run_dir: Path, dice: np.ndarray, predicted: Sequence[int], source: str
+) -> MarginChoice | None:
+    """Choose the margins from trials of the best weights of the bundle in ``run_dir`` and write
+    them into its ``model.json`` (None for a bundle without a subtype head).
+
+    Example: ``record_margin_choice(Path("model"), dice, predicted, "validation")``.
+    """
+    from edgepanc.bundle import load_bundle, save_bundle_metadata
+
+    bundle = load_bundle(run_dir)
+    if not bundle.classifier:
+        return None
+    choice = choose_margins(dice, predicted, len(bundle.subtypes))
     bundle.lesion_margins_mm = choice.margins_mm
     bundle.metrics = {**bundle.metrics, "lesion_margins": {**choice.to_dict(), "chosen_on": source}}
     save_bundle_metadata(bundle)
@@ -197,6 +226,10 @@ def choose_trainer_margins(trainer: Any) -> MarginChoice | None:
         cases, source = trainer.val_cases, "validation"
     if not cases or not (trainer.run_dir / METADATA_FILE).is_file():
         return None
+    if trainer.validation.best_margin_trials is not None:
+        # The validation that made these weights the best also scored every margin.
+        dice, predicted = trainer.validation.best_margin_trials
+        return record_margin_choice(trainer.run_dir, dice, predicted, source)
     return choose_run_lesion_margins(
         trainer.run_dir,
         cases,
@@ -214,4 +247,6 @@ __all__ = [
     "choose_run_lesion_margins",
     "choose_trainer_margins",
     "margin_trials",
+    "record_margin_choice",
+    "trials_from_results",
 ]

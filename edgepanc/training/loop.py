@@ -33,21 +33,17 @@ from edgepanc.thermal import ThermalGuard, ThermalTimeout
 from edgepanc.training.augmentation import AugmentationConfig
 from edgepanc.training.config import TrainConfig
 from edgepanc.training.dataset import PreparedCase
-from edgepanc.training.distributed import DistContext, barrier, gather_lists, shard
+from edgepanc.training.distributed import DistContext, barrier
 from edgepanc.training.epoch_plan import EpochPlan
 from edgepanc.training.lesion_margins import choose_trainer_margins
 from edgepanc.training.logs import epoch_line, plot_curves, refit_line, write_metrics
 from edgepanc.training.outputs import write_run_summary
 from edgepanc.training.run_checkpoints import RunCheckpoints
-from edgepanc.training.selection import selection_metrics, who_chose
+from edgepanc.training.run_validation import RunValidation
+from edgepanc.training.selection import who_chose
 from edgepanc.training.steps import StepRunner
 from edgepanc.training.time_budget import TimeBudget
 from edgepanc.training.train_state import TrainState
-from edgepanc.training.validation import (
-    summarize_results,
-    validate_cases,
-    validation_precision,
-)
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +156,16 @@ class Trainer:
             augmentation,
         )
         self.model = self.steps.model
+        self.validation = RunValidation(
+            self.model,
+            config,
+            (self.device, self.amp_dtype),
+            self.val_cases,
+            self.select_cases,
+            self.context,
+            self.classifier,
+            self.clock,
+        )
         self.state = TrainState()
         self.checkpoints = RunCheckpoints(
             config, self.run_dir, self.steps, self.context, plan, self.classifier
@@ -167,10 +173,14 @@ class Trainer:
         refit = config.head_refit and self.classifier
         validated = len(self.val_cases) + len(self.select_cases)
         self.epoch_plan = EpochPlan.for_run(
-            config, budget, refit, self.train_cases, validated, self.context
+            config,
+            budget,
+            refit,
+            self.train_cases,
+            validated,
+            self.context,
+            margins_in_validation=refit and not self.select_cases,
         )
-
-    # -- checkpoints (:class:`RunCheckpoints`) -----------------------------------------------
 
     def save_last(self) -> None:
         self.checkpoints.save_last(self.state)
@@ -180,8 +190,6 @@ class Trainer:
         ``source``)."""
         self.checkpoints.start_from(state, source)
 
-    # -- epochs --------------------------------------------------------------------------------
-
     def run_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch (:meth:`StepRunner.run_epoch`); the mean losses and pause seconds."""
         return self.steps.run_epoch(epoch, self.state, self.thermal_pause)
@@ -190,27 +198,6 @@ class Trainer:
         """Wait while too hot; the pause length in seconds (ThermalTimeout propagates)."""
         event = self.guard.wait_until_cool()
         return 0.0 if event is None else float(event.duration_s)
-
-    def validate(self) -> dict[str, Any]:
-        """The validation cases' summary, and the selection cases' as ``selection_*`` keys."""
-        summary = self.summarize(self.val_cases)
-        if self.select_cases:
-            summary.update(selection_metrics(self.summarize(self.select_cases)))
-        return summary
-
-    def summarize(self, cases: Sequence[PreparedCase]) -> dict[str, Any]:
-        """Every rank validates its share of ``cases``; all ranks get the same summary."""
-        local = validate_cases(
-            self.model,
-            shard(cases, self.context),
-            self.config.patch_size,
-            self.device.type,
-            self.config.val_step_fraction,
-            validation_precision(self.amp_dtype),
-        )
-        return summarize_results(gather_lists(local, self.context))
-
-    # -- the run -----------------------------------------------------------------------------
 
     def fit(self, checkpoint: dict[str, Any] | None = None) -> TrainState:
         """Train to ``config.epochs`` (or early stop), after ``checkpoint`` if resuming."""
@@ -255,18 +242,22 @@ class Trainer:
         record: dict[str, Any] = {"epoch": epoch + 1, **self.run_epoch(epoch)}
         record["lr"] = self.steps.optimizer.param_groups[0]["lr"]
         record["train_s"] = self.clock() - start
-        self.score(record, validate=self.epoch_plan.validates(epoch, self.state))
+        last = epoch + 1 == self.epoch_plan.total(self.state)
+        validate = self.epoch_plan.validates(epoch, self.state)
+        self.score(record, validate, margins=last and self.validation.margins_due())
+        if self.epoch_plan.probes_validation(epoch, self.state):
+            record.update(self.validation.timed_probe())
         record["seconds"] = self.clock() - start
         self.state.epoch = epoch + 1
         self.close_phase(record, epoch_line(record, self.epoch_plan.total(self.state)))
         # The whole epoch as the budget sees it: steps, checkpoint, metrics and curves.
-        self.epoch_plan.record_epoch(self.clock() - start, record.get("val_s"))
+        self.epoch_plan.record_epoch(self.clock() - start, record)
 
     def final_validation(self) -> None:
         """Validate the last epoch's weights, a row of its own (``"phase": "final_validation"``)."""
         start = self.clock()
         record: dict[str, Any] = {"epoch": self.state.epoch, "phase": "final_validation"}
-        self.score(record, validate=True)
+        self.score(record, validate=True, margins=self.validation.margins_due())
         record["seconds"] = self.clock() - start
         self.close_phase(
             record, f"validation after epoch {self.state.epoch}, the time budget's last"
@@ -293,21 +284,30 @@ class Trainer:
         )
         record["train_s"] = self.clock() - start
         # Only held-out selection cases may turn it down (docs/measurements/default_train_command.md).
-        self.score(record, validate=True, choose=bool(self.select_cases))
+        self.score(
+            record,
+            validate=True,
+            choose=bool(self.select_cases),
+            margins=self.validation.margins_due(refit=True),
+        )
         record["seconds"] = self.clock() - start
         self.state.head_refitted = True
         self.close_phase(record, refit_line(record))
 
-    def score(self, record: dict[str, Any], validate: bool, choose: bool = True) -> None:
-        """Validate into ``record`` when ``validate`` and keep the best model (``choose``
-        False: keep this one). Without validation cases (the runner draws a split when the data
-        set has none) nothing is scored: a score is never made up."""
+    def score(
+        self, record: dict[str, Any], validate: bool, choose: bool = True, margins: bool = False
+    ) -> None:
+        """Validate into ``record`` when ``validate`` (``margins``: with the lesion-margin
+        trials) and keep the best model (``choose`` False: keep this one). Without validation
+        cases (the runner draws a split when the data set has none) nothing is scored: a score
+        is never made up."""
         if validate and self.val_cases:
             val_start = self.clock()
-            record.update(self.validate())
+            record.update(self.validation.validate(margins))
             record["val_s"] = self.clock() - val_start
             if self.state.keep_score(record, force=not choose):
                 self.checkpoints.save_best(self.state)
+                self.validation.keep_margin_trials()
 
     def close_phase(self, record: dict[str, Any], line: str) -> None:
         """Add the phase's row to the history; log it, checkpoint and write the metrics (rank 0)."""

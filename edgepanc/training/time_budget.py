@@ -1,11 +1,13 @@
 """``--time-budget``: how many epochs fit the wall time a user gives the whole run.
 
-The first epoch is measured (its training steps, checkpoint and logs, and a validation run for
-the purpose); from then on, before every epoch, the epochs that still fit are reckoned from the
+The first epoch is measured (its training steps, checkpoint and logs, and a validation of a few
+cases scaled by their share of the validation tiles,
+:meth:`~edgepanc.training.run_validation.RunValidation.probe`); from then on, before every epoch, the epochs that still fit are reckoned from the
 measured times, keeping back the time of the final validation, of the head refit
 (estimated from the training step's seconds per sample: the refit passes at most a few tiles of
 each training case forward once, then fits the small head on what it kept), of choosing the
-lesion margins (:data:`LESION_MARGIN_VALIDATIONS` validations) and a safety margin. After the
+lesion margins (:data:`LESION_MARGIN_VALIDATIONS` validations, or
+:data:`MARGIN_FINISH_VALIDATIONS` when the last validation scores them) and a safety margin. After the
 first few epochs the count never grows past the settled plan: it shrinks while the machine runs
 slow and grows back (up to that plan) when the pace returns, so the learning-rate schedule ends
 where it was planned and a passing slowdown does not cut the run short.
@@ -39,6 +41,9 @@ GROW_BACK_EPOCHS = 2  # the least a settled plan grows back by (or 2% of it, if 
 # Choosing the lesion margins segments the choosing cases once and restores each with every
 # candidate margin: 1.3-1.9 validations' time on the CPU recipe (docs/measurements/lesion_margins.md).
 LESION_MARGIN_VALIDATIONS = 2.0
+# When the validation that keeps the final weights scores the margins from its own network pass,
+# only the six extra finishing steps per case remain: 0.33 of a validation there (118 against 89 s).
+MARGIN_FINISH_VALIDATIONS = 0.4
 
 
 @dataclass(frozen=True)
@@ -307,4 +312,12 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60} s"
 
 
-__all__ = ["EpochPlanner", "Measured", "TimeBudget", "format_duration", "seconds_for"]
+__all__ = [
+    "LESION_MARGIN_VALIDATIONS",
+    "MARGIN_FINISH_VALIDATIONS",
+    "EpochPlanner",
+    "Measured",
+    "TimeBudget",
+    "format_duration",
+    "seconds_for",
+]

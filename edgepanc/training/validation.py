@@ -15,7 +15,7 @@ the numbers the ones ``evaluate`` reports.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,9 @@ class CaseResult:
     subtype: int | None
     predicted_subtype: int
     probabilities: list[float]
+    # Lesion Dice finished with each lesion-margin candidate, when the validation was asked for
+    # them (edgepanc.training.lesion_margins); empty otherwise.
+    margin_lesion_dsc: tuple[float, ...] = ()
 
 
 # Tiles per forward pass in validation: with two or more, PyTorch's CPU convolutions take the
@@ -154,24 +157,57 @@ def validate_cases(
     device: str,
     step_fraction: float = 0.5,
     precision: str = "fp32",
+    margin_candidates: Sequence[float] = (),
 ) -> list[CaseResult]:
     """Validate ``cases`` (this rank's share) with ``model`` in eval mode, at ``precision``
-    (see :func:`validation_precision`).
+    (see :func:`validation_precision`); with ``margin_candidates`` each case is also finished
+    with every lesion margin among them (:func:`margin_lesion_dsc`), from the same network pass.
 
     Example: ``validate_cases(model, val_cases, (64, 96, 96), "cpu")[0].predicted_subtype``.
     """
+    from edgepanc.backends.torch_backend import TorchPredictor
+
     was_training = model.training
     model.eval()
     try:
+        predictor = TorchPredictor(model, device=device, precision=precision)
         results = []
         for case in cases:
-            prediction = predict_case(
-                model, case, patch_size, device, step_fraction, precision=precision
-            )
-            results.append(score_case(case, prediction))
+            result = infer_volume(predictor, case.image, patch_size, step_fraction)
+            scored = score_case(case, finish_prediction(result, case.spacing, DEFAULT_POSTPROCESS))
+            if margin_candidates:
+                dice = margin_lesion_dsc(result, case, margin_candidates, scored.lesion_dsc)
+                scored = replace(scored, margin_lesion_dsc=dice)
+            results.append(scored)
         return results
     finally:
         model.train(was_training)
+
+
+def margin_lesion_dsc(
+    result: SlidingWindowResult,
+    case: PreparedCase,
+    candidates: Sequence[float],
+    unmargined: float | None = None,
+) -> tuple[float, ...]:
+    """Case ``case``'s lesion Dice with ``result`` finished with each margin in ``candidates``
+    (the same margin for every subtype); ``unmargined``, the Dice already scored without a
+    margin, stands in for a candidate of 0.
+
+    Example: ``margin_lesion_dsc(infer_volume(predictor, case.image, patch), case, (0, 1.5))``
+    -> ``(0.41, 0.47)``.
+    """
+    subtypes = np.asarray(result.tile_cls_logits).shape[-1]
+    dice = []
+    for margin in candidates:
+        if margin == 0 and unmargined is not None:
+            dice.append(float(unmargined))
+            continue
+        finished = finish_prediction(
+            result, case.spacing, DEFAULT_POSTPROCESS, (float(margin),) * subtypes
+        )
+        dice.append(score_case(case, finished).lesion_dsc)
+    return tuple(dice)
 
 
 def summarize_results(results: Sequence[CaseResult]) -> dict[str, Any]:
