@@ -446,7 +446,7 @@ def test_training_chooses_lesion_margins_on_the_cases_that_choose_the_model(
 
     predictor = TorchPredictor(bundle.load_network(), device="cpu")
     dice, predicted = margin_trials(
-        predictor, prepare_cases(validation, bundle.plan), bundle.plan.patch_size, 3
+        predictor, prepare_cases(validation, bundle.plan), bundle.plan.patch_size
     )
     again = choose_margins(dice, predicted, 3)
     assert again.margins_mm == bundle.lesion_margins_mm
@@ -491,7 +491,7 @@ def test_the_margins_come_from_the_final_validation_or_else_a_pass_of_their_own(
         record = bundle.metrics["lesion_margins"]
         predictor = TorchPredictor(bundle.load_network(), device="cpu")
         dice, predicted = lesion_margins.margin_trials(
-            predictor, prepare_cases(validation, bundle.plan), bundle.plan.patch_size, 3
+            predictor, prepare_cases(validation, bundle.plan), bundle.plan.patch_size
         )
         again = lesion_margins.choose_margins(dice, predicted, 3)
         assert bundle.lesion_margins_mm == again.margins_mm

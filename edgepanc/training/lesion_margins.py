@@ -122,30 +122,23 @@ def margin_trials(
     predictor: Any,
     cases: Sequence[Any],
     patch_size: Sequence[int],
-    subtypes: int,
     step_fraction: float = 0.5,
     candidates: Sequence[float] = MARGIN_CANDIDATES_MM,
 ) -> tuple[np.ndarray, list[int]]:
     """Segment each prepared case once through ``predictor`` and score it finished with every
     candidate margin: the ``[cases, candidates]`` lesion Dice and the predicted subtypes.
 
-    Example: ``dice, predicted = margin_trials(predictor, val_cases, (64, 96, 96), 3)``.
+    Example: ``dice, predicted = margin_trials(predictor, val_cases, (64, 96, 96))``.
     """
     from tqdm import tqdm
 
-    from edgepanc.postprocessing import DEFAULT_POSTPROCESS, finish_prediction
-    from edgepanc.training.validation import infer_volume, margin_lesion_dsc, score_case
+    from edgepanc.training.validation import validate_with
 
-    dice = np.zeros((len(cases), len(candidates)))
-    predicted = []
-    bar = tqdm(cases, desc="lesion margins", unit="case", leave=False, disable=not cases)
-    for i, case in enumerate(bar):
-        result = infer_volume(predictor, case.image, patch_size, step_fraction)
-        finished = finish_prediction(result, case.spacing, DEFAULT_POSTPROCESS)
-        unmargined = score_case(case, finished).lesion_dsc
-        dice[i] = margin_lesion_dsc(result, case, candidates, unmargined)
-        predicted.append(finished.subtype)
-    return dice, predicted
+    if not cases:
+        return np.zeros((0, len(candidates))), []
+    bar = tqdm(cases, desc="lesion margins", unit="case", leave=False)
+    results = validate_with(predictor, bar, patch_size, step_fraction, candidates)
+    return trials_from_results(results)
 
 
 def trials_from_results(results: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
@@ -182,10 +175,7 @@ def choose_run_lesion_margins(
     if not cases or not bundle.classifier:
         return None
     predictor = TorchPredictor(bundle.load_network(device), device=device, precision=precision)
-    subtypes = len(bundle.subtypes)
-    dice, predicted = margin_trials(
-        predictor, cases, bundle.plan.patch_size, subtypes, step_fraction
-    )
+    dice, predicted = margin_trials(predictor, cases, bundle.plan.patch_size, step_fraction)
     return record_margin_choice(run_dir, dice, predicted, source)
 
 
