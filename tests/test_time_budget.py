@@ -53,31 +53,34 @@ def script_times(
     monkeypatch: pytest.MonkeyPatch, clock: ScriptedClock, step_s, validation_s: float
 ) -> None:
     """Each training step takes ``step_s(step)`` scripted seconds, each validation
-    ``validation_s`` and choosing the lesion margins two validations' time (a share of one when
-    the final validation scored them)."""
+    ``validation_s`` (and a share more when it scores the lesion margins) and choosing the lesion
+    margins two validations' time unless the best weights' validation scored them."""
     from edgepanc.training import loop
 
     train_step, validate, probe = StepRunner.train_step, RunValidation.validate, RunValidation.probe
     choose_margins = loop.choose_trainer_margins
 
     def timed_margins(trainer):
-        # From the final validation's own pass, only the extra finishing steps remain.
-        reused = trainer.validation.best_margin_trials is not None
-        share = MARGIN_FINISH_VALIDATIONS if reused else LESION_MARGIN_VALIDATIONS
-        clock.now += share * validation_s
+        # The best weights' validation paid for them already; else a pass of their own.
+        if trainer.validation.best_margin_trials is None:
+            clock.now += LESION_MARGIN_VALIDATIONS * validation_s
         return choose_margins(trainer)
+
+    def with_margins(seconds: float, margins: bool) -> float:
+        # Scoring the margins finishes each choosing case once more per candidate.
+        return seconds * (1.0 + MARGIN_FINISH_VALIDATIONS) if margins else seconds
 
     def timed_step(self, batch, state):
         clock.now += step_s(state.step)
         return train_step(self, batch, state)
 
     def timed_validation(self, margins=False):
-        clock.now += validation_s
+        clock.now += with_margins(validation_s, margins)
         return validate(self, margins)
 
-    def timed_probe(self, count=PROBE_CASES):
-        share = probe(self, count)
-        clock.now += validation_s * share  # the probed cases' part of a validation
+    def timed_probe(self, count=PROBE_CASES, margins=False):
+        share = probe(self, count, margins)
+        clock.now += with_margins(validation_s * share, margins)  # the probed cases' part
         return share
 
     monkeypatch.setattr(StepRunner, "train_step", timed_step)
@@ -215,28 +218,72 @@ def test_a_settled_plan_does_not_grow_back_by_a_single_epoch() -> None:
     assert planner.plan(done=4, planned=fits - 2) == fits  # two epochs is a real recovery
 
 
+def scripted_budgeted_run(
+    data: Path, run: Path, monkeypatch: pytest.MonkeyPatch, **changes: object
+) -> tuple[dict, list[dict], float]:
+    """A 40 s budgeted tiny run of 1 s steps and 3 s validations: its summary, its metrics
+    rows and the scripted seconds it took."""
+    clock = ScriptedClock()
+    script_times(monkeypatch, clock, step_s=lambda step: 1.0, validation_s=3.0)
+    budget = TimeBudget(40.0, clock=clock)
+    config = tiny_config(data, run, time_budget=40.0, **changes)
+    run_training(config, guard=ThermalGuard([]), budget=budget)
+    summary = json.loads((run / "summary.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return summary, records, clock.now - budget.started
+
+
 def test_a_budgeted_run_plans_its_epochs_and_ends_within_the_budget(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = ScriptedClock()
-    script_times(monkeypatch, clock, step_s=lambda step: 1.0, validation_s=3.0)
-    run = tmp_path / "run"
-    config = tiny_config(data, run, time_budget=40.0)
-    budget = TimeBudget(40.0, clock=clock)
-    run_training(config, guard=ThermalGuard([]), budget=budget)
-    summary = json.loads((run / "summary.json").read_text())
+    summary, records, took = scripted_budgeted_run(data, tmp_path / "run", monkeypatch)
     # an epoch: 2 steps of 1 s and a validation of 3 s; without a refit the last validation
     # may not keep the final weights, so a pass of their own (two validations) is kept back
     # for the lesion margins: usable 38.8 s: after the first (5 s), (38.8 - 5 - 6) // 5 = 5 more
     assert summary["time"]["planned_epochs"] == 6 and summary["epochs"] == 6
     assert summary["time"]["budget_s"] == 40.0
     assert summary["time"]["planned_s"] == pytest.approx(36.0)
-    # the last epoch's validation was the best and scored the margins: 0.4 of a validation
+    # the last epoch's validation was the best and scored the margins: 0.4 of a validation more
     assert summary["time"]["elapsed_s"] == pytest.approx(30.0 + MARGIN_FINISH_VALIDATIONS * 3.0)
     assert summary["time"]["within_budget"] is True
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 6 and "whole_dsc" in records[-1]
-    assert clock.now - budget.started <= 40.0
+    assert took <= 40.0
+
+
+def test_a_run_that_validates_a_few_times_scores_the_margins_in_each_and_keeps_nothing_back(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 6 epochs validating every 3rd: two validations planned, each scores the margins (4.2 s)
+    run = tmp_path / "run"
+    summary, records, took = scripted_budgeted_run(data, run, monkeypatch, epochs=6, val_every=3)
+    # the first epoch: 2 s of steps and a probe of every case with the margins (4.2 s); then
+    # usable 38.8 - 6.2 = 32.6 s: epochs 2..9 (16 s) with validations after 3, 6 and 9
+    # (12.6 s) fit, epoch 10 with a fourth would not; no pass for the margins is kept back
+    assert records[0]["val_s_estimated"] == pytest.approx(3.0 * (1 + MARGIN_FINISH_VALIDATIONS))
+    assert summary["epochs"] == summary["time"]["planned_epochs"] == 9
+    assert summary["time"]["elapsed_s"] == pytest.approx(6.2 + 16.0 + 12.6)
+    assert summary["time"]["planned_s"] == pytest.approx(summary["time"]["elapsed_s"])
+    assert [r["epoch"] for r in records if "val_s" in r] == [3, 6, 9]
+    assert all(r["val_s"] == pytest.approx(4.2) for r in records if "val_s" in r)
+    assert took == pytest.approx(summary["time"]["elapsed_s"]) and took <= 40.0
+
+
+def test_the_margins_cost_kept_back_follows_where_they_are_scored(tmp_path: Path) -> None:
+    from edgepanc.training.epoch_plan import margin_validations
+
+    config = tiny_config(tmp_path, tmp_path / "run")
+    # every validation scores them: their time is in each measured validation
+    assert margin_validations(config, in_validations=True, in_refit=False) == 0.0
+    assert margin_validations(config, False, in_refit=True) == MARGIN_FINISH_VALIDATIONS
+    assert margin_validations(config, False, False) == LESION_MARGIN_VALIDATIONS
+    assert margin_validations(config.replace(lesion_margins=False), False, False) == 0.0
+    # a resumed run whose best validation came before the resume lost its trials: a pass
+    from edgepanc.training.epoch_plan import EpochPlan
+
+    plan = EpochPlan.for_run(config, TimeBudget(100.0), False, [], 3, margins_in=(True, False))
+    assert plan.planner.margin_validations == 0.0
+    plan.keep_back_margin_pass()
+    assert plan.planner.margin_validations == LESION_MARGIN_VALIDATIONS
 
 
 def test_a_run_that_slows_down_still_stops_within_the_budget(
@@ -285,14 +332,17 @@ def test_a_validation_probe_times_a_few_cases_and_scales_by_their_tiles(
     clock = ScriptedClock()
     validated: list[int] = []
 
+    with_margins: list[int] = []
+
     def scripted_validate_cases(model, cases, patch_size, device, step, precision, margins=()):
         for case in cases:
             validated.append(case.image.shape[0] // 16)
+            with_margins.extend([case.image.shape[0] // 16] if margins else [])
             clock.now += 0.5 * (case.image.shape[0] // 16)
         return []
 
     monkeypatch.setattr(run_validation, "validate_cases", scripted_validate_cases)
-    config = SimpleNamespace(patch_size=(16, 16, 16), val_step_fraction=1.0)
+    config = SimpleNamespace(patch_size=(16, 16, 16), val_step_fraction=1.0, epochs=9, val_every=3)
     cases = [SimpleNamespace(image=np.zeros((16 * n, 16, 16))) for n in (7, 1, 12, 3, 9, 5)]
     select = [SimpleNamespace(image=np.zeros((16 * n, 16, 16))) for n in (2, 4, 6, 8, 10, 11)]
     validation = RunValidation(None, config, (torch_cpu(), None), cases, select, DistContext())
@@ -303,6 +353,11 @@ def test_a_validation_probe_times_a_few_cases_and_scales_by_their_tiles(
     assert share == pytest.approx(sum(validated) / 78)
     # the probe's time over its share is a whole validation's: 78 tiles at 0.5 s
     assert (clock.now - start) / share == pytest.approx(39.0)
+    assert with_margins == []
+    # scoring the margins too, only the choosing cases among them (the selection cases) do
+    validated.clear()
+    validation.probe(margins=True)
+    assert sorted(with_margins) == sorted(set(validated) & {2, 4, 6, 8, 10, 11}) != []
     # with no more cases than the probe takes, it validates them all
     validated.clear()
     small = RunValidation(None, config, (torch_cpu(), None), cases[:3], [], DistContext())

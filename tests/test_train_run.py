@@ -482,7 +482,9 @@ def test_the_margins_come_from_the_final_validation_or_else_a_pass_of_their_own(
 
     monkeypatch.setattr(lesion_margins, "choose_run_lesion_margins", counted_pass)
     if not in_validation:
-        monkeypatch.setattr(RunValidation, "margins_due", lambda self, refit=False: False)
+        monkeypatch.setattr(
+            RunValidation, "margins_due", lambda self, refit=False, last=False: False
+        )
     validation = [c for c in discover_cases(tiny_data) if c.split == "validation"]
     for name, changes in (("last_epoch", {}), ("refit", {"head_refit": True})):
         run = tmp_path / name
@@ -499,3 +501,50 @@ def test_the_margins_come_from_the_final_validation_or_else_a_pass_of_their_own(
         for curve, expected in zip(record["curves"], again.curves, strict=True):
             assert curve == pytest.approx(expected, abs=1e-4)
     assert len(own_passes) == (0 if in_validation else 2)
+
+
+def test_a_run_that_validates_a_few_times_takes_the_margins_of_its_best_validation(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two validations planned each scores the margin candidates; when the earlier one is
+    the best, the bundle's margins are its trials' (those of a separate pass over the best
+    weights) and no pass of their own runs after training."""
+    from edgepanc.backends.torch_backend import TorchPredictor
+    from edgepanc.bundle import load_bundle
+    from edgepanc.data.cases import discover_cases
+    from edgepanc.training import lesion_margins
+    from edgepanc.training.dataset import prepare_cases
+    from edgepanc.training.run_validation import RunValidation
+    from edgepanc.training.train_state import TrainState
+
+    own_passes, scored = [], []
+    real_validate, real_keep = RunValidation.validate, TrainState.keep_score
+    monkeypatch.setattr(
+        lesion_margins, "choose_run_lesion_margins", lambda *a, **k: own_passes.append(a)
+    )
+
+    def validate(self: RunValidation, margins: bool = False) -> dict:
+        scored.append(margins)
+        return real_validate(self, margins)
+
+    def keep_only_the_first(self: TrainState, record: dict, force: bool = False) -> bool:
+        # The later validation is never better: the best weights are epoch 2's.
+        return real_keep(self, record, force) if record["epoch"] == 2 else False
+
+    monkeypatch.setattr(RunValidation, "validate", validate)
+    monkeypatch.setattr(TrainState, "keep_score", keep_only_the_first)
+    run = tmp_path / "run"
+    run_training(tiny_config(tiny_data, run, epochs=4, val_every=2), guard=ThermalGuard([]))
+    assert scored == [True, True] and own_passes == []
+    bundle = load_bundle(run)
+    assert json.loads((run / "summary.json").read_text())["best_epoch"] == 2
+    validation = [c for c in discover_cases(tiny_data) if c.split == "validation"]
+    predictor = TorchPredictor(bundle.load_network(), device="cpu")
+    dice, predicted = lesion_margins.margin_trials(
+        predictor, prepare_cases(validation, bundle.plan), bundle.plan.patch_size
+    )
+    again = lesion_margins.choose_margins(dice, predicted, 3)
+    assert bundle.lesion_margins_mm == again.margins_mm
+    record = bundle.metrics["lesion_margins"]
+    for curve, expected in zip(record["curves"], again.curves, strict=True):
+        assert curve == pytest.approx(expected, abs=1e-4)

@@ -40,7 +40,7 @@ class EpochPlan:
         val_cases: int = 0,
         context: DistContext | None = None,
         refit_tiles: int | None = None,
-        margins_in_validation: bool = False,
+        margin_cost: float = 0.0,
     ) -> None:
         self.config = config
         self.planner: EpochPlanner | None = None
@@ -55,7 +55,7 @@ class EpochPlan:
                 config.steps_per_epoch * config.batch_size,
                 agree=lambda value: mean_across_ranks([value], context)[0],
                 refit_tiles=refit_tiles,
-                margin_validations=margin_validations(config, margins_in_validation),
+                margin_validations=margin_cost,
             )
 
     @classmethod
@@ -67,12 +67,12 @@ class EpochPlan:
         train_cases: Sequence[Any],
         validated_cases: int,
         context: DistContext | None = None,
-        margins_in_validation: bool = False,
+        margins_in: tuple[bool, bool] = (False, False),
     ) -> EpochPlan:
         """The plan of a run over prepared ``train_cases``: under a budget the head refit's time
         is kept back from the tiles it will read, counted from the labels (no network needed);
-        ``margins_in_validation``: the validation that keeps the final weights scores the lesion
-        margins (a refit kept whatever it scores), so no pass of their own is kept back.
+        ``margins_in``: whether every validation, and whether the refit's validation, scores the
+        lesion margins (:func:`margin_validations`).
 
         Example: ``EpochPlan.for_run(config, TimeBudget(1800.0), True, train_cases, 12)``.
         """
@@ -87,8 +87,14 @@ class EpochPlan:
             validated_cases,
             context,
             tiles,
-            margins_in_validation,
+            margin_validations(config, *margins_in),
         )
+
+    def keep_back_margin_pass(self) -> None:
+        """A resumed run's best validation ran before the resume and its margin trials are
+        gone: keep a pass of their own back from the budget, in case no later one is better."""
+        if self.planner is not None and self.config.lesion_margins:
+            self.planner.margin_validations = LESION_MARGIN_VALIDATIONS
 
     def total(self, state: TrainState) -> int:
         """The epochs this run trains: the time budget's plan, or ``config.epochs``."""
@@ -123,7 +129,7 @@ class EpochPlan:
             return
         spent = record.get("val_s", record.get("val_probe_s", 0.0))
         validation_s = record.get("val_s", record.get("val_s_estimated"))
-        self.planner.record_epoch(seconds - spent, validation_s)
+        self.planner.record_epoch(seconds - spent, validation_s, "val_s" not in record)
 
     def validates_at_the_end(self, state: TrainState, trained: bool) -> bool:
         """Whether the last epoch's weights still need a validation: the budget ended training
@@ -139,15 +145,17 @@ class EpochPlan:
         return self.planner.report(state, elapsed_s)
 
 
-def margin_validations(config: TrainConfig, in_validation: bool) -> float:
-    """What choosing the lesion margins costs, in validations: none without margins, the extra
-    finishing steps when the final weights' validation scores them, else a pass of their own.
+def margin_validations(config: TrainConfig, in_validations: bool, in_refit: bool) -> float:
+    """What choosing the lesion margins adds to a budget's plan, in validations: nothing without
+    margins or when every validation scores them (each validation's measured time holds their
+    finishing steps), those finishing steps when only the refit's validation does, else a pass
+    of their own.
 
-    Example: ``margin_validations(TrainConfig(data=d, out=o), in_validation=True)`` -> ``0.4``.
+    Example: ``margin_validations(TrainConfig(data=d, out=o), False, in_refit=True)`` -> ``0.4``.
     """
-    if not config.lesion_margins:
+    if not config.lesion_margins or in_validations:
         return 0.0
-    return MARGIN_FINISH_VALIDATIONS if in_validation else LESION_MARGIN_VALIDATIONS
+    return MARGIN_FINISH_VALIDATIONS if in_refit else LESION_MARGIN_VALIDATIONS
 
 
 __all__ = ["EpochPlan", "margin_validations"]

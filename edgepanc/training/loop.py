@@ -179,7 +179,7 @@ class Trainer:
             self.train_cases,
             validated,
             self.context,
-            margins_in_validation=refit and not self.select_cases,
+            margins_in=(self.validation.margins_due(), refit and self.validation.margins_due(True)),
         )
 
     def save_last(self) -> None:
@@ -203,6 +203,8 @@ class Trainer:
         """Train to ``config.epochs`` (or early stop), after ``checkpoint`` if resuming."""
         if checkpoint is not None:
             self.state = self.checkpoints.restore(checkpoint)
+            if self.state.best_epoch >= 0 and self.validation.margins_due():
+                self.epoch_plan.keep_back_margin_pass()
         elif self.state.epoch == 0:
             # A checkpoint before the first step, so even a thermal timeout in epoch 1 leaves one.
             self.save_last()
@@ -244,7 +246,7 @@ class Trainer:
         record["train_s"] = self.clock() - start
         last = epoch + 1 == self.epoch_plan.total(self.state)
         validate = self.epoch_plan.validates(epoch, self.state)
-        self.score(record, validate, margins=last and self.validation.margins_due())
+        self.score(record, validate, margins=self.validation.margins_due(last=last))
         if self.epoch_plan.probes_validation(epoch, self.state):
             record.update(self.validation.timed_probe())
         record["seconds"] = self.clock() - start
@@ -257,7 +259,7 @@ class Trainer:
         """Validate the last epoch's weights, a row of its own (``"phase": "final_validation"``)."""
         start = self.clock()
         record: dict[str, Any] = {"epoch": self.state.epoch, "phase": "final_validation"}
-        self.score(record, validate=True, margins=self.validation.margins_due())
+        self.score(record, validate=True, margins=self.validation.margins_due(last=True))
         record["seconds"] = self.clock() - start
         self.close_phase(
             record, f"validation after epoch {self.state.epoch}, the time budget's last"

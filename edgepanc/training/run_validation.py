@@ -5,11 +5,14 @@ also score the lesion-margin candidates on the cases that choose the margins (th
 when the run holds them out, else the validation cases), from the same network pass: each case's
 sliding-window result is finished once more per candidate, about a third of a validation's time
 on the CPU recipe against a whole pass of its own (docs/measurements/lesion_margins.md). The
-trainer asks for that only in the validations whose weights can end as the bundle's.
+trainer asks for that in the validation of the final weights and, when a run validates only a
+few times (:data:`MARGINS_IN_EVERY_VALIDATION_UP_TO`), in every validation, so that the best
+weights come with their margin trials and no pass of their own follows training.
 
 A time budget needs a validation's time before it plans the epochs; :meth:`RunValidation.probe`
-validates a few cases spread over their sizes instead of all of them, and the time scales by the
-share of the sliding-window tiles they hold (a case's validation time follows its tile count).
+validates a few cases spread over their sizes instead of all of them (with the margin candidates
+when the validations will score them), and the time scales by the share of the sliding-window
+tiles they hold (a case's validation time follows its tile count).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from edgepanc.training.validation import (
 MarginTrials = tuple[np.ndarray, list[int]]  # [cases, candidates] lesion Dice, predicted subtypes
 # Cases a time budget's probe validates: of 36 validation cases a seventh of a validation's time.
 PROBE_CASES = 5
+# Scoring the margins costs 0.4 of a validation each time, a pass of their own 2 (time_budget):
+# up to this many planned validations, scoring them in every one costs no more than that pass.
+MARGINS_IN_EVERY_VALIDATION_UP_TO = 5
 
 
 class RunValidation:
@@ -48,6 +54,8 @@ class RunValidation:
     ``margin_trials``: the lesion-margin trials of the latest validation when it was asked for
     them (:meth:`validate` with ``margins=True``), else None; ``best_margin_trials``: those of
     the validation that chose the best weights (:meth:`keep_margin_trials`), if it ran them.
+    ``margins_every_time``: the run plans few enough validations (``config.epochs`` over
+    ``val_every``) that each one scores the margins (:meth:`margins_due`).
 
     Example::
 
@@ -78,14 +86,21 @@ class RunValidation:
         self.clock = clock
         self.margin_trials: MarginTrials | None = None
         self.best_margin_trials: MarginTrials | None = None
+        planned = -(-config.epochs // max(config.val_every, 1))
+        self.margins_every_time = planned <= MARGINS_IN_EVERY_VALIDATION_UP_TO
 
-    def margins_due(self, refit: bool = False) -> bool:
-        """Whether a validation of the last epoch's weights (``refit``: of the refitted head)
-        also scores the lesion margins: those weights can end as the bundle's, unless a head
-        refit follows that is kept whatever it scores (no selection cases judge it)."""
+    def margins_due(self, refit: bool = False, last: bool = False) -> bool:
+        """Whether a validation of an epoch's weights (``last``: of the last epoch's,
+        ``refit``: of the refitted head) also scores the lesion margins: the final weights'
+        always, any other's when the run validates only a few times, unless a head refit
+        follows that is kept whatever it scores (no selection cases judge it)."""
         if not (self.config.lesion_margins and self.classifier):
             return False
-        return refit or not (self.config.head_refit and not self.select_cases)
+        if refit:
+            return True
+        if self.config.head_refit and not self.select_cases:
+            return False
+        return last or self.margins_every_time
 
     def keep_margin_trials(self) -> None:
         """The latest validation chose the best weights: its margin trials (or none) are
@@ -96,7 +111,7 @@ class RunValidation:
         """Time :meth:`probe` and scale it to a whole validation for the time budget:
         ``val_probe_s``, ``val_s_estimated``."""
         start = self.clock()
-        share = self.probe()
+        share = self.probe(margins=self.margins_due())
         spent = self.clock() - start
         return {"val_probe_s": spent, "val_s_estimated": spent / max(share, 1e-9)}
 
@@ -117,17 +132,21 @@ class RunValidation:
             self.margin_trials = trials_from_results(results)
         return summarize_results(results)
 
-    def probe(self, count: int = PROBE_CASES) -> float:
+    def probe(self, count: int = PROBE_CASES, margins: bool = False) -> float:
         """Validate ``count`` of this rank's cases (all cases, validation and selection), spread
         over their tile counts from the fewest to the most, and return the share of the rank's
-        tiles they hold: their time over that share estimates a whole validation's. The scores
-        are not kept.
+        tiles they hold: their time over that share estimates a whole validation's. With
+        ``margins`` the choosing cases among them also score the margin candidates, as
+        :meth:`validate` would. The scores are not kept.
 
         Example: ``seconds / validation.probe()`` -> a validation's seconds, about.
         """
         from edgepanc.inferers.sliding_window import plan_sliding_window
 
+        choosing = [margins and not self.select_cases] * len(self.val_cases)
+        choosing += [margins] * len(self.select_cases)
         cases = shard(self.val_cases + self.select_cases, self.context)
+        choosing = shard(choosing, self.context)
         if not cases:
             return 1.0
         step = self.config.val_step_fraction
@@ -141,14 +160,18 @@ class RunValidation:
         order = np.argsort(tiles, kind="stable")
         spread = np.linspace(0, len(cases) - 1, min(count, len(cases))).round().astype(int)
         picked = np.unique(order[spread])
-        validate_cases(
-            self.model,
-            [cases[i] for i in picked],
-            self.config.patch_size,
-            self.device.type,
-            step,
-            self.precision,
-        )
+        for scores_margins in (False, True):
+            group = [cases[i] for i in picked if choosing[i] == scores_margins]
+            if group:
+                validate_cases(
+                    self.model,
+                    group,
+                    self.config.patch_size,
+                    self.device.type,
+                    step,
+                    self.precision,
+                    MARGIN_CANDIDATES_MM if scores_margins else (),
+                )
         return float(tiles[picked].sum() / tiles.sum())
 
     def results(self, cases: Sequence[PreparedCase], margins: bool = False) -> list[CaseResult]:
@@ -165,4 +188,4 @@ class RunValidation:
         return gather_lists(local, self.context)
 
 
-__all__ = ["PROBE_CASES", "MarginTrials", "RunValidation"]
+__all__ = ["MARGINS_IN_EVERY_VALIDATION_UP_TO", "PROBE_CASES", "MarginTrials", "RunValidation"]

@@ -6,8 +6,9 @@ cases scaled by their share of the validation tiles,
 measured times, keeping back the time of the final validation, of the head refit
 (estimated from the training step's seconds per sample: the refit passes at most a few tiles of
 each training case forward once, then fits the small head on what it kept), of choosing the
-lesion margins (:data:`LESION_MARGIN_VALIDATIONS` validations, or
-:data:`MARGIN_FINISH_VALIDATIONS` when the last validation scores them) and a safety margin. After the
+lesion margins when the validations do not score them (:data:`MARGIN_FINISH_VALIDATIONS` when
+only the refit's validation does, :data:`LESION_MARGIN_VALIDATIONS` for a pass of their own)
+and a safety margin. After the
 first few epochs the count never grows past the settled plan: it shrinks while the machine runs
 slow and grows back (up to that plan) when the pace returns, so the learning-rate schedule ends
 where it was planned and a passing slowdown does not cut the run short.
@@ -41,8 +42,8 @@ GROW_BACK_EPOCHS = 2  # the least a settled plan grows back by (or 2% of it, if 
 # Choosing the lesion margins segments the choosing cases once and restores each with every
 # candidate margin: 1.3-1.9 validations' time on the CPU recipe (docs/measurements/lesion_margins.md).
 LESION_MARGIN_VALIDATIONS = 2.0
-# When the validation that keeps the final weights scores the margins from its own network pass,
-# only the six extra finishing steps per case remain: 0.33 of a validation there (118 against 89 s).
+# When a validation scores the margins from its own network pass, only the six extra finishing
+# steps per case remain: 0.33 of a validation there (118 against 89 s).
 MARGIN_FINISH_VALIDATIONS = 0.4
 
 
@@ -198,6 +199,7 @@ class EpochPlanner:
         self.margin_validations = margin_validations
         self.epoch_seconds: list[float] = []
         self.validation_s = 0.0
+        self.validation_estimated = False  # validation_s is a probe's estimate, not a validation
         self.planned_s: float | None = None  # when the latest plan expects the run to end
         self.settled_epochs: int | None = None  # the highest plan while the pace settled
 
@@ -206,11 +208,15 @@ class EpochPlanner:
         """True until an epoch of this process has been measured."""
         return not self.epoch_seconds
 
-    def record_epoch(self, epoch_s: float, validation_s: float | None) -> None:
-        """An epoch's seconds without its validation, and the validation's when one ran."""
+    def record_epoch(
+        self, epoch_s: float, validation_s: float | None, estimated: bool = False
+    ) -> None:
+        """An epoch's seconds without its validation, and the validation's when one ran (or,
+        ``estimated``, what a probe of a few cases scales to)."""
         self.epoch_seconds.append(max(0.0, epoch_s))
         if validation_s is not None:
             self.validation_s = max(0.0, validation_s)
+            self.validation_estimated = estimated
 
     def measured(self) -> Measured:
         # The recent pace (a shared machine changes speed), past the first epoch's set-up.
@@ -265,11 +271,12 @@ class EpochPlanner:
             measured = self.measured()
             log.info(
                 "time budget %s: %s epochs, ending after about %s (an epoch %.1f s, a "
-                "validation %.1f s%s, %s used)",
+                "validation %s%.1f s%s, %s used)",
                 format_duration(self.budget.seconds),
                 f"{planned} planned" if before is None else f"now {planned} (was {before})",
                 format_duration(self.planned_s or 0.0),
                 measured.epoch_s,
+                "estimated " if self.validation_estimated else "",
                 measured.validation_s,
                 f", head refit about {measured.refit_s():.0f} s" if self.head_refit else "",
                 format_duration(self.budget.elapsed()),
