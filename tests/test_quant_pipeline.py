@@ -110,6 +110,11 @@ def test_quantize_writes_a_new_bundle_and_leaves_the_input_untouched(quantized: 
     report = (bundle.path / "quantization.md").read_text()
     assert "## INT8 layer placement" in report and "`pruned_fp32.onnx`: INT8 in " in report
     assert not list(quantized["out"].parent.glob(".*staging"))
+    # every variant kept the subtype it named per validation case, for the tolerance
+    variants = json.loads((bundle.path / "quantization.json").read_text())["variants"]
+    for record in variants:
+        subtypes = record["metrics"]["subtypes_by_case"]
+        assert len(subtypes) == 1 and set(subtypes.values()) <= {0, 1, 2}
 
 
 def test_pruning_shrinks_parameters_flops_and_onnx_size(quantized: dict) -> None:
@@ -255,6 +260,37 @@ def test_report_says_whether_qat_beat_ptq_and_what_each_int8_variant_lost() -> N
     assert "best INT8: no variant within the accuracy tolerance" in notes
     qat_line = next(n for n in notes if "onnx_int8_qat" in n)
     assert "2.20x faster" in qat_line and "macro F1 -0.0970" in qat_line
+
+
+def test_one_case_named_another_subtype_does_not_fail_a_variant_on_macro_f1() -> None:
+    from edgepanc.quantization.config import SUBTYPES_BY_CASE, AccuracyTolerance
+    from edgepanc.quantization.report import VariantResult, subtype_flip_notes
+
+    def metrics(whole: float, f1: float, changed: int, cases: int = 36) -> dict:
+        named = {f"case_{i:03d}": (i + (1 if i < changed else 0)) % 3 for i in range(cases)}
+        return {"whole_dsc": whole, "lesion_dsc": 0.31, "macro_f1": f1, SUBTYPES_BY_CASE: named}
+
+    tolerance = AccuracyTolerance()
+    fp32 = metrics(0.900, 0.332, changed=0)
+    # 36 cases: one flip cost 0.022 macro F1, within; two flips, or no record per case, not
+    assert tolerance.accepts(fp32, metrics(0.900, 0.310, changed=1))
+    assert not tolerance.accepts(fp32, metrics(0.900, 0.310, changed=2))
+    unrecorded = {k: v for k, v in metrics(0.900, 0.310, 1).items() if k != SUBTYPES_BY_CASE}
+    assert not tolerance.accepts(fp32, unrecorded)
+    assert tolerance.accepts(fp32, metrics(0.900, 0.315, changed=5))  # lost less than 0.02
+    # the flips never excuse a segmentation loss
+    assert not tolerance.accepts(fp32, metrics(0.885, 0.332, changed=0))
+    # 100 cases: up to three flips
+    fp32_100 = metrics(0.9, 0.5, changed=0, cases=100)
+    assert tolerance.accepts(fp32_100, metrics(0.9, 0.45, changed=3, cases=100))
+    assert not tolerance.accepts(fp32_100, metrics(0.9, 0.45, changed=4, cases=100))
+    # the report says why a variant that lost more than 0.02 macro F1 is within
+    reference = VariantResult("torch_fp32", "torch", "fp32", None, 1, 1, 1, 200.0, fp32, True)
+    flipped = VariantResult(
+        "openvino_int8", "openvino", "int8", None, 1, 1, 1, 28.0, metrics(0.9, 0.31, 1), True
+    )
+    (note,) = subtype_flip_notes([reference, flipped], reference, tolerance.macro_f1)
+    assert note.startswith("openvino_int8: macro F1 -0.0220") and "1 of 36 cases" in note
 
 
 def test_speed_targets_are_judged_on_the_fastest_variant_within_tolerance() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgepanc.backends.base import Predictor
+from edgepanc.quantization.config import SUBTYPES_BY_CASE
 from edgepanc.training.validation import predict_with, score_case, summarize_results
 
 # The metrics a variant is judged on against fp32 (see AccuracyTolerance).
@@ -25,12 +26,17 @@ def evaluate_predictor(
     patch_size: Sequence[int],
     step_fraction: float = 0.5,
 ) -> dict[str, Any]:
-    """Every validation metric of ``predictor`` on prepared ``cases`` (edgepanc.training.dataset.PreparedCase)."""
+    """Every validation metric of ``predictor`` on prepared ``cases``
+    (edgepanc.training.dataset.PreparedCase), and the subtype it names per case
+    (:data:`~edgepanc.quantization.config.SUBTYPES_BY_CASE`)."""
     results = []
     for case in cases:
         prediction = predict_with(predictor, case.image, case.spacing, patch_size, step_fraction)
         results.append(score_case(case, prediction))
-    return summarize_results(results)
+    summary = summarize_results(results)
+    # Which cases a variant names differently from fp32 (AccuracyTolerance.changed_subtypes).
+    summary[SUBTYPES_BY_CASE] = {r.case_id: int(r.predicted_subtype) for r in results}
+    return summary
 
 
 def accuracy_loss(reference: dict[str, Any], candidate: dict[str, Any]) -> dict[str, float]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgepanc.io.atomic import atomic_path, write_json_atomic, write_text_atomic
+from edgepanc.quantization.config import SUBTYPES_BY_CASE, AccuracyTolerance
 
 REPORT_JSON = "quantization.json"
 REPORT_MD = "quantization.md"
@@ -86,6 +87,25 @@ def target_notes(variants: Sequence[VariantResult], reference: VariantResult) ->
         notes.append(
             f"{label}: {chosen.name} is {speedup:.2f}x faster than fp32 PyTorch ({verdict} the {target}x target)"
         )
+    return notes
+
+
+def subtype_flip_notes(
+    variants: Sequence[VariantResult], reference: VariantResult, macro_f1_limit: float
+) -> list[str]:
+    """One line per variant within the tolerance although its macro F1 fell by more than
+    ``macro_f1_limit``: it names another subtype than fp32 on too few cases to count
+    (:class:`~edgepanc.quantization.config.AccuracyTolerance`)."""
+    notes = []
+    cases = len(reference.metrics.get(SUBTYPES_BY_CASE) or {})
+    for variant in variants:
+        loss = reference.metrics["macro_f1"] - variant.metrics.get("macro_f1", 0.0)
+        if variant.within_tolerance and loss > macro_f1_limit + 1e-9:
+            changed = AccuracyTolerance.changed_subtypes(reference.metrics, variant.metrics)
+            notes.append(
+                f"{variant.name}: macro F1 {-loss:+.4f} against fp32 from {changed} of {cases} "
+                "cases named another subtype: within the tolerance"
+            )
     return notes
 
 

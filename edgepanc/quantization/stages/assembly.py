@@ -18,6 +18,7 @@ from edgepanc.quantization.report import (
     VariantResult,
     choose_default,
     qat_note,
+    subtype_flip_notes,
     target_notes,
     write_report,
 )
@@ -41,6 +42,7 @@ def assemble(
     for result in results:
         result.within_tolerance = config.tolerance.accepts(reference.metrics, result.metrics)
     default = choose_default(results, REFERENCE.name, config.tolerance.accepts)
+    ctx.notes += subtype_flip_notes(results, reference, config.tolerance.macro_f1)
     ctx.notes += target_notes(results, reference)
     ctx.notes += qat_note(results)
     bundle = _quantized_bundle(ctx)
