@@ -180,7 +180,7 @@ def test_training_with_head_refit_logs_a_validated_refit_row(tmp_path: Path) -> 
 
     # A run finished without the refit, resumed with it: no training, the same refit.
     later = tmp_path / "later"
-    run_training(tiny_refit_config(data, later), guard=ThermalGuard([]))
+    run_training(tiny_refit_config(data, later, head_refit=False), guard=ThermalGuard([]))
     before = read_records(later)
     assert [r.get("phase") for r in before] == [None, None]
     assert [r["loss"] for r in before] == pytest.approx([r["loss"] for r in records[:2]])

@@ -74,7 +74,10 @@ def test_the_cpu_recipes_are_the_documented_commands() -> None:
     assert (bf16.lesion_fraction, bf16.pancreas_fraction, bf16.teacher_forcing_end) == (0.7, 0.2, 0)
     assert bf16.lesion_size_balance == 1.0
     fp32 = resolve_train_config("d", "r", {}, recipe="cpu-fp32")
-    assert (fp32.amp, fp32.epochs, fp32.val_every, fp32.head_refit) == (False, 88, 44, False)
+    assert (fp32.amp, fp32.epochs, fp32.val_every, fp32.head_refit) == (False, 88, 44, True)
+    # the head options alone: the bf16 recipe's sampling lowered lesion DSC in fp32
+    assert (fp32.head_statistics, fp32.teacher_forcing_end) == ("clean", 0)
+    assert (fp32.lesion_fraction, fp32.lesion_size_balance) != (0.7, 1.0)
     gpu = resolve_train_config("d", "r", {}, recipe="gpu")
     # The GPU recipe's patch and batch are planned for the GPU's memory (tests/test_planning.py:
     # an 8 GB GPU gets at least the measured 64x128x128 batch of two).

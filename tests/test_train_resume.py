@@ -45,7 +45,9 @@ def edgepanc_train(data: Path, out: Path, *extra: str) -> list[str]:
 
 def losses(run: Path) -> dict[int, tuple[float, float, float]]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["epoch"]: (r["loss"], r["seg_loss"], r["cls_loss"]) for r in records}
+    # The recipe ends with a head refit, a row of its own without training losses.
+    trained = [r for r in records if "phase" not in r]
+    return {r["epoch"]: (r["loss"], r["seg_loss"], r["cls_loss"]) for r in trained}
 
 
 def epochs_done(run: Path) -> int:
