@@ -179,7 +179,8 @@ class Trainer:
             self.train_cases,
             validated,
             self.context,
-            margins_in=(self.validation.margins_due(), refit and self.validation.margins_due(True)),
+            # The refit's validation alone scores them when nothing can turn the refit down.
+            margins_in=(self.validation.margins_due(), refit and not self.select_cases),
         )
 
     def save_last(self) -> None:
