@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgepanc.networks.config import NORM_KINDS
@@ -20,11 +21,39 @@ NormKind = Literal["instance", "batch"]
 LEAKY_SLOPE = 0.01
 
 
+class InstanceNorm(nn.InstanceNorm3d):
+    """Instance normalisation that keeps a CPU tensor's memory format.
+
+    On the CPU it computes the same statistics as a group norm with one group per channel:
+    ``instance_norm`` returns a channels-last input in the contiguous format, so every
+    convolution after it reorders the layout again, and those copies, not the arithmetic,
+    made up about a sixth of a CPU training step. Elsewhere, and in an ONNX export (which
+    keeps one ``InstanceNormalization`` node), it is :class:`torch.nn.InstanceNorm3d`; the
+    state dict is the same either way.
+
+    Example::
+
+        >>> norm = InstanceNorm(8, affine=True)
+        >>> x = torch.randn(2, 8, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+        >>> norm(x).is_contiguous(memory_format=torch.channels_last_3d)
+        True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or self.track_running_stats or _exporting():
+            return super().forward(x)
+        return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     """Return the normalisation layer named ``kind`` for ``channels`` feature maps."""
     if kind == "instance":
         # affine=True: a learned scale and shift per channel, as nnU-Net uses.
-        return nn.InstanceNorm3d(channels, eps=1e-5, affine=True)
+        return InstanceNorm(channels, eps=1e-5, affine=True)
     if kind == "batch":
         return nn.BatchNorm3d(channels, eps=1e-5)
     raise ValueError(f"unknown norm {kind!r}; expected one of {NORM_KINDS}")

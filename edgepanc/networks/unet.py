@@ -155,6 +155,23 @@ def region_weights(probability: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return lesion, pancreas
 
 
+def box_max(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The maximum over a ``size``^3 box round every voxel of ``x`` [B, C, D, H, W] (same shape).
+
+    Three one-axis max pools give exactly the box's maximum at a fraction of a 3D pool's cost
+    (a 5^3 pool was a tenth of a CPU training step).
+
+    Example: ``box_max(torch.eye(3).reshape(1, 1, 1, 3, 3), 3)`` is all ones.
+    """
+    pad = size // 2
+    for axis in range(3):
+        kernel = [1, 1, 1]
+        padding = [0, 0, 0]
+        kernel[axis], padding[axis] = size, pad
+        x = F.max_pool3d(x, kernel_size=kernel, stride=1, padding=padding)
+    return x
+
+
 def lesion_surroundings(lesion_probability: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Core, rim and outer shell of a soft lesion mask [B, D, H, W], each [B, D, H, W] in [0, 1].
 
@@ -164,10 +181,10 @@ def lesion_surroundings(lesion_probability: torch.Tensor) -> tuple[torch.Tensor,
     fluid, a thick bright ring round a core.
     """
     m = lesion_probability.unsqueeze(1)
-    eroded = -F.max_pool3d(-m, kernel_size=3, stride=1, padding=1)
+    eroded = -box_max(-m, 3)
     core = m * eroded
     rim = m - core
-    shell = torch.clamp(F.max_pool3d(m, kernel_size=5, stride=1, padding=2) - m, min=0.0)
+    shell = torch.clamp(box_max(m, 5) - m, min=0.0)
     return core[:, 0], rim[:, 0], shell[:, 0]
 
 
@@ -379,6 +396,7 @@ __all__ = [
     "MultiTaskUNet",
     "UNetConfig",
     "attention_pool",
+    "box_max",
     "check_input_shape",
     "class_probabilities",
     "normalized_attention",
