@@ -23,9 +23,11 @@ from edgepanc.networks import (
     estimate_macs,
     fold_batchnorm,
 )
+from edgepanc.networks.blocks import ConvNormAct, InstanceNorm
 from edgepanc.networks.unet import (
     ClassificationHead,
     attention_pool,
+    box_max,
     class_probabilities,
     lesion_surroundings,
     normalized_attention,
@@ -282,8 +284,45 @@ def test_onnx_export_matches_pytorch(tiny_any_pooling, tmp_path):
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     # no Softmax node: ONNX Runtime runs it on the class axis through transposes (unet.py)
     assert "Softmax" not in ops
+    # the CPU norm's group_norm path is for eager runs only: the graph keeps one node per norm
+    assert "InstanceNormalization" in ops and "GroupNormalization" not in ops
     if tiny.cls_head.lesion_attention:
         assert "Exp" in ops  # the written-out softmax of the lesion-attention pooling
+
+
+def test_cpu_instance_norm_keeps_channels_last_and_the_instance_norm_values():
+    norm = InstanceNorm(8, affine=True)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(8) + 0.5)
+        norm.bias.copy_(torch.randn(8))
+    x = (torch.randn(2, 8, 6, 10, 12) * 3 + 1).contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_()
+    y = norm(x)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    reference_input = x.detach().contiguous().requires_grad_()
+    reference = F.instance_norm(reference_input, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    torch.testing.assert_close(y, reference, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn_like(reference)
+    y.backward(upstream)
+    reference.backward(upstream)
+    torch.testing.assert_close(x.grad, reference_input.grad, rtol=1e-4, atol=1e-5)
+    # pruning and old checkpoints see the torch layer: same type, same state dict keys
+    assert isinstance(norm, nn.InstanceNorm3d)
+    assert norm.state_dict().keys() == nn.InstanceNorm3d(8, affine=True).state_dict().keys()
+    blocks = [m for m in build_network("tiny").modules() if isinstance(m, ConvNormAct)]
+    assert blocks and all(isinstance(block.norm, InstanceNorm) for block in blocks)
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_box_max_is_the_max_over_the_whole_box(size):
+    x = torch.randn(2, 1, 7, 9, 11)
+    expected = F.max_pool3d(x, kernel_size=size, stride=1, padding=size // 2)
+    assert torch.equal(box_max(x, size), expected)
+    corner = torch.zeros(1, 1, 5, 5, 5)
+    corner[0, 0, 0, 0, 0] = 1.0  # reaches exactly size // 2 voxels along every axis at once
+    reach = size // 2
+    assert box_max(corner, size)[0, 0, : reach + 1, : reach + 1, : reach + 1].min() == 1.0
+    assert box_max(corner, size).sum() == (reach + 1) ** 3
 
 
 def test_class_probabilities_are_the_softmax_over_classes():
