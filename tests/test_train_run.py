@@ -289,8 +289,11 @@ def test_lesion_dice_option_reaches_the_loss(tiny_data: Path, tmp_path: Path) ->
         cli_train_tiny(tiny_data, run, "--set", "steps_per_epoch=2", "--set", f"lesion_dice={mode}")
         assert json.loads((run / "config.json").read_text())["lesion_dice"] == mode
         seg_losses[mode] = read_records(run)[0]["seg_loss"]
-    # Same seed, same batches: only the lesion term of the Dice differs.
-    assert seg_losses["batch"] != pytest.approx(seg_losses["sample"], rel=1e-6)
+    # Same seed, same batches: only the lesion term of the Dice differs. On a barely trained
+    # network per-patch and batch Dice agree to first order (a few 1e-7 apart), so the check is
+    # exact: a run repeated with the same options repeats its losses bit for bit
+    # (test_training_with_background_workers_is_reproducible).
+    assert seg_losses["batch"] != seg_losses["sample"]
 
 
 def test_lesion_recall_weight_reaches_the_loss(tiny_data: Path, tmp_path: Path) -> None:
