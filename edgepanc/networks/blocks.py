@@ -40,7 +40,7 @@ class InstanceNorm(nn.InstanceNorm3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or self.track_running_stats or _exporting():
+        if x.dim() != 5 or x.device.type != "cpu" or self.track_running_stats or _exporting():
             return super().forward(x)
         return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
 
